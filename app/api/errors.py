@@ -1,0 +1,69 @@
+"""Render every error the gateway produces in the upstream's envelope, 422 validation included."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.contract import ContractError
+from app.errors import GatewayError, InvalidRequest
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+               413: "invalid_request", 415: "invalid_request"}
+
+
+def error_response(error: GatewayError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
+
+
+def validation_to_error(exc: RequestValidationError) -> InvalidRequest:
+    """The first validation problem as the upstream states it: a message and the offending field."""
+    errors: list[Any] = list(exc.errors())
+    if not errors:
+        return InvalidRequest("Invalid request")
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    ctx_error = (first.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, ContractError):
+        return InvalidRequest(ctx_error.message, param=ctx_error.param or (loc[0] if loc else None))
+    kind = first.get("type", "")
+    field = ".".join(loc) if loc else None
+    if kind == "json_invalid":
+        return InvalidRequest("The request body is not valid JSON.")
+    if kind == "missing":
+        return InvalidRequest(f"The '{field}' field is required." if field else "The request body is required.",
+                              param=field)
+    if field is None and kind in ("model_attributes_type", "dict_type"):
+        return InvalidRequest("The request body must be a JSON object.")
+    message = str(first.get("msg", "Invalid value")).removeprefix("Value error, ")
+    return InvalidRequest(f"Invalid '{field}': {message}" if field else message, param=field)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(validation_to_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
+        message = exc.detail if isinstance(exc.detail, str) else "Request failed"
+        error = GatewayError(message, code=code, status_code=exc.status_code,
+                             type_="invalid_request_error" if exc.status_code < 500 else "api_error")
+        return JSONResponse(error.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(GatewayError("Internal error"))

@@ -1,0 +1,124 @@
+"""All settings, read once from the environment (prefix GATEWAY_) or a `.env` file."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "change_me", "secret", "placeholder", "xxx", "todo"})
+MIN_SECRET_CHARS = 16
+
+
+class SettingsError(RuntimeError):
+    """The configuration cannot run; the message is one line for the operator."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("./data"), description="Where the embedded SQLite ledger and demo secrets live.")
+    database_url: str = Field("", description="SQLAlchemy async URL; empty = SQLite file under data_dir.")
+    upstream_base_url: str = Field("", description="Upstream base URL (without /v1); empty = built-in sandbox.")
+    upstream_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated upstream API keys, added to the pool at start."
+    )
+    admin_token: SecretStr = SecretStr("")
+    secret_key: SecretStr = SecretStr("")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    auto_migrate: bool | None = Field(
+        None, description="Apply migrations at start; default: only for the embedded SQLite database."
+    )
+    user_agent: str = "seedream-gateway/0.1"
+    upstream_timeout_s: float = 30.0
+    upstream_connect_timeout_s: float = 5.0
+    upstream_max_connections: int = 200
+    status_refresh_interval_s: float = Field(
+        1.0, description="A non-terminal task is re-fetched from the upstream at most this often."
+    )
+    max_body_bytes: int = Field(1_048_576, description="Largest JSON request body accepted (413 above).")
+    db_pool_size: int = 20
+    redis_url: str = Field("", description="Rate windows in Redis when set; PostgreSQL/SQLite otherwise.")
+
+    @field_validator("upstream_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def zero_config(self) -> bool:
+        """The demo mode: built-in sandbox upstream. Secrets may then be generated and kept under data_dir."""
+        return not self.upstream_base_url
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'gateway.db').as_posix()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+    @cached_property
+    def secrets(self) -> ResolvedSecrets:
+        return resolve_secrets(self)
+
+
+class ResolvedSecrets:
+    """The admin token and secret key actually in force (generated and persisted in zero-config mode)."""
+
+    def __init__(self, admin_token: str, secret_key: str) -> None:
+        self.admin_token = admin_token
+        self.secret_key = secret_key
+
+
+def _is_placeholder(value: str) -> bool:
+    return value.strip().lower() in PLACEHOLDER_SECRETS or len(value.strip()) < MIN_SECRET_CHARS
+
+
+def resolve_secrets(settings: Settings) -> ResolvedSecrets:
+    """Return usable secrets or raise SettingsError with a one-line reason."""
+    admin = settings.admin_token.get_secret_value()
+    key = settings.secret_key.get_secret_value()
+    if settings.zero_config:
+        stored = _load_demo_secrets(settings.data_dir)
+        admin = admin if not _is_placeholder(admin) else stored["admin_token"]
+        key = key if not _is_placeholder(key) else stored["secret_key"]
+        return ResolvedSecrets(admin, key)
+    for name, value in (("GATEWAY_SECRET_KEY", key), ("GATEWAY_ADMIN_TOKEN", admin)):
+        if _is_placeholder(value):
+            raise SettingsError(
+                f"{name} is missing or a placeholder (need {MIN_SECRET_CHARS}+ random characters, "
+                "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)."
+            )
+    return ResolvedSecrets(admin, key)
+
+
+def _load_demo_secrets(data_dir: Path) -> dict[str, str]:
+    path = data_dir / "demo-secrets.json"
+    if path.exists():
+        stored: dict[str, str] = json.loads(path.read_text())
+        return stored
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stored = {"admin_token": "adm-" + secrets.token_urlsafe(24), "secret_key": secrets.token_urlsafe(32)}
+    path.write_text(json.dumps(stored))
+    path.chmod(0o600)
+    return stored
+
+
+def get_settings() -> Settings:
+    return Settings()

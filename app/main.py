@@ -1,0 +1,106 @@
+"""create_app(): lifespan, middleware, error handlers, routers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from app.api import generations, health, uploads
+from app.api.errors import install_error_handlers
+from app.api.middleware import BodySizeLimit
+from app.config import Settings, SettingsError
+from app.db.engine import create_engine, create_session_factory
+from app.security import KeyMaterial
+from app.services.tasks import TaskService
+from app.services.upstream_pool import UpstreamKeyPool
+from app.services.uploads import UploadService
+from app.state import GatewayState
+from app.timeutil import Clock, utcnow
+from app.upstream.base import UpstreamAdapter
+from app.upstream.toapis import ToAPIsAdapter, build_http_client
+
+log = logging.getLogger("app")
+
+SANDBOX_MOUNT = "/_sandbox"
+SANDBOX_DEMO_UPSTREAM_KEY = "sk-sandbox-demo"
+
+
+def upstream_base_url(settings: Settings) -> str:
+    """The configured upstream, or the sandbox mounted inside this very server in zero-config mode."""
+    if settings.upstream_base_url:
+        return settings.upstream_base_url
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{host}:{settings.port}{SANDBOX_MOUNT}"
+
+
+def configured_upstream_keys(settings: Settings) -> list[str]:
+    keys = [k.get_secret_value() for k in settings.upstream_keys]
+    if not keys and settings.zero_config:
+        keys = [SANDBOX_DEMO_UPSTREAM_KEY]
+    return keys
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    adapter: UpstreamAdapter | None = None,
+    clock: Clock = utcnow,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """Build the gateway. Tests inject an adapter, a transport or a clock; production passes only settings."""
+    settings = settings or Settings()
+    secrets = settings.secrets  # fail before serving anything when a secret is missing
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
+        sessions = create_session_factory(engine)
+        keys = KeyMaterial(secrets.secret_key)
+        upstream = adapter or ToAPIsAdapter(build_http_client(
+            upstream_base_url(settings), user_agent=settings.user_agent, timeout_s=settings.upstream_timeout_s,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            max_connections=settings.upstream_max_connections, transport=upstream_transport,
+        ))
+        pool = UpstreamKeyPool()
+        try:
+            async with sessions.begin() as session:
+                await pool.load(session, keys, configured_upstream_keys(settings), clock())
+        except (OperationalError, ProgrammingError) as e:
+            await upstream.aclose()
+            await engine.dispose()
+            raise SettingsError("The database is not migrated: run `seedream-gateway migrate` first.") from e
+        refresh = dt.timedelta(seconds=settings.status_refresh_interval_s)
+        app.state.gateway = GatewayState(
+            settings=settings, engine=engine, sessions=sessions, keys=keys, adapter=upstream, pool=pool,
+            tasks=TaskService(sessions, upstream, pool, clock, refresh), uploads=UploadService(upstream, pool),
+            clock=clock,
+        )
+        try:
+            yield
+        finally:
+            await upstream.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Seedream Gateway",
+        version="0.1.0",
+        description="The Seedream 4.0 task API (ToAPIs contract) for tenants: same requests, same answers, "
+        "your own key. Errors use `{\"error\": {\"code\", \"message\", \"type\", \"param\"}}`.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.include_router(generations.router)
+    app.include_router(uploads.router)
+    app.include_router(health.router)
+    if settings.zero_config:
+        from app.sandbox.app import create_sandbox_app
+
+        app.mount(SANDBOX_MOUNT, create_sandbox_app())
+    return app

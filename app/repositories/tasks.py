@@ -1,0 +1,52 @@
+"""SQL for the task ledger. Every tenant-facing query takes tenant_id."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models.task import OPEN_STATUSES, Task
+
+
+async def insert(session: AsyncSession, task: Task) -> None:
+    session.add(task)
+    await session.flush()
+
+
+async def get_for_tenant(session: AsyncSession, tenant_id: str, task_id: str) -> Task | None:
+    stmt = select(Task).where(Task.id == task_id, Task.tenant_id == tenant_id)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def get(session: AsyncSession, task_id: str) -> Task | None:
+    return (await session.execute(select(Task).where(Task.id == task_id))).scalar_one_or_none()
+
+
+async def claim_refresh(session: AsyncSession, task_id: str, now: dt.datetime, interval: dt.timedelta) -> bool:
+    """Take the right to refresh a task from the upstream: at most one claimant per interval, across replicas."""
+    stmt = (
+        update(Task)
+        .where(
+            Task.id == task_id,
+            Task.status.in_(OPEN_STATUSES),
+            Task.upstream_task_id.is_not(None),
+            or_(Task.refreshed_at.is_(None), Task.refreshed_at <= now - interval),
+        )
+        .values(refreshed_at=now)
+    )
+    result = await session.execute(stmt)
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def apply_update(session: AsyncSession, task_id: str, values: dict[str, Any]) -> bool:
+    """Write a status change unless the task is already terminal (a terminal row never changes again)."""
+    stmt = (
+        update(Task)
+        .where(Task.id == task_id, Task.status.in_(OPEN_STATUSES))
+        .values(**values)
+    )
+    result = await session.execute(stmt)
+    return bool(result.rowcount)  # type: ignore[attr-defined]

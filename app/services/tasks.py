@@ -1,0 +1,152 @@
+"""The task rules: submit a generation upstream and keep its ledger row; answer status from the ledger or upstream."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.contract import TERMINAL_STATUSES, GenerationRequest, TaskError, TaskObject, TaskResult
+from app.errors import GatewayError, NotFound, UpstreamRejected
+from app.ids import new_id
+from app.models.task import SUBMITTING, Task
+from app.repositories import tasks as repo
+from app.services.singleflight import SingleFlight
+from app.services.upstream_pool import UpstreamKeyPool
+from app.timeutil import Clock, from_unix, to_unix
+from app.upstream.base import UpstreamAdapter, UpstreamTask
+
+log = logging.getLogger(__name__)
+
+RESULT_TTL = dt.timedelta(hours=24)
+
+
+class TaskService:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        adapter: UpstreamAdapter,
+        pool: UpstreamKeyPool,
+        clock: Clock,
+        refresh_interval: dt.timedelta,
+    ) -> None:
+        self._sessions = sessions
+        self._adapter = adapter
+        self._pool = pool
+        self._clock = clock
+        self._refresh_interval = refresh_interval
+        self._inflight: SingleFlight[Task] = SingleFlight()
+
+    async def submit(self, tenant_id: str, request: GenerationRequest) -> Task:
+        """Record the task, send it upstream with a pool key, record the upstream's answer."""
+        key = self._pool.choose()
+        body = request.to_upstream()
+        now = self._clock()
+        task = Task(
+            id=new_id("task_img_"), tenant_id=tenant_id, upstream_key_id=key.id, model=request.model,
+            request=body, n=request.n, status=SUBMITTING, progress=0,
+            client_business_id=request.client_business_id, created_at=now, updated_at=now,
+        )
+        # The row is committed before the upstream call so a crash cannot lose a task the upstream accepted,
+        # and no transaction is held open across the network.
+        async with self._sessions.begin() as session:
+            await repo.insert(session, task)
+        try:
+            upstream = await self._adapter.create(key.secret, body)
+        except GatewayError as e:
+            await self._mark_refused(task.id, e)
+            raise
+        values = _values_from_upstream(upstream, self._clock())
+        values["upstream_task_id"] = upstream.id
+        async with self._sessions.begin() as session:
+            await repo.apply_update(session, task.id, values)
+            stored = await repo.get(session, task.id)
+        assert stored is not None
+        return stored
+
+    async def status(self, tenant_id: str, task_id: str) -> Task:
+        """A terminal task from the ledger; an open one refreshed from the upstream at most once per interval."""
+        async with self._sessions() as session:
+            task = await repo.get_for_tenant(session, tenant_id, task_id)
+        if task is None:
+            raise NotFound("Task not found")
+        if not self._needs_refresh(task):
+            return task
+        return await self._inflight.do(task.id, lambda: self._refresh(task))
+
+    def _needs_refresh(self, task: Task) -> bool:
+        if task.status in TERMINAL_STATUSES or task.upstream_task_id is None:
+            return False
+        return task.refreshed_at is None or self._clock() - task.refreshed_at >= self._refresh_interval
+
+    async def _refresh(self, task: Task) -> Task:
+        now = self._clock()
+        async with self._sessions.begin() as session:
+            claimed = await repo.claim_refresh(session, task.id, now, self._refresh_interval)
+        if claimed:
+            assert task.upstream_task_id is not None
+            try:
+                key = self._pool.get(task.upstream_key_id)
+                upstream = await self._adapter.get(key.secret, task.upstream_task_id)
+            except GatewayError as e:
+                # A failed poll changes nothing: the caller sees the last known state and polls again.
+                log.warning("status refresh of %s failed: %s", task.id, e.message)
+            else:
+                async with self._sessions.begin() as session:
+                    await repo.apply_update(session, task.id, _values_from_upstream(upstream, self._clock()))
+        async with self._sessions() as session:
+            fresh = await repo.get(session, task.id)
+        assert fresh is not None
+        return fresh
+
+    async def _mark_refused(self, task_id: str, error: GatewayError) -> None:
+        """The upstream refused or never answered: the task is failed, with the reason kept in the ledger."""
+        values: dict[str, Any] = {
+            "status": "failed", "progress": 0, "error_code": str(error.code)[:64], "error_message": error.message,
+            "updated_at": self._clock(), "completed_at": self._clock(),
+        }
+        if not isinstance(error, UpstreamRejected):
+            values["error_code"] = "upstream_error"
+        async with self._sessions.begin() as session:
+            await repo.apply_update(session, task_id, values)
+
+
+def _values_from_upstream(upstream: UpstreamTask, now: dt.datetime) -> dict[str, Any]:
+    values: dict[str, Any] = {"status": upstream.status, "progress": upstream.progress, "updated_at": now}
+    if upstream.status == "completed":
+        completed = from_unix(upstream.completed_at) or now
+        values.update(
+            result_urls=upstream.urls, completed_at=completed,
+            expires_at=from_unix(upstream.expires_at) or completed + RESULT_TTL,
+        )
+    elif upstream.status == "failed":
+        values.update(
+            error_code=(upstream.error_code or "generation_failed")[:64],
+            error_message=upstream.error_message or "Generation failed",
+            completed_at=from_unix(upstream.completed_at) or now,
+        )
+    return values
+
+
+def to_task_object(task: Task, *, created: bool = False) -> TaskObject:
+    """The contract's task object for a ledger row."""
+    status = "queued" if task.status == SUBMITTING else task.status
+    obj = TaskObject(
+        id=task.id, model=task.model, status=status,  # type: ignore[arg-type]
+        progress=100 if status == "completed" else task.progress,
+        created_at=to_unix(task.created_at) or 0, client_business_id=task.client_business_id,
+        metadata={} if created else None,
+    )
+    if status == "completed":
+        urls = task.result_urls or []
+        obj.completed_at = to_unix(task.completed_at)
+        obj.expires_at = to_unix(task.expires_at)
+        obj.result = TaskResult(data=[{"url": u} for u in urls])  # type: ignore[misc]
+        obj.url = urls[0] if urls else None
+    elif status == "failed":
+        obj.progress = 0
+        obj.completed_at = to_unix(task.completed_at)
+        obj.error = TaskError(code=task.error_code or "generation_failed", message=task.error_message or "")
+    return obj

@@ -1,0 +1,166 @@
+"""Adapter for the ToAPIs upstream (async tasks: create, then poll)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from app.contract import UPSTREAM_STATUS_MAP, TaskStatus
+from app.errors import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from app.upstream.base import UploadedFile, UploadRefused, UpstreamTask
+
+# Headers of a 4xx worth passing on to the caller (rate-limit hints in particular).
+_PASSTHROUGH_HEADERS = ("retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
+
+
+def build_http_client(
+    base_url: str,
+    *,
+    user_agent: str,
+    timeout_s: float,
+    connect_timeout_s: float,
+    max_connections: int,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """One pooled client per upstream. The aiohttp transport: 5x httpx's default on this path (see README)."""
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/"),
+        transport=transport or AiohttpTransport(limits=limits),
+        timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s, pool=connect_timeout_s),
+        headers={"User-Agent": user_agent, "Accept": "application/json"},
+    )
+
+
+def parse_task(payload: dict[str, Any]) -> UpstreamTask:
+    """Read a task object in any of the documented variants."""
+    task_id = payload.get("id") or payload.get("task_id")
+    if not isinstance(task_id, str) or not task_id:
+        raise UpstreamUnavailable("Upstream answered without a task id")
+    raw_status = str(payload.get("status") or "queued").lower()
+    status: TaskStatus = UPSTREAM_STATUS_MAP.get(raw_status, "in_progress")
+    urls = _result_urls(payload)
+    progress = _progress(payload.get("progress"), status)
+    error = payload.get("error") if isinstance(payload.get("error"), dict) else None
+    return UpstreamTask(
+        id=task_id,
+        status=status,
+        progress=progress,
+        urls=urls,
+        error_code=str(error["code"]) if error and error.get("code") is not None else None,
+        error_message=str(error.get("message")) if error and error.get("message") else None,
+        created_at=_int_or_none(payload.get("created_at")),
+        completed_at=_int_or_none(payload.get("completed_at")),
+        expires_at=_int_or_none(payload.get("expires_at")),
+    )
+
+
+def _result_urls(payload: dict[str, Any]) -> list[str]:
+    result = payload.get("result")
+    if isinstance(result, dict) and isinstance(result.get("data"), list):
+        urls = [item["url"] for item in result["data"] if isinstance(item, dict) and item.get("url")]
+        if urls:
+            return urls
+    images = payload.get("images")
+    if isinstance(images, list):
+        urls = [item["url"] for item in images if isinstance(item, dict) and item.get("url")]
+        if urls:
+            return urls
+    url = payload.get("url")
+    return [url] if isinstance(url, str) and url else []
+
+
+def _progress(value: Any, status: TaskStatus) -> int:
+    if status == "completed":
+        return 100
+    if isinstance(value, str):
+        value = value.rstrip("%").strip()
+    try:
+        return max(0, min(100, int(float(value))))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+class ToAPIsAdapter:
+    """Speaks /v1/images/generations and /v1/uploads/images to a ToAPIs-compatible upstream."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def create(self, api_key: str, body: dict[str, Any]) -> UpstreamTask:
+        response = await self._send("POST", "/v1/images/generations", api_key, json=body)
+        return parse_task(self._json(response))
+
+    async def get(self, api_key: str, upstream_task_id: str) -> UpstreamTask:
+        response = await self._send("GET", f"/v1/images/generations/{upstream_task_id}", api_key)
+        return parse_task(self._json(response))
+
+    async def upload(
+        self, api_key: str, filename: str, content: bytes, content_type: str, purpose: str
+    ) -> UploadedFile:
+        try:
+            response = await self._client.post(
+                "/v1/uploads/images",
+                headers={"Authorization": f"Bearer {api_key}"},
+                files={"file": (filename, content, content_type)},
+                data={"purpose": purpose},
+            )
+        except httpx.TimeoutException as e:
+            raise UpstreamTimeout("Upstream timed out") from e
+        except httpx.HTTPError as e:
+            raise UpstreamUnavailable("Upstream unreachable") from e
+        if response.status_code >= 500:
+            raise UpstreamUnavailable(f"Upstream answered {response.status_code}")
+        payload = self._json(response, allow_error=True)
+        data = payload.get("data")
+        if response.status_code >= 400 or not payload.get("success") or not isinstance(data, dict):
+            raise UploadRefused(response.status_code if response.status_code >= 400 else 400,
+                                str(payload.get("message") or "Upload refused by upstream"))
+        return UploadedFile(
+            id=str(data.get("id")), url=str(data.get("url")),
+            mime_type=str(data.get("mime_type") or content_type), size=int(data.get("size") or len(content)),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _send(self, method: str, path: str, api_key: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._client.request(
+                method, path, headers={"Authorization": f"Bearer {api_key}"}, **kwargs
+            )
+        except httpx.TimeoutException as e:
+            raise UpstreamTimeout("Upstream timed out") from e
+        except httpx.HTTPError as e:
+            raise UpstreamUnavailable(f"Upstream unreachable: {type(e).__name__}") from e
+        if response.status_code >= 500:
+            raise UpstreamUnavailable(f"Upstream answered {response.status_code}")
+        if response.status_code >= 400:
+            body = self._json(response, allow_error=True)
+            headers = {k: v for k, v in response.headers.items() if k.lower() in _PASSTHROUGH_HEADERS}
+            raise UpstreamRejected(response.status_code, body, headers)
+        return response
+
+    @staticmethod
+    def _json(response: httpx.Response, *, allow_error: bool = False) -> dict[str, Any]:
+        try:
+            payload = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            if allow_error:
+                return {}
+            raise UpstreamUnavailable("Upstream answered with a body that is not JSON") from e
+        if not isinstance(payload, dict):
+            if allow_error:
+                return {}
+            raise UpstreamUnavailable("Upstream answered with an unexpected body")
+        return payload
