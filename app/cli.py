@@ -13,8 +13,11 @@ import typer
 
 from app.config import Settings, SettingsError
 
-cli = typer.Typer(help="Seedream Gateway: a multi-tenant gateway for the Seedream 4.0 image API.",
-                  no_args_is_help=True, add_completion=False)
+cli = typer.Typer(
+    help="Seedream Gateway: a multi-tenant gateway for the Seedream 4.0 image API.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 tenants_cli = typer.Typer(help="Manage tenants.", no_args_is_help=True)
 cli.add_typer(tenants_cli, name="tenants")
 
@@ -60,8 +63,14 @@ def serve(host: HostOpt = None, port: PortOpt = None) -> None:
         key = asyncio.run(_ensure_demo_tenant(settings))
         _print_banner(settings, key, resolved.admin_token)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                    proxy_headers=True, server_header=False)
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            proxy_headers=True,
+            server_header=False,
+        )
     except SettingsError as e:  # raised by the lifespan, e.g. an unmigrated database
         _fail(str(e))
 
@@ -75,8 +84,12 @@ def sandbox(host: HostOpt = None, port: PortOpt = None) -> None:
 
     settings = _settings()
     _logging(settings.log_level)
-    uvicorn.run(create_sandbox_app(), host=host or settings.host, port=port or 8100,
-                log_level=settings.log_level.lower())
+    uvicorn.run(
+        create_sandbox_app(),
+        host=host or settings.host,
+        port=port or 8100,
+        log_level=settings.log_level.lower(),
+    )
 
 
 @cli.command()
@@ -93,7 +106,9 @@ def migrate() -> None:
 @tenants_cli.command("create")
 def tenants_create(
     name: Annotated[str, typer.Argument(help="A unique tenant name.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (tenant_id, name, key).")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (tenant_id, name, key).")
+    ] = False,
 ) -> None:
     """Create a tenant and print its first API key (shown once, stored only as a hash)."""
     settings = _settings()
@@ -163,8 +178,9 @@ async def _ensure_demo_tenant(settings: Settings) -> str:
 def _print_banner(settings: Settings, key: str, admin_token: str) -> None:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     base = f"http://{host}:{settings.port}"
-    print(f"""
-Seedream Gateway (zero-config demo: SQLite at {settings.effective_database_url.split('///')[-1]}, built-in sandbox)
+    print(
+        f"""
+Seedream Gateway (zero-config demo: SQLite at {settings.effective_database_url.split("///")[-1]}, built-in sandbox)
   API docs:     {base}/docs
   Tenant key:   {key}
   Admin token:  {admin_token}
@@ -172,7 +188,9 @@ Seedream Gateway (zero-config demo: SQLite at {settings.effective_database_url.s
     curl -s {base}/v1/images/generations -H 'Authorization: Bearer {key}' \\
       -H 'Content-Type: application/json' -d '{{"model":"doubao-seedream-4-0","prompt":"a red fox","n":1}}'
     curl -s {base}/v1/images/generations/<id> -H 'Authorization: Bearer {key}'
-""", flush=True)
+""",
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -11,7 +11,9 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "change_me", "secret", "placeholder", "xxx", "todo"})
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "changeme", "change-me", "change_me", "secret", "placeholder", "xxx", "todo"}
+)
 MIN_SECRET_CHARS = 16
 
 
@@ -22,9 +24,13 @@ class SettingsError(RuntimeError):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Field(Path("./data"), description="Where the embedded SQLite ledger and demo secrets live.")
+    data_dir: Path = Field(
+        Path("./data"), description="Where the embedded SQLite ledger and demo secrets live."
+    )
     database_url: str = Field("", description="SQLAlchemy async URL; empty = SQLite file under data_dir.")
-    upstream_base_url: str = Field("", description="Upstream base URL (without /v1); empty = built-in sandbox.")
+    upstream_base_url: str = Field(
+        "", description="Upstream base URL (without /v1); empty = built-in sandbox."
+    )
     upstream_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Comma-separated upstream API keys, added to the pool at start."
     )

@@ -95,7 +95,12 @@ class GenerationRequest(BaseModel):
     model_config = ConfigDict(
         extra="ignore",
         json_schema_extra={
-            "example": {"model": DEFAULT_MODEL, "prompt": "a lighthouse at dawn, watercolor", "size": "16:9", "n": 1}
+            "example": {
+                "model": DEFAULT_MODEL,
+                "prompt": "a lighthouse at dawn, watercolor",
+                "size": "16:9",
+                "n": 1,
+            }
         },
     )
 
@@ -106,7 +111,8 @@ class GenerationRequest(BaseModel):
     image_urls: Annotated[list[StrictStr], Field(max_length=MAX_IMAGE_URLS)] | None = None
     metadata: GenerationMetadata | None = None
     resolution: Resolution | None = Field(
-        default=None, description="Older placement of metadata.resolution; accepted, forwarded inside metadata."
+        default=None,
+        description="Older placement of metadata.resolution; accepted, forwarded inside metadata.",
     )
     callback_url: StrictStr | None = None
     client_business_id: Annotated[StrictStr, Field(max_length=255)] | None = None
@@ -115,7 +121,9 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _known_model(cls, value: str) -> str:
         if value not in SUPPORTED_MODELS:
-            raise ContractError(f"Unsupported model '{value}'; supported: {', '.join(sorted(SUPPORTED_MODELS))}.")
+            raise ContractError(
+                f"Unsupported model '{value}'; supported: {', '.join(sorted(SUPPORTED_MODELS))}."
+            )
         return value
 
     @field_validator("prompt")
@@ -130,7 +138,9 @@ class GenerationRequest(BaseModel):
     def _public_http_urls(cls, value: list[str] | None) -> list[str] | None:
         for url in value or []:
             if not url.lower().startswith(("http://", "https://")) or len(url) < 12:
-                raise ContractError("Each image_urls entry must be a public http(s) URL (base64 is not accepted).")
+                raise ContractError(
+                    "Each image_urls entry must be a public http(s) URL (base64 is not accepted)."
+                )
         return value
 
     @field_validator("callback_url")
@@ -189,9 +199,19 @@ class TaskError(BaseModel):
 class TaskObject(BaseModel):
     """The task object of create and status answers."""
 
-    model_config = ConfigDict(json_schema_extra={"example": {
-        "id": "task_img_01jd3x2k8v9m", "object": "generation.task", "model": DEFAULT_MODEL,
-        "status": "queued", "progress": 0, "created_at": 1703884800, "metadata": {}}})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "id": "task_img_01jd3x2k8v9m",
+                "object": "generation.task",
+                "model": DEFAULT_MODEL,
+                "status": "queued",
+                "progress": 0,
+                "created_at": 1703884800,
+                "metadata": {},
+            }
+        }
+    )
 
     id: str
     object: Literal["generation.task"] = "generation.task"

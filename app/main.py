@@ -18,8 +18,8 @@ from app.config import Settings, SettingsError
 from app.db.engine import create_engine, create_session_factory
 from app.security import KeyMaterial
 from app.services.tasks import TaskService
-from app.services.upstream_pool import UpstreamKeyPool
 from app.services.uploads import UploadService
+from app.services.upstream_pool import UpstreamKeyPool
 from app.state import GatewayState
 from app.timeutil import Clock, utcnow
 from app.upstream.base import UpstreamAdapter
@@ -62,11 +62,16 @@ def create_app(
         engine = create_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
         sessions = create_session_factory(engine)
         keys = KeyMaterial(secrets.secret_key)
-        upstream = adapter or ToAPIsAdapter(build_http_client(
-            upstream_base_url(settings), user_agent=settings.user_agent, timeout_s=settings.upstream_timeout_s,
-            connect_timeout_s=settings.upstream_connect_timeout_s,
-            max_connections=settings.upstream_max_connections, transport=upstream_transport,
-        ))
+        upstream = adapter or ToAPIsAdapter(
+            build_http_client(
+                upstream_base_url(settings),
+                user_agent=settings.user_agent,
+                timeout_s=settings.upstream_timeout_s,
+                connect_timeout_s=settings.upstream_connect_timeout_s,
+                max_connections=settings.upstream_max_connections,
+                transport=upstream_transport,
+            )
+        )
         pool = UpstreamKeyPool()
         try:
             async with sessions.begin() as session:
@@ -77,8 +82,14 @@ def create_app(
             raise SettingsError("The database is not migrated: run `seedream-gateway migrate` first.") from e
         refresh = dt.timedelta(seconds=settings.status_refresh_interval_s)
         app.state.gateway = GatewayState(
-            settings=settings, engine=engine, sessions=sessions, keys=keys, adapter=upstream, pool=pool,
-            tasks=TaskService(sessions, upstream, pool, clock, refresh), uploads=UploadService(upstream, pool),
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            keys=keys,
+            adapter=upstream,
+            pool=pool,
+            tasks=TaskService(sessions, upstream, pool, clock, refresh),
+            uploads=UploadService(upstream, pool),
             clock=clock,
         )
         try:
@@ -91,7 +102,7 @@ def create_app(
         title="Seedream Gateway",
         version="0.1.0",
         description="The Seedream 4.0 task API (ToAPIs contract) for tenants: same requests, same answers, "
-        "your own key. Errors use `{\"error\": {\"code\", \"message\", \"type\", \"param\"}}`.",
+        'your own key. Errors use `{"error": {"code", "message", "type", "param"}}`.',
         lifespan=lifespan,
     )
     install_error_handlers(app)

@@ -9,8 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.security import KeyMaterial
 from app.services.tasks import TaskService
-from app.services.upstream_pool import UpstreamKeyPool
 from app.services.uploads import UploadService
+from app.services.upstream_pool import UpstreamKeyPool
 from app.timeutil import Clock
 from app.upstream.base import UpstreamAdapter
 

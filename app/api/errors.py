@@ -15,8 +15,14 @@ from app.errors import GatewayError, InvalidRequest
 
 log = logging.getLogger(__name__)
 
-_HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-               413: "invalid_request", 415: "invalid_request"}
+_HTTP_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "invalid_request",
+    415: "invalid_request",
+}
 
 
 def error_response(error: GatewayError) -> JSONResponse:
@@ -38,8 +44,9 @@ def validation_to_error(exc: RequestValidationError) -> InvalidRequest:
     if kind == "json_invalid":
         return InvalidRequest("The request body is not valid JSON.")
     if kind == "missing":
-        return InvalidRequest(f"The '{field}' field is required." if field else "The request body is required.",
-                              param=field)
+        return InvalidRequest(
+            f"The '{field}' field is required." if field else "The request body is required.", param=field
+        )
     if field is None and kind in ("model_attributes_type", "dict_type"):
         return InvalidRequest("The request body must be a JSON object.")
     message = str(first.get("msg", "Invalid value")).removeprefix("Value error, ")
@@ -57,10 +64,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
+        code = _HTTP_CODES.get(
+            exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error"
+        )
         message = exc.detail if isinstance(exc.detail, str) else "Request failed"
-        error = GatewayError(message, code=code, status_code=exc.status_code,
-                             type_="invalid_request_error" if exc.status_code < 500 else "api_error")
+        error = GatewayError(
+            message,
+            code=code,
+            status_code=exc.status_code,
+            type_="invalid_request_error" if exc.status_code < 500 else "api_error",
+        )
         return JSONResponse(error.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

@@ -15,9 +15,17 @@ router = APIRouter(prefix="/v1/images", tags=["generations"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": text}
-    for status, text in {400: "Invalid request", 401: "Missing or invalid API key", 402: "Quota exhausted",
-                         413: "Body too large", 415: "Not JSON", 429: "Rate limited",
-                         502: "Upstream error", 503: "No upstream key available", 504: "Upstream timeout"}.items()
+    for status, text in {
+        400: "Invalid request",
+        401: "Missing or invalid API key",
+        402: "Quota exhausted",
+        413: "Body too large",
+        415: "Not JSON",
+        429: "Rate limited",
+        502: "Upstream error",
+        503: "No upstream key available",
+        504: "Upstream timeout",
+    }.items()
 }
 
 
@@ -28,8 +36,12 @@ def require_json(content_type: Annotated[str | None, Header(include_in_schema=Fa
 
 
 @router.post(
-    "/generations", response_model=TaskObject, response_model_exclude_none=True, responses=_ERRORS,
-    dependencies=[Depends(require_json)], summary="Create an image generation task",
+    "/generations",
+    response_model=TaskObject,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    dependencies=[Depends(require_json)],
+    summary="Create an image generation task",
 )
 async def create_generation(body: GenerationRequest, tenant: TenantDep, state: StateDep) -> TaskObject:
     task = await state.tasks.submit(tenant.id, body)
@@ -37,7 +49,9 @@ async def create_generation(body: GenerationRequest, tenant: TenantDep, state: S
 
 
 @router.get(
-    "/generations/{task_id}", response_model=TaskObject, response_model_exclude_none=True,
+    "/generations/{task_id}",
+    response_model=TaskObject,
+    response_model_exclude_none=True,
     responses={**_ERRORS, 404: {"model": ErrorEnvelope, "description": "Task not found"}},
     summary="Task status and result",
 )

@@ -27,5 +27,6 @@ async def readyz(state: StateDep) -> JSONResponse:
         checks["database"] = f"error: {type(e).__name__}"
     checks["upstream_keys"] = "ok" if len(state.pool) else "none configured"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503
+    )

@@ -57,8 +57,20 @@ class BodySizeLimit:
 
 
 async def _reject(send: Send, limit: int) -> None:
-    body = json.dumps({"error": {"code": "invalid_request", "type": "invalid_request_error",
-                                 "message": f"Request body too large (limit {limit} bytes)."}}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    body = json.dumps(
+        {
+            "error": {
+                "code": "invalid_request",
+                "type": "invalid_request_error",
+                "message": f"Request body too large (limit {limit} bytes).",
+            }
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

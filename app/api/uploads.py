@@ -15,7 +15,9 @@ router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 
 
 @router.post(
-    "/images", response_model=UploadResponse, summary="Upload a reference image for image_urls",
+    "/images",
+    response_model=UploadResponse,
+    summary="Upload a reference image for image_urls",
     responses={400: {"model": UploadResponse}, 401: {"model": ErrorEnvelope}, 413: {"model": UploadResponse}},
 )
 async def upload_image(
@@ -28,5 +30,7 @@ async def upload_image(
         )
     except UploadRefused as e:
         return JSONResponse({"success": False, "message": e.message}, status_code=e.status_code)
-    return UploadResponse(success=True, data=UploadData(
-        id=uploaded.id, url=uploaded.url, mime_type=uploaded.mime_type, size=uploaded.size))
+    return UploadResponse(
+        success=True,
+        data=UploadData(id=uploaded.id, url=uploaded.url, mime_type=uploaded.mime_type, size=uploaded.size),
+    )

@@ -25,7 +25,9 @@ async def get(session: AsyncSession, task_id: str) -> Task | None:
     return (await session.execute(select(Task).where(Task.id == task_id))).scalar_one_or_none()
 
 
-async def claim_refresh(session: AsyncSession, task_id: str, now: dt.datetime, interval: dt.timedelta) -> bool:
+async def claim_refresh(
+    session: AsyncSession, task_id: str, now: dt.datetime, interval: dt.timedelta
+) -> bool:
     """Take the right to refresh a task from the upstream: at most one claimant per interval, across replicas."""
     stmt = (
         update(Task)
@@ -43,10 +45,6 @@ async def claim_refresh(session: AsyncSession, task_id: str, now: dt.datetime, i
 
 async def apply_update(session: AsyncSession, task_id: str, values: dict[str, Any]) -> bool:
     """Write a status change unless the task is already terminal (a terminal row never changes again)."""
-    stmt = (
-        update(Task)
-        .where(Task.id == task_id, Task.status.in_(OPEN_STATUSES))
-        .values(**values)
-    )
+    stmt = update(Task).where(Task.id == task_id, Task.status.in_(OPEN_STATUSES)).values(**values)
     result = await session.execute(stmt)
     return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.contract import TERMINAL_STATUSES, GenerationRequest, TaskError, TaskObject, TaskResult
+from app.contract import TERMINAL_STATUSES, GenerationRequest, ImageRef, TaskError, TaskObject, TaskResult
 from app.errors import GatewayError, NotFound, UpstreamRejected
 from app.ids import new_id
 from app.models.task import SUBMITTING, Task
@@ -45,9 +45,17 @@ class TaskService:
         body = request.to_upstream()
         now = self._clock()
         task = Task(
-            id=new_id("task_img_"), tenant_id=tenant_id, upstream_key_id=key.id, model=request.model,
-            request=body, n=request.n, status=SUBMITTING, progress=0,
-            client_business_id=request.client_business_id, created_at=now, updated_at=now,
+            id=new_id("task_img_"),
+            tenant_id=tenant_id,
+            upstream_key_id=key.id,
+            model=request.model,
+            request=body,
+            n=request.n,
+            status=SUBMITTING,
+            progress=0,
+            client_business_id=request.client_business_id,
+            created_at=now,
+            updated_at=now,
         )
         # The row is committed before the upstream call so a crash cannot lose a task the upstream accepted,
         # and no transaction is held open across the network.
@@ -104,8 +112,12 @@ class TaskService:
     async def _mark_refused(self, task_id: str, error: GatewayError) -> None:
         """The upstream refused or never answered: the task is failed, with the reason kept in the ledger."""
         values: dict[str, Any] = {
-            "status": "failed", "progress": 0, "error_code": str(error.code)[:64], "error_message": error.message,
-            "updated_at": self._clock(), "completed_at": self._clock(),
+            "status": "failed",
+            "progress": 0,
+            "error_code": str(error.code)[:64],
+            "error_message": error.message,
+            "updated_at": self._clock(),
+            "completed_at": self._clock(),
         }
         if not isinstance(error, UpstreamRejected):
             values["error_code"] = "upstream_error"
@@ -118,7 +130,8 @@ def _values_from_upstream(upstream: UpstreamTask, now: dt.datetime) -> dict[str,
     if upstream.status == "completed":
         completed = from_unix(upstream.completed_at) or now
         values.update(
-            result_urls=upstream.urls, completed_at=completed,
+            result_urls=upstream.urls,
+            completed_at=completed,
             expires_at=from_unix(upstream.expires_at) or completed + RESULT_TTL,
         )
     elif upstream.status == "failed":
@@ -134,16 +147,19 @@ def to_task_object(task: Task, *, created: bool = False) -> TaskObject:
     """The contract's task object for a ledger row."""
     status = "queued" if task.status == SUBMITTING else task.status
     obj = TaskObject(
-        id=task.id, model=task.model, status=status,  # type: ignore[arg-type]
+        id=task.id,
+        model=task.model,
+        status=status,
         progress=100 if status == "completed" else task.progress,
-        created_at=to_unix(task.created_at) or 0, client_business_id=task.client_business_id,
+        created_at=to_unix(task.created_at) or 0,
+        client_business_id=task.client_business_id,
         metadata={} if created else None,
     )
     if status == "completed":
         urls = task.result_urls or []
         obj.completed_at = to_unix(task.completed_at)
         obj.expires_at = to_unix(task.expires_at)
-        obj.result = TaskResult(data=[{"url": u} for u in urls])  # type: ignore[misc]
+        obj.result = TaskResult(data=[ImageRef(url=u) for u in urls])
         obj.url = urls[0] if urls else None
     elif status == "failed":
         obj.progress = 0

@@ -25,14 +25,22 @@ async def create_tenant(
     tenant = Tenant(id=new_id("ten_"), name=name, status="active", created_at=now, updated_at=now)
     await repo.insert_tenant(session, tenant)
     plaintext = key or new_tenant_key()
-    await repo.insert_key(session, TenantKey(
-        id=new_id("key_"), tenant_id=tenant.id, key_hash=keys.hash_tenant_key(plaintext),
-        prefix=plaintext[:10], created_at=now,
-    ))
+    await repo.insert_key(
+        session,
+        TenantKey(
+            id=new_id("key_"),
+            tenant_id=tenant.id,
+            key_hash=keys.hash_tenant_key(plaintext),
+            prefix=plaintext[:10],
+            created_at=now,
+        ),
+    )
     return tenant, plaintext
 
 
-async def authenticate(session: AsyncSession, keys: KeyMaterial, authorization: str | None, now: dt.datetime) -> Tenant:
+async def authenticate(
+    session: AsyncSession, keys: KeyMaterial, authorization: str | None, now: dt.datetime
+) -> Tenant:
     """The tenant of a `Bearer <key>` header, or Unauthorized in the upstream's shape."""
     scheme, _, token = (authorization or "").partition(" ")
     token = token.strip()

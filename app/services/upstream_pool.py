@@ -37,11 +37,20 @@ class UpstreamKeyPool:
         for index, secret in enumerate(configured):
             fingerprint = material.fingerprint(secret)
             if await repo.get_by_fingerprint(session, fingerprint) is None:
-                await repo.insert(session, UpstreamKey(
-                    id=new_id("upk_"), name=f"configured-{index + 1}", fingerprint=fingerprint,
-                    secret_encrypted=material.encrypt(secret), status="active", created_at=now,
-                ))
-        self.set_keys([PoolKey(k.id, material.decrypt(k.secret_encrypted)) for k in await repo.list_active(session)])
+                await repo.insert(
+                    session,
+                    UpstreamKey(
+                        id=new_id("upk_"),
+                        name=f"configured-{index + 1}",
+                        fingerprint=fingerprint,
+                        secret_encrypted=material.encrypt(secret),
+                        status="active",
+                        created_at=now,
+                    ),
+                )
+        self.set_keys(
+            [PoolKey(k.id, material.decrypt(k.secret_encrypted)) for k in await repo.list_active(session)]
+        )
 
     def set_keys(self, keys: list[PoolKey]) -> None:
         self._keys = keys

@@ -124,11 +124,15 @@ class ToAPIsAdapter:
         payload = self._json(response, allow_error=True)
         data = payload.get("data")
         if response.status_code >= 400 or not payload.get("success") or not isinstance(data, dict):
-            raise UploadRefused(response.status_code if response.status_code >= 400 else 400,
-                                str(payload.get("message") or "Upload refused by upstream"))
+            raise UploadRefused(
+                response.status_code if response.status_code >= 400 else 400,
+                str(payload.get("message") or "Upload refused by upstream"),
+            )
         return UploadedFile(
-            id=str(data.get("id")), url=str(data.get("url")),
-            mime_type=str(data.get("mime_type") or content_type), size=int(data.get("size") or len(content)),
+            id=str(data.get("id")),
+            url=str(data.get("url")),
+            mime_type=str(data.get("mime_type") or content_type),
+            size=int(data.get("size") or len(content)),
         )
 
     async def aclose(self) -> None:
