@@ -106,9 +106,7 @@ def migrate() -> None:
 @tenants_cli.command("create")
 def tenants_create(
     name: Annotated[str, typer.Argument(help="A unique tenant name.")],
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object (tenant_id, name, key).")
-    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (tenant_id, name, key).")] = False,
 ) -> None:
     """Create a tenant and print its first API key (shown once, stored only as a hash)."""
     settings = _settings()
@@ -143,7 +141,7 @@ async def _create_tenant(settings: Settings, name: str, key: str | None = None) 
     try:
         async with create_session_factory(engine).begin() as session:
             tenant, plaintext = await create_tenant(
-                session, KeyMaterial(settings.secrets.secret_key), name, utcnow(), key=key
+                session, KeyMaterial(settings.secrets.secret_key), name, utcnow(), key=key, limits=settings.default_limits
             )
         return tenant.id, plaintext
     except (OperationalError, ProgrammingError) as e:

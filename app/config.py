@@ -11,10 +11,9 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-PLACEHOLDER_SECRETS = frozenset(
-    {"", "changeme", "change-me", "change_me", "secret", "placeholder", "xxx", "todo"}
-)
+PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "change_me", "secret", "placeholder", "xxx", "todo"})
 MIN_SECRET_CHARS = 16
+LIMIT_NAMES = ("daily_images", "monthly_images", "max_in_flight", "submit_rpm", "query_rpm")
 
 
 class SettingsError(RuntimeError):
@@ -24,13 +23,9 @@ class SettingsError(RuntimeError):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Field(
-        Path("./data"), description="Where the embedded SQLite ledger and demo secrets live."
-    )
+    data_dir: Path = Field(Path("./data"), description="Where the embedded SQLite ledger and demo secrets live.")
     database_url: str = Field("", description="SQLAlchemy async URL; empty = SQLite file under data_dir.")
-    upstream_base_url: str = Field(
-        "", description="Upstream base URL (without /v1); empty = built-in sandbox."
-    )
+    upstream_base_url: str = Field("", description="Upstream base URL (without /v1); empty = built-in sandbox.")
     upstream_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Comma-separated upstream API keys, added to the pool at start."
     )
@@ -52,6 +47,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, description="Largest JSON request body accepted (413 above).")
     db_pool_size: int = 20
     redis_url: str = Field("", description="Rate windows in Redis when set; PostgreSQL/SQLite otherwise.")
+    quotas_enabled: bool = Field(
+        True, description="Reserve and settle images per task; off only for benchmarks and emergencies."
+    )
+    default_daily_images: int | None = Field(None, ge=0, description="Images per UTC day for new tenants.")
+    default_monthly_images: int | None = Field(None, ge=0, description="Images per calendar month for new tenants.")
+    default_max_in_flight: int | None = Field(None, ge=0, description="Tasks in flight at once for new tenants.")
+    default_submit_rpm: int | None = Field(None, ge=0, description="Submits per minute for new tenants.")
+    default_query_rpm: int | None = Field(None, ge=0, description="Status queries per minute for new tenants.")
 
     @field_validator("upstream_keys", mode="before")
     @classmethod
@@ -59,6 +62,25 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator(
+        "default_daily_images",
+        "default_monthly_images",
+        "default_max_in_flight",
+        "default_submit_rpm",
+        "default_query_rpm",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unlimited(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null", "unlimited"):
+            return None
+        return value
+
+    @property
+    def default_limits(self) -> dict[str, int | None]:
+        """Limits a new tenant starts with (None = unlimited)."""
+        return {name: getattr(self, f"default_{name}") for name in LIMIT_NAMES}
 
     @property
     def zero_config(self) -> bool:

@@ -121,9 +121,7 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _known_model(cls, value: str) -> str:
         if value not in SUPPORTED_MODELS:
-            raise ContractError(
-                f"Unsupported model '{value}'; supported: {', '.join(sorted(SUPPORTED_MODELS))}."
-            )
+            raise ContractError(f"Unsupported model '{value}'; supported: {', '.join(sorted(SUPPORTED_MODELS))}.")
         return value
 
     @field_validator("prompt")
@@ -138,9 +136,7 @@ class GenerationRequest(BaseModel):
     def _public_http_urls(cls, value: list[str] | None) -> list[str] | None:
         for url in value or []:
             if not url.lower().startswith(("http://", "https://")) or len(url) < 12:
-                raise ContractError(
-                    "Each image_urls entry must be a public http(s) URL (base64 is not accepted)."
-                )
+                raise ContractError("Each image_urls entry must be a public http(s) URL (base64 is not accepted).")
         return value
 
     @field_validator("callback_url")

@@ -8,15 +8,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import redis.asyncio
 from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from app.api import generations, health, uploads
+from app.api import generations, health, uploads, usage
+from app.api.admin import quota as admin_quota
+from app.api.admin import tenants as admin_tenants
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodySizeLimit
 from app.config import Settings, SettingsError
 from app.db.engine import create_engine, create_session_factory
 from app.security import KeyMaterial
+from app.services.rate_limits import RateLimitService, RedisWindowStore, SqlWindowStore
 from app.services.tasks import TaskService
 from app.services.uploads import UploadService
 from app.services.upstream_pool import UpstreamKeyPool
@@ -81,6 +85,7 @@ def create_app(
             await engine.dispose()
             raise SettingsError("The database is not migrated: run `seedream-gateway migrate` first.") from e
         refresh = dt.timedelta(seconds=settings.status_refresh_interval_s)
+        redis_store = RedisWindowStore(redis.asyncio.from_url(settings.redis_url)) if settings.redis_url else None
         app.state.gateway = GatewayState(
             settings=settings,
             engine=engine,
@@ -88,14 +93,18 @@ def create_app(
             keys=keys,
             adapter=upstream,
             pool=pool,
-            tasks=TaskService(sessions, upstream, pool, clock, refresh),
+            tasks=TaskService(sessions, upstream, pool, clock, refresh, quotas_enabled=settings.quotas_enabled),
             uploads=UploadService(upstream, pool),
+            rate_limits=RateLimitService(redis_store or SqlWindowStore(sessions), clock),
+            admin_token=secrets.admin_token,
             clock=clock,
         )
         try:
             yield
         finally:
             await upstream.aclose()
+            if redis_store is not None:
+                await redis_store.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -109,7 +118,10 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     app.include_router(generations.router)
     app.include_router(uploads.router)
+    app.include_router(usage.router)
     app.include_router(health.router)
+    app.include_router(admin_tenants.router)
+    app.include_router(admin_quota.router)
     if settings.zero_config:
         from app.sandbox.app import create_sandbox_app
 

@@ -19,9 +19,7 @@ class KeyMaterial:
 
     def __init__(self, secret_key: str) -> None:
         self._hash_key = _derive(secret_key, b"seedream-gateway tenant-key-hash")
-        self._fernet = Fernet(
-            base64.urlsafe_b64encode(_derive(secret_key, b"seedream-gateway upstream-key-enc"))
-        )
+        self._fernet = Fernet(base64.urlsafe_b64encode(_derive(secret_key, b"seedream-gateway upstream-key-enc")))
 
     def hash_tenant_key(self, key: str) -> str:
         return hmac.new(self._hash_key, key.encode(), hashlib.sha256).hexdigest()

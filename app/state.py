@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.security import KeyMaterial
+from app.services.rate_limits import RateLimitService
 from app.services.tasks import TaskService
 from app.services.uploads import UploadService
 from app.services.upstream_pool import UpstreamKeyPool
@@ -25,4 +26,6 @@ class GatewayState:
     pool: UpstreamKeyPool
     tasks: TaskService
     uploads: UploadService
+    rate_limits: RateLimitService
+    admin_token: str
     clock: Clock

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 
+from app.errors import Unauthorized
 from app.models import Tenant
+from app.security import constant_time_equals
 from app.services import tenants as tenant_service
 from app.state import GatewayState
 
@@ -28,3 +31,28 @@ async def get_tenant(
 
 
 TenantDep = Annotated[Tenant, Depends(get_tenant)]
+
+
+def rate_limited(kind: str, limit_of: Callable[[Tenant], int | None]) -> Callable[..., Awaitable[None]]:
+    """A dependency counting one request of `kind` against the tenant's per-minute limit (429 when over)."""
+
+    async def dependency(tenant: TenantDep, state: StateDep, response: Response) -> None:
+        response.headers.update(await state.rate_limits.enforce(tenant.id, kind, limit_of(tenant)))
+
+    return dependency
+
+
+SubmitRate = Depends(rate_limited("submit", lambda tenant: tenant.submit_rpm))
+QueryRate = Depends(rate_limited("query", lambda tenant: tenant.query_rpm))
+
+
+async def require_admin(
+    state: StateDep, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
+) -> None:
+    """The ops API's bearer token, compared in constant time; a tenant key is just a wrong token here."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not constant_time_equals(token.strip(), state.admin_token):
+        raise Unauthorized("Invalid admin token")
+
+
+AdminDep = Depends(require_admin)

@@ -64,9 +64,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(
-            exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error"
-        )
+        code = _HTTP_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
         message = exc.detail if isinstance(exc.detail, str) else "Request failed"
         error = GatewayError(
             message,

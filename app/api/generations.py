@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path
 
-from app.api.deps import StateDep, TenantDep
+from app.api.deps import QueryRate, StateDep, SubmitRate, TenantDep
 from app.contract import ErrorEnvelope, GenerationRequest, TaskObject
 from app.errors import UnsupportedMediaType
 from app.services.tasks import to_task_object
@@ -40,11 +40,11 @@ def require_json(content_type: Annotated[str | None, Header(include_in_schema=Fa
     response_model=TaskObject,
     response_model_exclude_none=True,
     responses=_ERRORS,
-    dependencies=[Depends(require_json)],
+    dependencies=[Depends(require_json), SubmitRate],
     summary="Create an image generation task",
 )
 async def create_generation(body: GenerationRequest, tenant: TenantDep, state: StateDep) -> TaskObject:
-    task = await state.tasks.submit(tenant.id, body)
+    task = await state.tasks.submit(tenant, body)
     return to_task_object(task, created=True)
 
 
@@ -54,6 +54,7 @@ async def create_generation(body: GenerationRequest, tenant: TenantDep, state: S
     response_model_exclude_none=True,
     responses={**_ERRORS, 404: {"model": ErrorEnvelope, "description": "Task not found"}},
     summary="Task status and result",
+    dependencies=[QueryRate],
 )
 async def get_generation(
     task_id: Annotated[str, Path(max_length=128)], tenant: TenantDep, state: StateDep

@@ -1,7 +1,8 @@
 """ORM tables; importing this package registers every table on Base.metadata."""
 
+from app.models.quota import QuotaCounter, QuotaEntry, RateWindow
 from app.models.task import Task
 from app.models.tenant import Tenant, TenantKey
 from app.models.upstream_key import UpstreamKey
 
-__all__ = ["Task", "Tenant", "TenantKey", "UpstreamKey"]
+__all__ = ["QuotaCounter", "QuotaEntry", "RateWindow", "Task", "Tenant", "TenantKey", "UpstreamKey"]

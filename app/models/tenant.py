@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, UTCDateTime
@@ -16,6 +16,12 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     status: Mapped[str] = mapped_column(String(16), default="active")
+    # Limits set by ops; NULL means unlimited. Read on every request, so a change applies at once everywhere.
+    daily_images: Mapped[int | None] = mapped_column(Integer, default=None)
+    monthly_images: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_in_flight: Mapped[int | None] = mapped_column(Integer, default=None)
+    submit_rpm: Mapped[int | None] = mapped_column(Integer, default=None)
+    query_rpm: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 

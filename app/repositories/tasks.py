@@ -25,9 +25,7 @@ async def get(session: AsyncSession, task_id: str) -> Task | None:
     return (await session.execute(select(Task).where(Task.id == task_id))).scalar_one_or_none()
 
 
-async def claim_refresh(
-    session: AsyncSession, task_id: str, now: dt.datetime, interval: dt.timedelta
-) -> bool:
+async def claim_refresh(session: AsyncSession, task_id: str, now: dt.datetime, interval: dt.timedelta) -> bool:
     """Take the right to refresh a task from the upstream: at most one claimant per interval, across replicas."""
     stmt = (
         update(Task)

@@ -75,9 +75,7 @@ def caller_key(request: Request, state: StateDep) -> str:
     """The caller's bearer key; no User-Agent is refused first, as the upstream's edge does before auth."""
     if not request.headers.get("user-agent", "").strip():
         state.stats.count("forbidden")
-        raise api_error(
-            403, "forbidden", "Requests without a User-Agent header are refused", "permission_error"
-        )
+        raise api_error(403, "forbidden", "Requests without a User-Agent header are refused", "permission_error")
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not state.config.accepts_key(key):
@@ -330,9 +328,7 @@ async def _render_http_error(request: Request, exc: Exception) -> Response:
     return await _render_sandbox_error(request, error)
 
 
-def create_sandbox_app(
-    config: SandboxConfig | None = None, clock: Callable[[], float] | None = None
-) -> FastAPI:
+def create_sandbox_app(config: SandboxConfig | None = None, clock: Callable[[], float] | None = None) -> FastAPI:
     """A sandbox upstream app; `clock` (unix seconds) drives task progress so tests need not sleep."""
     app = FastAPI(title="Seedream sandbox upstream", version="1.0")
     app.state.sandbox = SandboxState(config=config or SandboxConfig(), clock=clock or time.time)

@@ -36,9 +36,7 @@ def _render(size: str, long_side: int, variant: int) -> bytes:
     width, height = dimensions(size, long_side)
     start, end = _PALETTE[variant]
     mask = Image.linear_gradient("L").resize((width, height))
-    image = Image.composite(
-        Image.new("RGB", (width, height), end), Image.new("RGB", (width, height), start), mask
-    )
+    image = Image.composite(Image.new("RGB", (width, height), end), Image.new("RGB", (width, height), start), mask)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -11,8 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.contract import TERMINAL_STATUSES, GenerationRequest, ImageRef, TaskError, TaskObject, TaskResult
 from app.errors import GatewayError, NotFound, UpstreamRejected
 from app.ids import new_id
+from app.models import Tenant
 from app.models.task import SUBMITTING, Task
 from app.repositories import tasks as repo
+from app.services import quotas
 from app.services.singleflight import SingleFlight
 from app.services.upstream_pool import UpstreamKeyPool
 from app.timeutil import Clock, from_unix, to_unix
@@ -31,22 +33,25 @@ class TaskService:
         pool: UpstreamKeyPool,
         clock: Clock,
         refresh_interval: dt.timedelta,
+        *,
+        quotas_enabled: bool = True,
     ) -> None:
         self._sessions = sessions
         self._adapter = adapter
         self._pool = pool
         self._clock = clock
         self._refresh_interval = refresh_interval
+        self._quotas_enabled = quotas_enabled
         self._inflight: SingleFlight[Task] = SingleFlight()
 
-    async def submit(self, tenant_id: str, request: GenerationRequest) -> Task:
-        """Record the task, send it upstream with a pool key, record the upstream's answer."""
+    async def submit(self, tenant: Tenant, request: GenerationRequest) -> Task:
+        """Record the task and reserve its images, send it upstream with a pool key, record the upstream's answer."""
         key = self._pool.choose()
         body = request.to_upstream()
         now = self._clock()
         task = Task(
             id=new_id("task_img_"),
-            tenant_id=tenant_id,
+            tenant_id=tenant.id,
             upstream_key_id=key.id,
             model=request.model,
             request=body,
@@ -57,10 +62,13 @@ class TaskService:
             created_at=now,
             updated_at=now,
         )
-        # The row is committed before the upstream call so a crash cannot lose a task the upstream accepted,
-        # and no transaction is held open across the network.
+        # The row and its reservation are committed before the upstream call, so a crash cannot lose a task the
+        # upstream accepted, nothing is spent upstream that the quota refused, and no transaction (and no lock on
+        # the tenant's hot counter rows) is held open across the network.
         async with self._sessions.begin() as session:
             await repo.insert(session, task)
+            if self._quotas_enabled:
+                await quotas.reserve(session, tenant, task.id, request.n, now)
         try:
             upstream = await self._adapter.create(key.secret, body)
         except GatewayError as e:
@@ -68,11 +76,7 @@ class TaskService:
             raise
         values = _values_from_upstream(upstream, self._clock())
         values["upstream_task_id"] = upstream.id
-        async with self._sessions.begin() as session:
-            await repo.apply_update(session, task.id, values)
-            stored = await repo.get(session, task.id)
-        assert stored is not None
-        return stored
+        return await self._record(task.id, values, len(upstream.urls))
 
     async def status(self, tenant_id: str, task_id: str) -> Task:
         """A terminal task from the ledger; an open one refreshed from the upstream at most once per interval."""
@@ -102,12 +106,21 @@ class TaskService:
                 # A failed poll changes nothing: the caller sees the last known state and polls again.
                 log.warning("status refresh of %s failed: %s", task.id, e.message)
             else:
-                async with self._sessions.begin() as session:
-                    await repo.apply_update(session, task.id, _values_from_upstream(upstream, self._clock()))
+                return await self._record(task.id, _values_from_upstream(upstream, self._clock()), len(upstream.urls))
         async with self._sessions() as session:
             fresh = await repo.get(session, task.id)
         assert fresh is not None
         return fresh
+
+    async def _record(self, task_id: str, values: dict[str, Any], produced: int) -> Task:
+        """Write the upstream's view of a task; the call that makes it terminal also settles its quota."""
+        async with self._sessions.begin() as session:
+            changed = await repo.apply_update(session, task_id, values)
+            if changed and values["status"] in TERMINAL_STATUSES:
+                await quotas.settle(session, task_id, produced if values["status"] == "completed" else 0, self._clock())
+            stored = await repo.get(session, task_id)
+        assert stored is not None
+        return stored
 
     async def _mark_refused(self, task_id: str, error: GatewayError) -> None:
         """The upstream refused or never answered: the task is failed, with the reason kept in the ledger."""
@@ -121,8 +134,7 @@ class TaskService:
         }
         if not isinstance(error, UpstreamRejected):
             values["error_code"] = "upstream_error"
-        async with self._sessions.begin() as session:
-            await repo.apply_update(session, task_id, values)
+        await self._record(task_id, values, 0)
 
 
 def _values_from_upstream(upstream: UpstreamTask, now: dt.datetime) -> dict[str, Any]:

@@ -48,9 +48,7 @@ class UpstreamKeyPool:
                         created_at=now,
                     ),
                 )
-        self.set_keys(
-            [PoolKey(k.id, material.decrypt(k.secret_encrypted)) for k in await repo.list_active(session)]
-        )
+        self.set_keys([PoolKey(k.id, material.decrypt(k.secret_encrypted)) for k in await repo.list_active(session)])
 
     def set_keys(self, keys: list[PoolKey]) -> None:
         self._keys = keys

@@ -1,0 +1,23 @@
+"""Gateway extension: a tenant reads its own usage and remaining allowance with its key."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import StateDep, TenantDep
+from app.contract import ErrorEnvelope
+from app.ops_contract import UsageOut
+from app.services import quotas
+
+router = APIRouter(prefix="/v1", tags=["usage"])
+
+
+@router.get(
+    "/usage",
+    response_model=UsageOut,
+    responses={401: {"model": ErrorEnvelope}},
+    summary="Your usage and remaining allowance (gateway extension, not an upstream endpoint)",
+)
+async def my_usage(tenant: TenantDep, state: StateDep) -> UsageOut:
+    async with state.sessions() as session:
+        return UsageOut.of(await quotas.usage(session, tenant, state.clock()))

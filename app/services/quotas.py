@@ -1,0 +1,150 @@
+"""Quota rules: reserve a task's images at submit, settle them when it ends, report usage and drift.
+
+Every change to a counter is one conditional statement in the same transaction as the ledger entry it accounts
+for, and entries are unique per (task, kind): a retry, a duplicate poll or a second replica cannot apply one twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import InsufficientQuota, RateLimited
+from app.models import Tenant
+from app.models.quota import INFLIGHT_PERIOD
+from app.repositories import quotas as repo
+
+# A caller refused for its in-flight cap is told to come back after about one typical task's duration.
+IN_FLIGHT_RETRY_AFTER_S = 5
+
+
+def day_key(now: dt.datetime) -> str:
+    return now.astimezone(dt.UTC).strftime("%Y-%m-%d")
+
+
+def month_key(now: dt.datetime) -> str:
+    return now.astimezone(dt.UTC).strftime("%Y-%m")
+
+
+def next_day(now: dt.datetime) -> dt.datetime:
+    start = now.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return start + dt.timedelta(days=1)
+
+
+def next_month(now: dt.datetime) -> dt.datetime:
+    start = now.astimezone(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (start + dt.timedelta(days=32)).replace(day=1)
+
+
+async def reserve(session: AsyncSession, tenant: Tenant, task_id: str, n: int, now: dt.datetime) -> None:
+    """Reserve `n` images for a task about to be sent; raise (rolling the transaction back) when it does not fit."""
+    day, month = day_key(now), month_key(now)
+    if not await repo.add_if_fits(session, tenant.id, f"day:{day}", n, tenant.daily_images):
+        raise InsufficientQuota(f"Daily image quota exhausted ({tenant.daily_images} images per UTC day).")
+    if not await repo.add_if_fits(session, tenant.id, f"month:{month}", n, tenant.monthly_images):
+        raise InsufficientQuota(f"Monthly image quota exhausted ({tenant.monthly_images} images per month).")
+    if not await repo.add_if_fits(session, tenant.id, INFLIGHT_PERIOD, 1, tenant.max_in_flight):
+        reset = int(now.timestamp()) + IN_FLIGHT_RETRY_AFTER_S
+        raise RateLimited(
+            f"Too many tasks in flight (at most {tenant.max_in_flight}); retry when one finishes.",
+            headers={
+                "Retry-After": str(IN_FLIGHT_RETRY_AFTER_S),
+                "X-RateLimit-Limit": str(tenant.max_in_flight),
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": str(reset),
+            },
+        )
+    await repo.insert_entry_once(
+        session,
+        {
+            "tenant_id": tenant.id,
+            "task_id": task_id,
+            "kind": "reserve",
+            "images": n,
+            "day": day,
+            "month": month,
+            "created_at": now,
+        },
+    )
+
+
+async def settle(session: AsyncSession, task_id: str, produced: int, now: dt.datetime) -> None:
+    """Charge the images produced and return the rest of the reservation; a no-op the second time."""
+    reservation = await repo.reserve_entry(session, task_id)
+    if reservation is None:  # submitted while quotas were switched off
+        return
+    refund = reservation.images - min(max(produced, 0), reservation.images)
+    inserted = await repo.insert_entry_once(
+        session,
+        {
+            "tenant_id": reservation.tenant_id,
+            "task_id": task_id,
+            "kind": "settle",
+            "images": -refund,
+            "day": reservation.day,
+            "month": reservation.month,
+            "created_at": now,
+        },
+    )
+    if not inserted:
+        return
+    if refund:
+        await repo.subtract(session, reservation.tenant_id, f"day:{reservation.day}", refund)
+        await repo.subtract(session, reservation.tenant_id, f"month:{reservation.month}", refund)
+    await repo.subtract(session, reservation.tenant_id, INFLIGHT_PERIOD, 1)
+
+
+@dataclass(frozen=True)
+class PeriodUsage:
+    period: str
+    used: int
+    limit: int | None
+    resets_at: int
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else max(self.limit - self.used, 0)
+
+
+@dataclass(frozen=True)
+class Usage:
+    tenant_id: str
+    day: PeriodUsage
+    month: PeriodUsage
+    in_flight: int
+    max_in_flight: int | None
+
+
+async def usage(session: AsyncSession, tenant: Tenant, now: dt.datetime) -> Usage:
+    day, month = day_key(now), month_key(now)
+    values = await repo.counters(session, tenant.id, [f"day:{day}", f"month:{month}", INFLIGHT_PERIOD])
+    return Usage(
+        tenant_id=tenant.id,
+        day=PeriodUsage(day, values.get(f"day:{day}", 0), tenant.daily_images, int(next_day(now).timestamp())),
+        month=PeriodUsage(
+            month, values.get(f"month:{month}", 0), tenant.monthly_images, int(next_month(now).timestamp())
+        ),
+        in_flight=values.get(INFLIGHT_PERIOD, 0),
+        max_in_flight=tenant.max_in_flight,
+    )
+
+
+@dataclass(frozen=True)
+class Drift:
+    tenant_id: str
+    counter: str
+    stored: int
+    expected: int
+
+
+async def drift(session: AsyncSession, tenant_id: str | None = None) -> list[Drift]:
+    """Counters that differ from the sum of their entries (an empty list means the books balance)."""
+    expected = await repo.entry_sums(session, tenant_id)
+    stored = await repo.all_counters(session, tenant_id)
+    return [
+        Drift(tid, period, stored.get((tid, period), 0), expected.get((tid, period), 0))
+        for tid, period in sorted(set(expected) | set(stored))
+        if stored.get((tid, period), 0) != expected.get((tid, period), 0)
+    ]
