@@ -7,19 +7,30 @@ import json
 import logging
 import secrets
 import sys
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from app.config import Settings, SettingsError
+from app.errors import GatewayError
+from app.fileutil import write_private
+from app.security import KeyMaterial
+from app.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 cli = typer.Typer(
     help="Seedream Gateway: a multi-tenant gateway for the Seedream 4.0 image API.",
     no_args_is_help=True,
     add_completion=False,
 )
-tenants_cli = typer.Typer(help="Manage tenants.", no_args_is_help=True)
+tenants_cli = typer.Typer(help="Manage tenants: create, limits, usage.", no_args_is_help=True)
 cli.add_typer(tenants_cli, name="tenants")
+quota_cli = typer.Typer(help="Quota bookkeeping.", no_args_is_help=True)
+cli.add_typer(quota_cli, name="quota")
+T = TypeVar("T")
 
 HostOpt = Annotated[str | None, typer.Option(help="Interface to bind (default: GATEWAY_HOST or 127.0.0.1).")]
 PortOpt = Annotated[int | None, typer.Option(help="Port to bind (default: GATEWAY_PORT or 8000).")]
@@ -31,13 +42,14 @@ def _settings(**overrides: object) -> Settings:
     return settings.model_copy(update=updates) if updates else settings
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"seedream-gateway: {message}", err=True)
     raise typer.Exit(code=2)
 
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 @cli.command()
@@ -108,68 +120,155 @@ def tenants_create(
     name: Annotated[str, typer.Argument(help="A unique tenant name.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (tenant_id, name, key).")] = False,
 ) -> None:
-    """Create a tenant and print its first API key (shown once, stored only as a hash)."""
+    """Create a tenant (with the default limits) and print its first API key (shown once, stored only as a hash)."""
     settings = _settings()
-    try:
-        settings.secrets  # noqa: B018  (fail early with the one-line reason)
-        tenant_id, key = asyncio.run(_create_tenant(settings, name))
-    except SettingsError as e:
-        _fail(str(e))
-        return
-    except Exception as e:
-        from app.errors import GatewayError
-
-        if isinstance(e, GatewayError):
-            _fail(e.message)
-            return
-        raise
+    tenant_id, key = _run(_create_tenant(settings, name))
     if as_json:
         typer.echo(json.dumps({"tenant_id": tenant_id, "name": name, "key": key}))
     else:
         typer.echo(f"tenant {name} created: id {tenant_id}\nAPI key (shown once, keep it safe): {key}")
 
 
-async def _create_tenant(settings: Settings, name: str, key: str | None = None) -> tuple[str, str]:
+LimitOpt = Annotated[str | None, typer.Option(help="A number, or 'unlimited'.", show_default=False)]
+
+
+@tenants_cli.command("limits")
+def tenants_limits(
+    tenant: Annotated[str, typer.Argument(help="Tenant id or name.")],
+    daily_images: LimitOpt = None,
+    monthly_images: LimitOpt = None,
+    max_in_flight: LimitOpt = None,
+    submit_rpm: LimitOpt = None,
+    query_rpm: LimitOpt = None,
+) -> None:
+    """Show a tenant's limits, or set the ones given (others stay unchanged). Prints JSON."""
+    given = {
+        "daily_images": daily_images,
+        "monthly_images": monthly_images,
+        "max_in_flight": max_in_flight,
+        "submit_rpm": submit_rpm,
+        "query_rpm": query_rpm,
+    }
+    changes = {name: _limit_value(name, value) for name, value in given.items() if value is not None}
+
+    async def work(session: AsyncSession, _: KeyMaterial) -> dict[str, Any]:
+        from app.services import tenants as tenant_service
+
+        if changes:
+            row = await tenant_service.set_limits(session, tenant, changes, utcnow())
+        else:
+            row = await tenant_service.get_tenant(session, tenant)
+        return {"tenant_id": row.id, **tenant_service.limits_of(row)}
+
+    typer.echo(json.dumps(_run(_in_session(_settings(), work))))
+
+
+@tenants_cli.command("usage")
+def tenants_usage(tenant: Annotated[str, typer.Argument(help="Tenant id or name.")]) -> None:
+    """Show a tenant's usage in the current UTC day and month, and its tasks in flight. Prints JSON."""
+
+    async def work(session: AsyncSession, _: KeyMaterial) -> dict[str, Any]:
+        from app.ops_contract import UsageOut
+        from app.services import quotas
+        from app.services import tenants as tenant_service
+
+        row = await tenant_service.get_tenant(session, tenant)
+        return UsageOut.of(await quotas.usage(session, row, utcnow())).model_dump()
+
+    typer.echo(json.dumps(_run(_in_session(_settings(), work))))
+
+
+@quota_cli.command("check")
+def quota_check(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant (id or name).")] = None,
+) -> None:
+    """Verify that every quota counter equals the sum of its ledger entries; exit 1 on any drift."""
+
+    async def work(session: AsyncSession, _: KeyMaterial) -> dict[str, Any]:
+        from app.ops_contract import DriftReport
+        from app.services import quotas
+        from app.services import tenants as tenant_service
+
+        tenant_id = (await tenant_service.get_tenant(session, tenant)).id if tenant else None
+        return DriftReport.of(await quotas.drift(session, tenant_id)).model_dump()
+
+    report = _run(_in_session(_settings(), work))
+    typer.echo(json.dumps(report))
+    if not report["ok"]:
+        raise typer.Exit(code=1)
+
+
+def _limit_value(name: str, value: str) -> int | None:
+    if value.strip().lower() in ("unlimited", "none", "null"):
+        return None
+    if not value.strip().isdigit():
+        _fail(f"--{name.replace('_', '-')} must be a non-negative integer or 'unlimited', not {value!r}")
+    return int(value)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run one command's database work; expected failures become a one-line message and exit code 2."""
+    try:
+        return asyncio.run(coro)
+    except SettingsError as e:
+        _fail(str(e))
+    except GatewayError as e:
+        _fail(e.message)
+    raise AssertionError("unreachable")
+
+
+async def _in_session(settings: Settings, work: Callable[[AsyncSession, KeyMaterial], Awaitable[T]]) -> T:
+    """One unit of work against the configured database (committed when `work` returns)."""
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from app.db.engine import create_engine, create_session_factory
-    from app.security import KeyMaterial
-    from app.services.tenants import create_tenant
-    from app.timeutil import utcnow
 
+    keys = KeyMaterial(settings.secrets.secret_key)
     engine = create_engine(settings.effective_database_url, pool_size=1)
     try:
         async with create_session_factory(engine).begin() as session:
-            tenant, plaintext = await create_tenant(
-                session, KeyMaterial(settings.secrets.secret_key), name, utcnow(), key=key, limits=settings.default_limits
-            )
-        return tenant.id, plaintext
+            return await work(session, keys)
     except (OperationalError, ProgrammingError) as e:
         raise SettingsError("The database is not migrated: run `seedream-gateway migrate` first.") from e
     finally:
         await engine.dispose()
 
 
+async def _create_tenant(settings: Settings, name: str, key: str | None = None) -> tuple[str, str]:
+    from app.services.tenants import create_tenant
+
+    async def work(session: AsyncSession, keys: KeyMaterial) -> tuple[str, str]:
+        tenant, plaintext = await create_tenant(session, keys, name, utcnow(), key=key, limits=settings.default_limits)
+        return tenant.id, plaintext
+
+    return await _in_session(settings, work)
+
+
 async def _ensure_demo_tenant(settings: Settings) -> str:
     """The demo tenant's key, the same on every zero-config start (kept under data_dir, demo mode only)."""
-    path = settings.data_dir / "demo-tenant.json"
-    if path.exists():
-        stored: dict[str, str] = json.loads(path.read_text())
-        return stored["key"]
+    from app.repositories import tenants as tenants_repo
     from app.security import new_tenant_key
+    from app.services.tenants import authenticate, create_tenant
 
-    key = new_tenant_key()
-    try:
-        await _create_tenant(settings, "demo", key)
-    except Exception as e:
-        from app.errors import Conflict
+    path = settings.data_dir / "demo-tenant.json"
+    stored: str | None = json.loads(path.read_text())["key"] if path.exists() else None
 
-        if not isinstance(e, Conflict):
-            raise
-        key = new_tenant_key()  # a "demo" tenant exists without its key file: make a fresh one
-        await _create_tenant(settings, f"demo-{secrets.token_hex(3)}", key)
-    path.write_text(json.dumps({"key": key}))
-    path.chmod(0o600)
+    async def work(session: AsyncSession, keys: KeyMaterial) -> str:
+        if stored is not None:
+            try:
+                await authenticate(session, keys, f"Bearer {stored}", utcnow())
+                return stored
+            except GatewayError:
+                pass  # the database was reset under the key file: make a new demo tenant
+        name = "demo" if await tenants_repo.get_by_name(session, "demo") is None else f"demo-{secrets.token_hex(3)}"
+        _, key = await create_tenant(
+            session, keys, name, utcnow(), key=new_tenant_key(), limits=settings.default_limits
+        )
+        return key
+
+    key = await _in_session(settings, work)
+    if key != stored:
+        write_private(path, json.dumps({"key": key}))
     return key
 
 

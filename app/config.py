@@ -11,6 +11,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.fileutil import write_private
+
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "change_me", "secret", "placeholder", "xxx", "todo"})
 MIN_SECRET_CHARS = 16
 LIMIT_NAMES = ("daily_images", "monthly_images", "max_in_flight", "submit_rpm", "query_rpm")
@@ -141,10 +143,8 @@ def _load_demo_secrets(data_dir: Path) -> dict[str, str]:
     if path.exists():
         stored: dict[str, str] = json.loads(path.read_text())
         return stored
-    data_dir.mkdir(parents=True, exist_ok=True)
     stored = {"admin_token": "adm-" + secrets.token_urlsafe(24), "secret_key": secrets.token_urlsafe(32)}
-    path.write_text(json.dumps(stored))
-    path.chmod(0o600)
+    write_private(path, json.dumps(stored))
     return stored
 
 

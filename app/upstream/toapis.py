@@ -13,7 +13,13 @@ from app.errors import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from app.upstream.base import UploadedFile, UploadRefused, UpstreamTask
 
 # Headers of a 4xx worth passing on to the caller (rate-limit hints in particular).
-_PASSTHROUGH_HEADERS = ("retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
+_PASSTHROUGH_HEADERS = (
+    "retry-after",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "x-ratelimit-category",
+)
 
 
 def build_http_client(
@@ -80,14 +86,14 @@ def _progress(value: Any, status: TaskStatus) -> int:
         value = value.rstrip("%").strip()
     try:
         return max(0, min(100, int(float(value))))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0
 
 
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value) if value is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -121,7 +127,7 @@ class ToAPIsAdapter:
             raise UpstreamUnavailable("Upstream unreachable") from e
         if response.status_code >= 500:
             raise UpstreamUnavailable(f"Upstream answered {response.status_code}")
-        payload = self._json(response, allow_error=True)
+        payload = self._json(response, allow_error=response.status_code >= 400)
         data = payload.get("data")
         if response.status_code >= 400 or not payload.get("success") or not isinstance(data, dict):
             raise UploadRefused(
