@@ -120,9 +120,7 @@ async def test_concurrent_polls_share_one_upstream_call(gw: Harness) -> None:
     key = await gw.new_tenant("acme")
     task = await submit(gw, key, {"prompt": "a fox"})
     gw.clock.advance(3)
-    answers = await asyncio.gather(
-        *[gw.client.get(f"{URL}/{task['id']}", headers=bearer(key)) for _ in range(100)]
-    )
+    answers = await asyncio.gather(*[gw.client.get(f"{URL}/{task['id']}", headers=bearer(key)) for _ in range(100)])
     assert {r.status_code for r in answers} == {200}
     assert gw.sandbox_stats()["status"] == 1
 
@@ -168,9 +166,7 @@ async def test_other_tenants_task_is_indistinguishable_from_missing(gw: Harness)
     assert_envelope(theirs.json(), "task_not_found")
 
 
-@pytest.mark.parametrize(
-    "headers", [{}, {"Authorization": "Bearer sk-gw-wrong"}, {"Authorization": "Basic abc"}]
-)
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer sk-gw-wrong"}, {"Authorization": "Basic abc"}])
 async def test_missing_or_wrong_key_is_401(gw: Harness, headers: dict[str, str]) -> None:
     r = await gw.client.post(URL, headers=headers, json={"prompt": "x"})
     assert r.status_code == 401
@@ -199,9 +195,7 @@ async def test_missing_or_wrong_key_is_401(gw: Harness, headers: dict[str, str])
         ({"prompt": "x", "model": "dall-e-3"}, "model"),
     ],
 )
-async def test_invalid_input_is_400_before_anything_is_spent(
-    gw: Harness, body: dict[str, Any], param: str
-) -> None:
+async def test_invalid_input_is_400_before_anything_is_spent(gw: Harness, body: dict[str, Any], param: str) -> None:
     key = await gw.new_tenant("acme")
     r = await gw.client.post(URL, headers=bearer(key), json=body)
     assert r.status_code == 400, r.text
@@ -257,9 +251,7 @@ async def test_upload_forwards_and_answers_in_upload_envelope(gw: Harness) -> No
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), "red").save(buffer, format="PNG")
     png = buffer.getvalue()
-    r = await gw.client.post(
-        "/v1/uploads/images", headers=bearer(key), files={"file": ("a.png", png, "image/png")}
-    )
+    r = await gw.client.post("/v1/uploads/images", headers=bearer(key), files={"file": ("a.png", png, "image/png")})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["success"] is True and body["data"]["url"].startswith("http")
