@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Header, Request, Response
+from fastapi import Depends, Header, Request, Response, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import Unauthorized
 from app.models import Tenant
@@ -22,8 +23,14 @@ def get_state(request: Request) -> GatewayState:
 StateDep = Annotated[GatewayState, Depends(get_state)]
 
 
+# Declared for the OpenAPI document (and Swagger's "Authorize"); the header itself is parsed in one place, the service.
+_tenant_bearer = HTTPBearer(auto_error=False, scheme_name="TenantKey", description="A tenant API key (`sk-gw-...`).")
+_admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken", description="`GATEWAY_ADMIN_TOKEN`.")
+
+
 async def get_tenant(
     state: StateDep,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(_tenant_bearer)],
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Tenant:
     async with state.sessions() as session:
@@ -47,10 +54,12 @@ QueryRate = Depends(rate_limited("query", lambda tenant: tenant.query_rpm))
 
 
 async def require_admin(
-    state: StateDep, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
+    state: StateDep,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(_admin_bearer)],
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> None:
     """The ops API's bearer token, compared in constant time; a tenant key is just a wrong token here."""
-    scheme, _, token = (authorization or "").partition(" ")
+    scheme, _sep, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not constant_time_equals(token.strip(), state.admin_token):
         raise Unauthorized("Invalid admin token")
 
