@@ -69,13 +69,20 @@ class SequentialImageGenerationOptions(BaseModel):
     max_images: Annotated[StrictInt, Field(ge=1, le=MAX_IMAGES)] | None = None
 
 
+def _bare_mode_schema(schema: dict[str, Any]) -> None:
+    """Document the bare-string reading that `GenerationMetadata._bare_mode_string` accepts."""
+    alternatives = schema.get("anyOf")
+    if isinstance(alternatives, list):
+        alternatives.insert(1, {"type": "string", "enum": ["standard", "fast"]})
+
+
 class GenerationMetadata(BaseModel):
     """Channel-specific options of `metadata`."""
 
     model_config = ConfigDict(extra="ignore")
 
     resolution: Resolution | None = None
-    optimize_prompt_options: OptimizePromptOptions | None = None
+    optimize_prompt_options: OptimizePromptOptions | None = Field(default=None, json_schema_extra=_bare_mode_schema)
     sequential_image_generation: Literal["disabled", "auto"] | None = None
     sequential_image_generation_options: SequentialImageGenerationOptions | None = None
     watermark: StrictBool | None = None

@@ -18,6 +18,7 @@ from app.api.admin import tenants as admin_tenants
 from app.api.errors import install_error_handlers
 from app.api.middleware import BodySizeLimit
 from app.config import Settings, SettingsError
+from app.contract import ErrorEnvelope
 from app.db.engine import create_engine, create_session_factory
 from app.security import KeyMaterial
 from app.services.rate_limits import RateLimitService, RedisWindowStore, SqlWindowStore
@@ -113,6 +114,9 @@ def create_app(
         description="The Seedream 4.0 task API (ToAPIs contract) for tenants: same requests, same answers, "
         'your own key. Errors use `{"error": {"code", "message", "type", "param"}}`.',
         lifespan=lifespan,
+        # Validation failures answer 400 in the error envelope (install_error_handlers): document 422 with the
+        # envelope too, instead of FastAPI's HTTPValidationError. 422 is the upstream's content_policy_violation.
+        responses={422: {"model": ErrorEnvelope, "description": "Refused content (content_policy_violation)"}},
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.middleware import UPLOAD_PATH
 from app.contract import ContractError
 from app.errors import GatewayError, InvalidRequest
 
@@ -59,8 +60,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(validation_to_error(exc))
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        error = validation_to_error(exc)
+        if request.url.path.endswith(UPLOAD_PATH):  # the upload endpoint answers in its own envelope
+            return JSONResponse({"success": False, "message": error.message}, status_code=error.status_code)
+        return error_response(error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -91,6 +91,9 @@ def absolute_url(request: Request, name: str, **params: Any) -> str:
     """An absolute URL of one of this app's routes that stays right when the app is mounted under a prefix."""
     # request.url_for resolves against the outermost router, which fails under a named mount.
     path = request.app.url_path_for(name, **params)
+    public = request.app.state.sandbox.config.public_base_url.rstrip("/")
+    if public:  # behind compose or a proxy, the name the caller used is not one a browser can reach
+        return f"{public}{path}"
     root = request.scope.get("root_path", "")
     return f"{request.url.scheme}://{request.url.netloc}{root}{path}"
 

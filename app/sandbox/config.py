@@ -32,6 +32,9 @@ class SandboxConfig(BaseSettings):
     result_style: ResultStyle = "result"
     queued_status: QueuedStatus = "queued"
     seed: int | None = None
+    public_base_url: str = Field(
+        default="", description="Base of result and upload URLs (e.g. http://localhost:8100); empty = as called."
+    )
 
     def accepts_key(self, key: str) -> bool:
         """Whether a bearer key may call the sandbox."""
