@@ -1,0 +1,128 @@
+"""The quota proof: racing submits across gateway processes never overdraw, and refunds balance the books.
+
+Real OS processes on real sockets: a sandbox upstream, one or two `seedream-gateway serve` replicas on one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import (
+    Gateway,
+    Processes,
+    Sandbox,
+    Tenant,
+    gateway_env,
+    http_client,
+    start_gateway,
+)
+from tests.fixtures.databases import truncate_all
+
+pytestmark = pytest.mark.e2e
+
+BUDGET = 100
+SUBMITS = 400
+FAIL_RATE = 0.3
+POLL_DEADLINE_S = 60.0
+
+
+def _configure_sandbox(sandbox: Sandbox, **changes: Any) -> None:
+    with httpx.Client(trust_env=False, timeout=5.0) as client:
+        client.patch(f"{sandbox.url}/_control/config", json=changes).raise_for_status()
+
+
+def _cli_ok(gateway: Gateway, *args: str) -> dict[str, Any]:
+    result = gateway.processes.run(list(args), gateway.env)
+    assert result.returncode == 0, f"{args}: {result.stderr[-2000:]}"
+    return result.json()
+
+
+async def _race(replicas: list[Gateway], tenant: Tenant) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=SUBMITS, max_keepalive_connections=SUBMITS)
+    async with http_client(limits=limits, timeout=httpx.Timeout(60.0)) as client:
+        start = asyncio.Event()
+
+        async def submit(i: int) -> httpx.Response:
+            await start.wait()
+            gateway = replicas[i % len(replicas)]
+            return await client.post(gateway.generations, headers=tenant.headers, json={"prompt": f"race {i}", "n": 1})
+
+        pending = [asyncio.create_task(submit(i)) for i in range(SUBMITS)]
+        await asyncio.sleep(0)
+        start.set()
+        return await asyncio.gather(*pending)
+
+
+async def _poll_to_terminal(replicas: list[Gateway], tenant: Tenant, ids: list[str]) -> dict[str, str]:
+    statuses: dict[str, str] = {}
+    deadline = time.monotonic() + POLL_DEADLINE_S
+    async with http_client() as client:
+        while len(statuses) < len(ids):
+            assert time.monotonic() < deadline, f"{len(ids) - len(statuses)} tasks still open"
+            open_ids = [task_id for task_id in ids if task_id not in statuses]
+            answers = await asyncio.gather(
+                *[
+                    client.get(f"{replicas[i % len(replicas)].generations}/{task_id}", headers=tenant.headers)
+                    for i, task_id in enumerate(open_ids)
+                ]
+            )
+            for task_id, answer in zip(open_ids, answers, strict=True):
+                assert answer.status_code == 200, answer.text
+                if answer.json()["status"] in ("completed", "failed"):
+                    statuses[task_id] = answer.json()["status"]
+            await asyncio.sleep(0.2)
+    return statuses
+
+
+async def _prove(replicas: list[Gateway], sandbox: Sandbox) -> None:
+    first = replicas[0]
+    tenant = first.tenant(first.spawn_tenant("racer"))
+    _cli_ok(first, "tenants", "limits", tenant.id, "--daily-images", str(BUDGET))
+    _configure_sandbox(sandbox, fail_rate=FAIL_RATE, seed=11)
+
+    answers = await _race(replicas, tenant)
+    codes = [a.status_code for a in answers]
+    assert codes.count(200) == BUDGET, {code: codes.count(code) for code in set(codes)}
+    assert codes.count(402) == SUBMITS - BUDGET
+    assert all(a.json()["error"]["code"] == "insufficient_quota" for a in answers if a.status_code == 402)
+    assert sandbox.stats()["create"] == BUDGET, "a refused submit reached the upstream"
+
+    ids = [a.json()["id"] for a in answers if a.status_code == 200]
+    statuses = await _poll_to_terminal(replicas, tenant, ids)
+    completed = sum(1 for status in statuses.values() if status == "completed")
+    assert 0 < completed < BUDGET, "the sandbox was told to fail about 30 % of tasks"
+
+    usage = _cli_ok(first, "tenants", "usage", tenant.id)
+    assert usage["day"]["used"] == completed, usage
+    assert usage["in_flight"]["current"] == 0, usage
+    assert _cli_ok(first, "quota", "check") == {"ok": True, "drift": []}
+
+
+@pytest.fixture
+def clean_postgres(postgres_database: str) -> str:
+    truncate_all(postgres_database)
+    return postgres_database
+
+
+@pytest.fixture
+def clean_sqlite(sqlite_database: str) -> str:
+    truncate_all(sqlite_database)
+    return sqlite_database
+
+
+async def test_two_replicas_on_postgres_never_overdraw(
+    clean_postgres: str, sandbox: Sandbox, processes: Processes
+) -> None:
+    env = gateway_env(clean_postgres, sandbox.url, GATEWAY_DB_POOL_SIZE="15")
+    replicas = [start_gateway(processes, env, name="replica-a"), start_gateway(processes, env, name="replica-b")]
+    await _prove(replicas, sandbox)
+
+
+async def test_one_process_on_sqlite_never_overdraws(clean_sqlite: str, sandbox: Sandbox, processes: Processes) -> None:
+    env = gateway_env(clean_sqlite, sandbox.url)
+    await _prove([start_gateway(processes, env)], sandbox)
