@@ -57,6 +57,7 @@ def serve(host: HostOpt = None, port: PortOpt = None) -> None:
     """Run the gateway. With no configuration: SQLite ledger, built-in sandbox upstream, a demo tenant."""
     import uvicorn
 
+    from app.db.migrate import is_at_head, upgrade
     from app.main import create_app
 
     settings = _settings(host=host, port=port)
@@ -64,9 +65,10 @@ def serve(host: HostOpt = None, port: PortOpt = None) -> None:
     try:
         resolved = settings.secrets
         if settings.should_auto_migrate:
-            from app.db.migrate import upgrade
-
             upgrade(settings.effective_database_url)
+        elif not asyncio.run(is_at_head(settings.effective_database_url)):
+            # Checked here: raised inside the lifespan, uvicorn would print a traceback and exit 3.
+            raise SettingsError("The database is not migrated: run `seedream-gateway migrate` first.")
         app = create_app(settings)
     except SettingsError as e:
         _fail(str(e))

@@ -25,3 +25,23 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
+
+
+async def is_at_head(database_url: str) -> bool:
+    """Whether the database carries exactly the migrations' head revision(s)."""
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from app.db.engine import create_engine
+
+    heads = set(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            current = set((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())
+    except (OperationalError, ProgrammingError):  # no alembic_version table: never migrated
+        current = set()
+    finally:
+        await engine.dispose()
+    return current == heads

@@ -227,9 +227,7 @@ async def test_mixed_result_style_rotates(app: FastAPI, state: SandboxState, clo
 
 
 @pytest.mark.parametrize("queued_status", ["pending", "submitted"])
-async def test_queued_status_variants(
-    app: FastAPI, state: SandboxState, clock: FakeClock, queued_status: str
-) -> None:
+async def test_queued_status_variants(app: FastAPI, state: SandboxState, clock: FakeClock, queued_status: str) -> None:
     state.config = make_config(queued_status=queued_status)
     async with client_for(app) as client:
         task = await create(client)
@@ -241,9 +239,7 @@ async def test_queued_status_variants(
 
 
 async def test_failed_task_is_http_200_with_error(client: httpx.AsyncClient, clock: FakeClock) -> None:
-    r = await client.post(
-        GEN, json={"prompt": "x", "client_business_id": "b-1"}, headers={"X-Sandbox-Fault": "fail"}
-    )
+    r = await client.post(GEN, json={"prompt": "x", "client_business_id": "b-1"}, headers={"X-Sandbox-Fault": "fail"})
     task = r.json()
     assert r.status_code == 200 and task["status"] == "queued"
     clock.advance(10)
@@ -262,16 +258,12 @@ async def test_other_keys_task_is_404_with_numeric_code(app: FastAPI, client: ht
         for task_id in (task["id"], "img_" + "0" * 32):
             r = await other.get(f"{GEN}/{task_id}")
             assert r.status_code == 404
-            assert r.json() == {
-                "error": {"code": 404, "message": "Task not found", "type": "not_found_error"}
-            }
+            assert r.json() == {"error": {"code": 404, "message": "Task not found", "type": "not_found_error"}}
     assert (await client.get(f"{GEN}/{task['id']}")).status_code == 200
 
 
 async def test_unauthorized(app: FastAPI, state: SandboxState) -> None:
-    expected = {
-        "error": {"code": "unauthorized", "message": "Invalid API key", "type": "authentication_error"}
-    }
+    expected = {"error": {"code": "unauthorized", "message": "Invalid API key", "type": "authentication_error"}}
     async with client_for(app, key=None) as anonymous:
         r = await anonymous.post(GEN, json={"prompt": "x"})
         assert r.status_code == 401 and r.json() == expected
@@ -329,9 +321,7 @@ async def test_missing_prompt_and_bad_json(client: httpx.AsyncClient, state: San
 
 def assert_rate_limited(r: httpx.Response, category: str) -> None:
     assert r.status_code == 429
-    assert r.json() == {
-        "error": {"code": "rate_limit_exceeded", "message": "Async task request rate exceeded"}
-    }
+    assert r.json() == {"error": {"code": "rate_limit_exceeded", "message": "Async task request rate exceeded"}}
     assert r.headers["Retry-After"] == "2"
     assert r.headers["X-RateLimit-Remaining"] == "0"
     assert r.headers["X-RateLimit-Category"] == category

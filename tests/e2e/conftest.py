@@ -1,0 +1,394 @@
+"""End-to-end harness: the project's own command line run as real OS processes on real sockets.
+
+Every server is started in its own session (process group), logs to a file under the test's tmp dir, is waited
+for by polling an HTTP URL against a deadline, and is always stopped (SIGTERM, then SIGKILL) in teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.fixtures.databases import create_postgres_database, drop_postgres_database
+
+CLI: list[str] = [sys.executable, "-m", "app.cli"]
+HOST = "127.0.0.1"
+READY_TIMEOUT_S = 20.0
+COMMAND_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 5.0
+POLL_STEP_S = 0.05
+TAIL_CHARS = 4000
+
+UPSTREAM_KEY = "sk-e2e-upstream-0123456789"
+# Fast sandbox timings: a task is queued for 0.2 s and terminal after 1.5 s.
+FAST_SANDBOX = {"SANDBOX_TASK_SECONDS": "1.5", "SANDBOX_QUEUE_SECONDS": "0.2"}
+FAST_REFRESH = {"GATEWAY_STATUS_REFRESH_INTERVAL_S": "0.2"}
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def base_env(**overrides: str) -> dict[str, str]:
+    """The inherited environment without any GATEWAY_ or SANDBOX_ setting, plus fast sandbox timings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "SANDBOX_"))}
+    env.update(PYTHONUNBUFFERED="1", **FAST_SANDBOX)
+    env.update(overrides)
+    return env
+
+
+def http_client(**kwargs: Any) -> httpx.AsyncClient:
+    """A client that ignores proxy settings of the environment (everything here is on loopback)."""
+    kwargs.setdefault("timeout", httpx.Timeout(15.0, connect=5.0))
+    return httpx.AsyncClient(trust_env=False, headers={"User-Agent": "gateway-e2e/1"}, **kwargs)
+
+
+def _tail(path: Path, chars: int = TAIL_CHARS) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "<no log>"
+    return text[-chars:]
+
+
+@dataclass
+class Process:
+    """A running server process of the command line."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    base_url: str
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self) -> str:
+        return _tail(self.log_path)
+
+    def stop(self) -> int | None:
+        """SIGTERM to its process group, SIGKILL after a grace period; the exit code."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(STOP_TIMEOUT_S)
+        return self.popen.returncode
+
+
+class Processes:
+    """Starts processes and stops every one of them when closed."""
+
+    def __init__(self, logs_dir: Path) -> None:
+        self.logs_dir = logs_dir
+        self._running: list[Process] = []
+        self._pending: list[subprocess.Popen[str]] = []
+
+    def start(
+        self,
+        args: list[str],
+        env: Mapping[str, str],
+        *,
+        ready_url: str,
+        cwd: Path | None = None,
+        name: str | None = None,
+        timeout_s: float = READY_TIMEOUT_S,
+    ) -> Process:
+        """Launch `python -m app.cli ARGS` and wait until `ready_url` answers 200 (or fail with the log tail)."""
+        name = name or args[0]
+        log_path = self._log_path(name)
+        with log_path.open("wb") as log:
+            popen = subprocess.Popen(
+                [*CLI, *args],
+                env=dict(env),
+                cwd=cwd or self.logs_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        base_url = ready_url.split("/", 3)
+        process = Process(name, popen, log_path, "/".join(base_url[:3]))
+        self._running.append(process)
+        _wait_ready(process, ready_url, timeout_s)
+        return process
+
+    def spawn(self, args: list[str], env: Mapping[str, str], *, cwd: Path | None = None) -> subprocess.Popen[str]:
+        """Launch a one-shot command without waiting for it (see `finish`)."""
+        popen = subprocess.Popen(
+            [*CLI, *args],
+            env=dict(env),
+            cwd=cwd or self.logs_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self._pending.append(popen)
+        return popen
+
+    def finish(self, popen: subprocess.Popen[str], timeout_s: float = COMMAND_TIMEOUT_S) -> Result:
+        """Wait for a spawned command; a hung one is killed and fails the test."""
+        try:
+            stdout, stderr = popen.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(popen)
+            stdout, stderr = popen.communicate()
+            pytest.fail(f"{popen.args!r} did not finish in {timeout_s} s\nstdout: {stdout}\nstderr: {stderr}")
+        return Result(popen.returncode, stdout, stderr)
+
+    def run(
+        self,
+        args: list[str],
+        env: Mapping[str, str],
+        *,
+        cwd: Path | None = None,
+        timeout_s: float = COMMAND_TIMEOUT_S,
+    ) -> Result:
+        """Run a one-shot command to its end."""
+        return self.finish(self.spawn(args, env, cwd=cwd), timeout_s)
+
+    def close(self) -> None:
+        for popen in self._pending:
+            if popen.poll() is None:
+                _kill_group(popen)
+                popen.wait(STOP_TIMEOUT_S)
+        for process in reversed(self._running):
+            process.stop()
+        self._pending.clear()
+        self._running.clear()
+
+    def _log_path(self, name: str) -> Path:
+        path = self.logs_dir / f"{name}.log"
+        index = 1
+        while path.exists():
+            index += 1
+            path = self.logs_dir / f"{name}-{index}.log"
+        return path
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict[str, Any]:
+        """The one JSON object the command printed on stdout."""
+        for line in self.stdout.splitlines():
+            if line.lstrip().startswith("{"):
+                value: dict[str, Any] = json.loads(line)
+                return value
+        raise AssertionError(f"no JSON object on stdout: {self.stdout!r} (stderr: {self.stderr!r})")
+
+
+def _kill_group(popen: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(popen.pid, signal.SIGKILL)
+
+
+def _wait_ready(process: Process, url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    with httpx.Client(trust_env=False, timeout=1.0) as client:
+        while True:
+            code = process.popen.poll()
+            if code is not None:
+                pytest.fail(f"{process.name} exited with {code} before {url} answered; log tail:\n{process.tail()}")
+            try:
+                response = client.get(url)
+            except httpx.TransportError as e:
+                last = f"{type(e).__name__}: {e}"
+            else:
+                if response.status_code == 200:
+                    return
+                last = f"HTTP {response.status_code}"
+            if time.monotonic() > deadline:
+                process.stop()
+                pytest.fail(
+                    f"{process.name} did not answer {url} within {timeout_s} s ({last}); log tail:\n{process.tail()}"
+                )
+            time.sleep(POLL_STEP_S)
+
+
+# --- fixtures -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Processes of one test, all stopped at its end."""
+    procs = Processes(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.close()
+
+
+@pytest.fixture(scope="module")
+def module_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    """Processes shared by the tests of a module, stopped after its last test."""
+    procs = Processes(tmp_path_factory.mktemp("e2e-shared"))
+    try:
+        yield procs
+    finally:
+        procs.close()
+
+
+@dataclass
+class Sandbox:
+    """The sandbox upstream running as its own process (`seedream-gateway sandbox`)."""
+
+    process: Process
+
+    @property
+    def url(self) -> str:
+        return self.process.base_url
+
+    def stats(self) -> dict[str, Any]:
+        with httpx.Client(trust_env=False, timeout=5.0) as client:
+            response = client.get(f"{self.url}/_control/stats")
+        response.raise_for_status()
+        stats: dict[str, Any] = response.json()
+        return stats
+
+    def config(self) -> dict[str, Any]:
+        with httpx.Client(trust_env=False, timeout=5.0) as client:
+            response = client.get(f"{self.url}/_control/config")
+        response.raise_for_status()
+        config: dict[str, Any] = response.json()
+        return config
+
+    def configure(self, **changes: Any) -> None:
+        """Change the live config (`PATCH /_control/config`); the next test gets the start-up config back."""
+        with httpx.Client(trust_env=False, timeout=5.0) as client:
+            client.patch(f"{self.url}/_control/config", json=changes).raise_for_status()
+
+    def reset(self) -> None:
+        """Forget tasks, uploads and counters (`POST /_control/reset`)."""
+        with httpx.Client(trust_env=False, timeout=5.0) as client:
+            client.post(f"{self.url}/_control/reset").raise_for_status()
+
+
+@pytest.fixture(scope="module")
+def sandbox_process(module_processes: Processes) -> Process:
+    port = free_port()
+    return module_processes.start(
+        ["sandbox", "--host", HOST, "--port", str(port)],
+        base_env(SANDBOX_SLOW_FACTOR="20"),  # a `[fault:slow]` task stays open for 30 s
+        ready_url=f"http://{HOST}:{port}/",
+    )
+
+
+@pytest.fixture(scope="module")
+def sandbox_start_config(sandbox_process: Process) -> dict[str, Any]:
+    return Sandbox(sandbox_process).config()
+
+
+@pytest.fixture
+def sandbox(sandbox_process: Process, sandbox_start_config: dict[str, Any]) -> Sandbox:
+    """The module's sandbox upstream with its start-up config back, and its tasks and counters reset."""
+    if sandbox_process.popen.poll() is not None:
+        pytest.fail(f"the sandbox exited; log tail:\n{sandbox_process.tail()}")
+    upstream = Sandbox(sandbox_process)
+    upstream.configure(**sandbox_start_config)
+    upstream.reset()
+    return upstream
+
+
+@dataclass
+class Gateway:
+    """A `serve` process against an external upstream, and the environment its CLI commands share."""
+
+    process: Process
+    env: dict[str, str]
+    processes: Processes
+
+    @property
+    def url(self) -> str:
+        return self.process.base_url
+
+    @property
+    def generations(self) -> str:
+        return f"{self.url}/v1/images/generations"
+
+    def spawn_tenant(self, name: str) -> subprocess.Popen[str]:
+        return self.processes.spawn(["tenants", "create", name, "--json"], self.env)
+
+    def tenant(self, popen: subprocess.Popen[str]) -> Tenant:
+        result = self.processes.finish(popen)
+        assert result.returncode == 0, f"tenants create failed: {result.stderr[-TAIL_CHARS:]}"
+        data = result.json()
+        return Tenant(id=data["tenant_id"], name=data["name"], key=data["key"])
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    name: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def gateway_env(database_url: str, upstream_url: str, **overrides: str) -> dict[str, str]:
+    """What ops would set for `serve` in front of a real upstream (here: the sandbox process)."""
+    settings = {
+        "GATEWAY_DATABASE_URL": database_url,
+        "GATEWAY_UPSTREAM_BASE_URL": upstream_url,
+        "GATEWAY_UPSTREAM_KEYS": UPSTREAM_KEY,
+        "GATEWAY_ADMIN_TOKEN": "adm-e2e-" + secrets.token_urlsafe(16),
+        "GATEWAY_SECRET_KEY": secrets.token_urlsafe(32),
+        "GATEWAY_DB_POOL_SIZE": "10",
+        **FAST_REFRESH,
+        **overrides,
+    }
+    return base_env(**settings)
+
+
+def start_gateway(processes: Processes, env: dict[str, str], name: str = "serve") -> Gateway:
+    port = free_port()
+    process = processes.start(
+        ["serve", "--host", HOST, "--port", str(port)], env, ready_url=f"http://{HOST}:{port}/healthz", name=name
+    )
+    return Gateway(process, env, processes)
+
+
+@pytest.fixture
+def fresh_database_url(database_url: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new, unmigrated, empty database of the same kind as `database_url` (to exercise `migrate`)."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite+aiosqlite:///{(tmp_path / 'fresh.db').as_posix()}"
+        return
+    server_url: str = request.getfixturevalue("postgres_server")
+    url = create_postgres_database(server_url, prefix="gw_e2e")
+    assert make_url(url).database != make_url(database_url).database
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
