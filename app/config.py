@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     status_refresh_interval_s: float = Field(
         1.0, description="A non-terminal task is re-fetched from the upstream at most this often."
     )
+    poll_interval_s: float = Field(
+        5.0, description="Open tasks no caller polled for this long are refreshed in the background; 0 = off."
+    )
     max_body_bytes: int = Field(1_048_576, description="Largest JSON request body accepted (413 above).")
     db_pool_size: int = 20
     redis_url: str = Field("", description="Rate windows in Redis when set; PostgreSQL/SQLite otherwise.")

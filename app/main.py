@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator
@@ -29,6 +31,7 @@ from app.state import GatewayState
 from app.timeutil import Clock, utcnow
 from app.upstream.base import UpstreamAdapter
 from app.upstream.toapis import ToAPIsAdapter, build_http_client
+from app.workers.poller import TaskPoller
 
 log = logging.getLogger("app")
 
@@ -100,9 +103,18 @@ def create_app(
             admin_token=secrets.admin_token,
             clock=clock,
         )
+        poller = None
+        if settings.poll_interval_s > 0:
+            poller = asyncio.create_task(
+                TaskPoller(app.state.gateway.tasks, settings.poll_interval_s).run_forever(), name="task-poller"
+            )
         try:
             yield
         finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
             await upstream.aclose()
             if redis_store is not None:
                 await redis_store.aclose()

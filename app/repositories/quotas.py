@@ -2,34 +2,92 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, case, delete, func, select, update
+from sqlalchemy import Integer, Table, bindparam, case, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.dialect import insert_for
+from app.db.base import UTCDateTime
+from app.db.dialect import insert_for, is_postgresql
 from app.models import QuotaCounter, QuotaEntry, RateWindow, Task
 from app.models.quota import INFLIGHT_PERIOD
 from app.models.task import OPEN_STATUSES
 
+_RESERVE_ENTRY_SQL = """
+    INSERT INTO quota_entries (tenant_id, task_id, kind, images, day, month, created_at)
+    VALUES (:tenant_id, :task_id, 'reserve', :n, :day, :month, :created_at)
+    ON CONFLICT (task_id, kind) DO NOTHING
+"""
+# All three counters in one upsert; a row whose new amount would pass its limit (NULL = unlimited) is left alone
+# and missing from RETURNING. Rows lock in VALUES order (day, month, in flight), the order `settle` uses too.
+_RESERVE_COUNTERS_SQL = """
+    INSERT INTO quota_counters AS c (tenant_id, period, amount)
+    VALUES (:tenant_id, :day_period, :n), (:tenant_id, :month_period, :n), (:tenant_id, :inflight_period, 1)
+    ON CONFLICT (tenant_id, period) DO UPDATE SET amount = c.amount + excluded.amount
+    WHERE c.amount + excluded.amount <= COALESCE(
+        CASE excluded.period WHEN :day_period THEN :day_limit WHEN :month_period THEN :month_limit
+                             ELSE :inflight_limit END,
+        c.amount + excluded.amount)
+    RETURNING period
+"""
+_RESERVE_PARAMS = (
+    bindparam("n", type_=Integer),
+    bindparam("day_limit", type_=Integer),
+    bindparam("month_limit", type_=Integer),
+    bindparam("inflight_limit", type_=Integer),
+)
+# Built once: on the submit path the statement's construction costs as much as its round trip.
+_RESERVE_POSTGRES = text(f"WITH entry AS ({_RESERVE_ENTRY_SQL}) {_RESERVE_COUNTERS_SQL}").bindparams(
+    *_RESERVE_PARAMS, bindparam("created_at", type_=UTCDateTime())
+)
+_RESERVE_ENTRY = text(_RESERVE_ENTRY_SQL).bindparams(
+    bindparam("n", type_=Integer), bindparam("created_at", type_=UTCDateTime())
+)
+_RESERVE_COUNTERS = text(_RESERVE_COUNTERS_SQL).bindparams(*_RESERVE_PARAMS)
 
-async def add_if_fits(session: AsyncSession, tenant_id: str, period: str, amount: int, limit: int | None) -> bool:
-    """Add `amount` to a counter (creating it) unless the result would exceed `limit`; True when added.
 
-    One statement: INSERT ... ON CONFLICT DO UPDATE ... WHERE amount + n <= limit RETURNING. Concurrent callers
-    serialise on the row, so the check and the write can never be split by another transaction.
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    tenant_id: str
+    task_id: str
+    n: int
+    day: str
+    month: str
+    created_at: dt.datetime
+    day_limit: int | None
+    month_limit: int | None
+    inflight_limit: int | None
+
+
+async def reserve(session: AsyncSession, r: Reservation) -> set[str]:
+    """Write the reserve entry and add to the day, month and in-flight counters in one go (one statement on
+    PostgreSQL, two on SQLite, which has no data-modifying CTEs); the counter periods that took the addition.
+
+    A period missing from the answer did not fit: the caller must then roll the transaction back.
     """
-    if limit is not None and amount > limit:
-        return False
-    table = cast(Table, QuotaCounter.__table__)
-    stmt = insert_for(session, table).values(tenant_id=tenant_id, period=period, amount=amount)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[table.c.tenant_id, table.c.period],
-        set_={"amount": table.c.amount + amount},
-        where=None if limit is None else (table.c.amount + amount <= limit),
-    ).returning(table.c.amount)
-    return (await session.execute(stmt)).first() is not None
+    params = {
+        "tenant_id": r.tenant_id,
+        "task_id": r.task_id,
+        "n": r.n,
+        "day": r.day,
+        "month": r.month,
+        "created_at": r.created_at,
+        "day_period": f"day:{r.day}",
+        "month_period": f"month:{r.month}",
+        "inflight_period": INFLIGHT_PERIOD,
+        "day_limit": r.day_limit,
+        "month_limit": r.month_limit,
+        "inflight_limit": r.inflight_limit,
+    }
+    if is_postgresql(session):
+        result = await session.execute(_RESERVE_POSTGRES, params)
+    else:
+        await session.execute(_RESERVE_ENTRY, params)
+        result = await session.execute(_RESERVE_COUNTERS, params)
+    return {row[0] for row in result.all()}
 
 
 async def subtract(session: AsyncSession, tenant_id: str, period: str, amount: int) -> None:

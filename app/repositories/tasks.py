@@ -46,3 +46,18 @@ async def apply_update(session: AsyncSession, task_id: str, values: dict[str, An
     stmt = update(Task).where(Task.id == task_id, Task.status.in_(OPEN_STATUSES)).values(**values)
     result = await session.execute(stmt)
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def stale_open_task_ids(session: AsyncSession, refreshed_before: dt.datetime, limit: int) -> list[str]:
+    """Open tasks the upstream was last asked about before `refreshed_before`, least recently asked first."""
+    stmt = (
+        select(Task.id)
+        .where(
+            Task.status.in_(OPEN_STATUSES),
+            Task.upstream_task_id.is_not(None),
+            or_(Task.refreshed_at.is_(None), Task.refreshed_at < refreshed_before),
+        )
+        .order_by(Task.refreshed_at.is_not(None), Task.refreshed_at)
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars().all())

@@ -39,13 +39,37 @@ def next_month(now: dt.datetime) -> dt.datetime:
 
 
 async def reserve(session: AsyncSession, tenant: Tenant, task_id: str, n: int, now: dt.datetime) -> None:
-    """Reserve `n` images for a task about to be sent; raise (rolling the transaction back) when it does not fit."""
+    """Reserve `n` images and an in-flight slot for a task about to be sent; raise (so the caller's transaction
+    rolls back, task row included) when it does not fit."""
     day, month = day_key(now), month_key(now)
-    if not await repo.add_if_fits(session, tenant.id, f"day:{day}", n, tenant.daily_images):
+    day_period, month_period = f"day:{day}", f"month:{month}"
+    wanted = {
+        day_period: (n, tenant.daily_images),
+        month_period: (n, tenant.monthly_images),
+        INFLIGHT_PERIOD: (1, tenant.max_in_flight),
+    }
+    # A counter row that does not exist yet is inserted without the limit check: refuse up front what never fits.
+    fitted = {period for period, (amount, limit) in wanted.items() if limit is None or amount <= limit}
+    if len(fitted) == len(wanted):
+        fitted = await repo.reserve(
+            session,
+            repo.Reservation(
+                tenant_id=tenant.id,
+                task_id=task_id,
+                n=n,
+                day=day,
+                month=month,
+                created_at=now,
+                day_limit=tenant.daily_images,
+                month_limit=tenant.monthly_images,
+                inflight_limit=tenant.max_in_flight,
+            ),
+        )
+    if day_period not in fitted:
         raise InsufficientQuota(f"Daily image quota exhausted ({tenant.daily_images} images per UTC day).")
-    if not await repo.add_if_fits(session, tenant.id, f"month:{month}", n, tenant.monthly_images):
+    if month_period not in fitted:
         raise InsufficientQuota(f"Monthly image quota exhausted ({tenant.monthly_images} images per month).")
-    if not await repo.add_if_fits(session, tenant.id, INFLIGHT_PERIOD, 1, tenant.max_in_flight):
+    if INFLIGHT_PERIOD not in fitted:
         reset = int(now.timestamp()) + IN_FLIGHT_RETRY_AFTER_S
         raise RateLimited(
             f"Too many tasks in flight (at most {tenant.max_in_flight}); retry when one finishes.",
@@ -56,18 +80,6 @@ async def reserve(session: AsyncSession, tenant: Tenant, task_id: str, n: int, n
                 "X-RateLimit-Reset": str(reset),
             },
         )
-    await repo.insert_entry_once(
-        session,
-        {
-            "tenant_id": tenant.id,
-            "task_id": task_id,
-            "kind": "reserve",
-            "images": n,
-            "day": day,
-            "month": month,
-            "created_at": now,
-        },
-    )
 
 
 async def settle(session: AsyncSession, task_id: str, produced: int, now: dt.datetime) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
 import logging
 from typing import Any
 
@@ -23,6 +25,7 @@ from app.upstream.base import UpstreamAdapter, UpstreamTask
 log = logging.getLogger(__name__)
 
 RESULT_TTL = dt.timedelta(hours=24)
+SWEEP_CONCURRENCY = 10
 
 
 class TaskService:
@@ -84,9 +87,28 @@ class TaskService:
             task = await repo.get_for_tenant(session, tenant_id, task_id)
         if task is None:
             raise NotFound("Task not found")
+        return await self._refresh_if_due(task)
+
+    async def refresh_stale(self, older_than: dt.timedelta, limit: int) -> int:
+        """Refresh open tasks nobody has polled for `older_than`, so they end (and settle) without a caller."""
+        async with self._sessions() as session:
+            ids = await repo.stale_open_task_ids(session, self._clock() - older_than, limit)
+        gate = asyncio.Semaphore(SWEEP_CONCURRENCY)
+
+        async def one(task_id: str) -> None:
+            async with gate:
+                async with self._sessions() as session:
+                    task = await repo.get(session, task_id)
+                if task is not None:
+                    await self._refresh_if_due(task)
+
+        await asyncio.gather(*(one(task_id) for task_id in ids))
+        return len(ids)
+
+    async def _refresh_if_due(self, task: Task) -> Task:
         if not self._needs_refresh(task):
             return task
-        return await self._inflight.do(task.id, lambda: self._refresh(task))
+        return await self._inflight.do(task.id, functools.partial(self._refresh, task))
 
     def _needs_refresh(self, task: Task) -> bool:
         if task.status in TERMINAL_STATUSES or task.upstream_task_id is None:
