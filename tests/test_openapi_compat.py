@@ -37,9 +37,6 @@ ACCEPTED_DEVIATIONS: dict[tuple[str, str], str] = {
     ("POST /v1/images/generations request body.client_business_id", "maxLength"): (
         "stored in a String(255) column (app/models/task.py); the upstream documents no limit"
     ),
-    ("GET /v1/images/generations/{task_id} path parameter task_id", "maxLength"): (
-        "defensive bound on an opaque id; every documented upstream id form is far shorter"
-    ),
 }
 
 

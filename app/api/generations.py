@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path
+from fastapi import APIRouter, Depends, Header
 
 from app.api.deps import QueryRate, StateDep, SubmitRate, TenantDep
 from app.contract import ErrorEnvelope, GenerationRequest, TaskObject
@@ -56,8 +56,6 @@ async def create_generation(body: GenerationRequest, tenant: TenantDep, state: S
     summary="Task status and result",
     dependencies=[QueryRate],
 )
-async def get_generation(
-    task_id: Annotated[str, Path(max_length=128)], tenant: TenantDep, state: StateDep
-) -> TaskObject:
+async def get_generation(task_id: str, tenant: TenantDep, state: StateDep) -> TaskObject:
     task = await state.tasks.status(tenant.id, task_id)
     return to_task_object(task)

@@ -161,6 +161,8 @@ async def test_other_tenants_task_is_indistinguishable_from_missing(gw: Harness)
     task = await submit(gw, owner, {"prompt": "a fox"})
     theirs = await gw.client.get(f"{URL}/{task['id']}", headers=bearer(other))
     missing = await gw.client.get(f"{URL}/task_img_does_not_exist", headers=bearer(other))
+    very_long = await gw.client.get(f"{URL}/{'x' * 500}", headers=bearer(other))
+    assert very_long.status_code == 404 and very_long.json() == missing.json()
     assert theirs.status_code == missing.status_code == 404
     assert theirs.json() == missing.json()
     assert_envelope(theirs.json(), "task_not_found")
