@@ -75,6 +75,14 @@ class TaskService:
         try:
             upstream = await self._adapter.create(key.secret, body)
         except GatewayError as e:
+            log.warning(
+                "task %s of tenant %s not accepted upstream (%s %s): %s",
+                task.id,
+                tenant.id,
+                e.status_code,
+                e.code,
+                e.message,
+            )
             await self._mark_refused(task.id, e)
             raise
         values = _values_from_upstream(upstream, self._clock())
