@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Integer, Table, bindparam, case, delete, func, select, text, update
+from sqlalchemy import BigInteger, Integer, Table, bindparam, case, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import UTCDateTime
@@ -152,16 +152,20 @@ async def open_tasks(session: AsyncSession, tenant_id: str) -> int:
     return int((await session.execute(stmt)).scalar_one())
 
 
+# Built once, like the reserve statement: on the request path, building it would cost as much as running it.
+_HIT_WINDOW = text("""
+    INSERT INTO rate_windows AS w (tenant_id, kind, window_start, count)
+    VALUES (:tenant_id, :kind, :window_start, 1)
+    ON CONFLICT (tenant_id, kind, window_start) DO UPDATE SET count = w.count + 1
+    WHERE w.count < :limit
+    RETURNING count
+""").bindparams(bindparam("window_start", type_=BigInteger), bindparam("limit", type_=Integer))
+
+
 async def hit_window(session: AsyncSession, tenant_id: str, kind: str, window_start: int, limit: int) -> int | None:
     """Count one request in its window unless the window is full; the new count, or None when refused."""
-    table = cast(Table, RateWindow.__table__)
-    stmt = insert_for(session, table).values(tenant_id=tenant_id, kind=kind, window_start=window_start, count=1)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[table.c.tenant_id, table.c.kind, table.c.window_start],
-        set_={"count": table.c.count + 1},
-        where=table.c.count < limit,
-    ).returning(table.c.count)
-    row = (await session.execute(stmt)).first()
+    params = {"tenant_id": tenant_id, "kind": kind, "window_start": window_start, "limit": limit}
+    row = (await session.execute(_HIT_WINDOW, params)).first()
     return None if row is None else int(row[0])
 
 

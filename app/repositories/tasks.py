@@ -41,11 +41,19 @@ async def claim_refresh(session: AsyncSession, task_id: str, now: dt.datetime, i
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def apply_update(session: AsyncSession, task_id: str, values: dict[str, Any]) -> bool:
-    """Write a status change unless the task is already terminal (a terminal row never changes again)."""
-    stmt = update(Task).where(Task.id == task_id, Task.status.in_(OPEN_STATUSES)).values(**values)
-    result = await session.execute(stmt)
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+async def apply_update(session: AsyncSession, task_id: str, values: dict[str, Any]) -> Task | None:
+    """Write a status change unless the task is already terminal (a terminal row never changes again).
+
+    The updated row, or None when nothing changed; one round trip either way (UPDATE ... RETURNING).
+    """
+    stmt = (
+        update(Task)
+        .where(Task.id == task_id, Task.status.in_(OPEN_STATUSES))
+        .values(**values)
+        .returning(Task)
+        .execution_options(synchronize_session=False)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
 
 
 async def stale_open_task_ids(session: AsyncSession, refreshed_before: dt.datetime, limit: int) -> list[str]:

@@ -145,10 +145,11 @@ class TaskService:
     async def _record(self, task_id: str, values: dict[str, Any], produced: int) -> Task:
         """Write the upstream's view of a task; the call that makes it terminal also settles its quota."""
         async with self._sessions.begin() as session:
-            changed = await repo.apply_update(session, task_id, values)
-            if changed and values["status"] in TERMINAL_STATUSES:
-                await quotas.settle(session, task_id, produced if values["status"] == "completed" else 0, self._clock())
-            stored = await repo.get(session, task_id)
+            stored = await repo.apply_update(session, task_id, values)
+            if stored is None:  # already terminal: another caller or replica recorded the end first
+                stored = await repo.get(session, task_id)
+            elif stored.status in TERMINAL_STATUSES:
+                await quotas.settle(session, task_id, produced if stored.status == "completed" else 0, self._clock())
         assert stored is not None
         return stored
 
