@@ -57,8 +57,8 @@ def serve(host: HostOpt = None, port: PortOpt = None) -> None:
     """Run the gateway. With no configuration: SQLite ledger, built-in sandbox upstream, a demo tenant."""
     import uvicorn
 
-    from app.db.migrate import is_at_head, upgrade
-    from app.main import create_app
+    from app.db.migrate import upgrade
+    from app.main import create_app, preflight
 
     settings = _settings(host=host, port=port)
     _logging(settings.log_level)
@@ -66,9 +66,8 @@ def serve(host: HostOpt = None, port: PortOpt = None) -> None:
         resolved = settings.secrets
         if settings.should_auto_migrate:
             upgrade(settings.effective_database_url)
-        elif not asyncio.run(is_at_head(settings.effective_database_url)):
-            # Checked here: raised inside the lifespan, uvicorn would print a traceback and exit 3.
-            raise SettingsError("The database is not migrated: run `seedream-gateway migrate` first.")
+        # Checked here: raised inside the lifespan, uvicorn would print a traceback and exit 3.
+        asyncio.run(preflight(settings))
         app = create_app(settings)
     except SettingsError as e:
         _fail(str(e))

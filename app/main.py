@@ -22,6 +22,7 @@ from app.api.middleware import BodySizeLimit
 from app.config import Settings, SettingsError
 from app.contract import ErrorEnvelope
 from app.db.engine import create_engine, create_session_factory
+from app.db.migrate import is_at_head
 from app.security import KeyMaterial
 from app.services.rate_limits import RateLimitService, RedisWindowStore, SqlWindowStore
 from app.services.tasks import TaskService
@@ -52,6 +53,22 @@ def configured_upstream_keys(settings: Settings) -> list[str]:
     if not keys and settings.zero_config:
         keys = [SANDBOX_DEMO_UPSTREAM_KEY]
     return keys
+
+
+async def preflight(settings: Settings) -> None:
+    """What `serve` checks before binding a port, so that a misconfiguration is one line instead of a traceback
+    from inside the lifespan: the schema is at head and the stored upstream keys open with the secret key."""
+    url = settings.effective_database_url
+    if not await is_at_head(url):
+        raise SettingsError("The database is not migrated: run `seedream-gateway migrate` first.")
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with create_session_factory(engine).begin() as session:
+            await UpstreamKeyPool().load(
+                session, KeyMaterial(settings.secrets.secret_key), configured_upstream_keys(settings), utcnow()
+            )
+    finally:
+        await engine.dispose()
 
 
 def create_app(

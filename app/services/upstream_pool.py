@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.config import SettingsError
 from app.errors import NoUpstreamKey
 from app.ids import new_id
 from app.models import UpstreamKey
@@ -48,7 +49,13 @@ class UpstreamKeyPool:
                         created_at=now,
                     ),
                 )
-        self.set_keys([PoolKey(k.id, material.decrypt(k.secret_encrypted)) for k in await repo.list_active(session)])
+        try:
+            keys = [PoolKey(k.id, material.decrypt(k.secret_encrypted)) for k in await repo.list_active(session)]
+        except ValueError as e:
+            raise SettingsError(
+                "Stored upstream keys cannot be decrypted with this GATEWAY_SECRET_KEY: it was changed; restore it."
+            ) from e
+        self.set_keys(keys)
 
     def set_keys(self, keys: list[PoolKey]) -> None:
         self._keys = keys

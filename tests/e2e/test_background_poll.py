@@ -8,14 +8,21 @@ import time
 import pytest
 
 from tests.e2e.conftest import Processes, Sandbox, gateway_env, http_client, start_gateway
+from tests.fixtures.databases import truncate_all
 
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture
+def clean_sqlite(sqlite_database: str) -> str:
+    truncate_all(sqlite_database)
+    return sqlite_database
+
+
 async def test_unpolled_task_settles_in_the_background(
-    sqlite_database: str, sandbox: Sandbox, processes: Processes
+    clean_sqlite: str, sandbox: Sandbox, processes: Processes
 ) -> None:
-    env = gateway_env(sqlite_database, sandbox.url, GATEWAY_POLL_INTERVAL_S="0.3")
+    env = gateway_env(clean_sqlite, sandbox.url, GATEWAY_POLL_INTERVAL_S="0.3")
     gateway = start_gateway(processes, env)
     tenant = gateway.tenant(gateway.spawn_tenant(f"unpolled-{time.monotonic_ns()}"))
     admin = {"Authorization": f"Bearer {env['GATEWAY_ADMIN_TOKEN']}"}

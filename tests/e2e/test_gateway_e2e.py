@@ -323,3 +323,16 @@ def test_serve_refuses_unmigrated_database(postgres_server: str, processes: Proc
     assert "seedream-gateway migrate" in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("seedream-gateway:"), result.stderr[-3000:]
+
+
+def test_serve_refuses_a_changed_secret_key(tmp_path: Path, sandbox: Sandbox, processes: Processes) -> None:
+    url = f"sqlite+aiosqlite:///{(tmp_path / 'rotated.db').as_posix()}"
+    env = gateway_env(url, sandbox.url)
+    assert processes.run(["migrate"], env).returncode == 0
+    start_gateway(processes, env).process.stop()  # stores the upstream key, encrypted with the first secret
+    changed = {**env, "GATEWAY_SECRET_KEY": "another-secret-key-0123456789abcdef"}
+    result = processes.run(["serve", "--host", HOST, "--port", str(free_port())], changed, timeout_s=15)
+    assert result.returncode == 2, result
+    last = result.stderr.strip().splitlines()[-1]  # after the (SQLite auto-)migration's log lines
+    assert last.startswith("seedream-gateway:") and "GATEWAY_SECRET_KEY" in last, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
