@@ -204,6 +204,7 @@ async def create_generation(request: Request, state: StateDep, key: KeyDep) -> d
         result_style=state.next_result_style(),
         now=state.clock(),
     )
+    state.forget_expired()
     state.tasks[task.id] = task
     return task.create_payload()
 

@@ -48,6 +48,10 @@ class Stats:
         }
 
 
+# Sweeping costs a pass over every task: do it once per this many new tasks.
+FORGET_CHECK_EVERY = 1000
+
+
 @dataclass
 class SandboxState:
     """Everything a sandbox app instance remembers; lives on `app.state.sandbox`."""
@@ -62,6 +66,14 @@ class SandboxState:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.config.seed)
+
+    def forget_expired(self) -> None:
+        """Drop tasks whose results have expired, so a long-running sandbox does not grow without bound."""
+        if len(self.tasks) < FORGET_CHECK_EVERY or len(self.tasks) % FORGET_CHECK_EVERY:
+            return
+        now = self.clock()
+        for task_id in [t.id for t in self.tasks.values() if t.expires_at <= now]:
+            del self.tasks[task_id]
 
     def next_result_style(self) -> ResultStyle:
         """The configured result style; `mixed` rotates through all of them, one per task."""

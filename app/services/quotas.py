@@ -66,9 +66,15 @@ async def reserve(session: AsyncSession, tenant: Tenant, task_id: str, n: int, n
             ),
         )
     if day_period not in fitted:
-        raise InsufficientQuota(f"Daily image quota exhausted ({tenant.daily_images} images per UTC day).")
+        raise InsufficientQuota(
+            f"Not enough daily image quota for {n} image(s): the limit is {tenant.daily_images} per UTC day "
+            "(see GET /v1/usage)."
+        )
     if month_period not in fitted:
-        raise InsufficientQuota(f"Monthly image quota exhausted ({tenant.monthly_images} images per month).")
+        raise InsufficientQuota(
+            f"Not enough monthly image quota for {n} image(s): the limit is {tenant.monthly_images} per month "
+            "(see GET /v1/usage)."
+        )
     if INFLIGHT_PERIOD not in fitted:
         reset = int(now.timestamp()) + IN_FLIGHT_RETRY_AFTER_S
         raise RateLimited(

@@ -57,7 +57,7 @@ async def test_monthly_budget(gw: Harness) -> None:
     key = await gw.new_tenant("acme", monthly_images=2)
     assert (await post(gw, key, n=2)).status_code == 200
     r = await post(gw, key)
-    assert r.status_code == 402 and "Monthly" in r.json()["error"]["message"]
+    assert r.status_code == 402 and "monthly" in r.json()["error"]["message"]
 
 
 async def test_in_flight_cap_is_429_and_frees_when_a_task_ends(gw: Harness) -> None:

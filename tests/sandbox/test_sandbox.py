@@ -556,3 +556,41 @@ async def test_control_endpoints(app: FastAPI, client: httpx.AsyncClient, clock:
 async def test_unknown_route_uses_error_envelope(client: httpx.AsyncClient) -> None:
     r = await client.get("/v1/nothing")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_expired_tasks_are_forgotten() -> None:
+    from app.sandbox.config import SandboxConfig
+    from app.sandbox.state import FORGET_CHECK_EVERY, SandboxState
+    from app.sandbox.tasks import new_task
+
+    now = [1_790_000_000.0]
+    state = SandboxState(config=SandboxConfig(task_seconds=1), clock=lambda: now[0])
+    config = state.config
+    for _ in range(FORGET_CHECK_EVERY):
+        task = new_task(
+            owner="k",
+            model="m",
+            size="1:1",
+            n=1,
+            client_business_id=None,
+            faults=set(),
+            config=config,
+            result_style="result",
+            now=now[0],
+        )
+        state.tasks[task.id] = task
+    fresh = new_task(
+        owner="k",
+        model="m",
+        size="1:1",
+        n=1,
+        client_business_id=None,
+        faults=set(),
+        config=config,
+        result_style="result",
+        now=now[0] + 2 * 86400,
+    )
+    now[0] += 2 * 86400
+    state.forget_expired()
+    state.tasks[fresh.id] = fresh
+    assert list(state.tasks) == [fresh.id]
