@@ -1,0 +1,81 @@
+"""The ops command line for tenants and quota, in-process (CliRunner) on a real SQLite database."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.db.migrate import upgrade
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name in [n for n in os.environ if n.startswith("GATEWAY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite+aiosqlite:///{(tmp_path / 'cli.db').as_posix()}"
+    upgrade(url)
+    return {
+        "GATEWAY_DATABASE_URL": url,
+        "GATEWAY_UPSTREAM_BASE_URL": "http://upstream.test",
+        "GATEWAY_SECRET_KEY": "cli-secret-key-0123456789abcdef",
+        "GATEWAY_ADMIN_TOKEN": "cli-admin-token-0123456789",
+    }
+
+
+def run(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_new_tenants_start_with_the_default_limits(env: dict[str, str]) -> None:
+    env = {
+        **env,
+        "GATEWAY_DEFAULT_DAILY_IMAGES": "50",
+        "GATEWAY_DEFAULT_SUBMIT_RPM": "unlimited",
+        "GATEWAY_DEFAULT_MAX_IN_FLIGHT": "4",
+    }
+    code, out, err = run(env, "tenants", "create", "team-a", "--json")
+    assert code == 0, err
+    created = json.loads(out)
+    assert created["key"].startswith("sk-gw-") and created["tenant_id"].startswith("ten_")
+    code, out, _ = run(env, "tenants", "limits", "team-a")
+    assert json.loads(out) == {
+        "tenant_id": created["tenant_id"],
+        "daily_images": 50,
+        "monthly_images": None,
+        "max_in_flight": 4,
+        "submit_rpm": None,
+        "query_rpm": None,
+    }
+
+
+def test_limits_set_only_what_is_given_and_accept_unlimited(env: dict[str, str]) -> None:
+    assert run(env, "tenants", "create", "team-a")[0] == 0
+    code, out, _ = run(env, "tenants", "limits", "team-a", "--daily-images", "10", "--query-rpm", "30")
+    assert code == 0 and json.loads(out)["daily_images"] == 10 and json.loads(out)["query_rpm"] == 30
+    code, out, _ = run(env, "tenants", "limits", "team-a", "--daily-images", "unlimited")
+    assert json.loads(out)["daily_images"] is None and json.loads(out)["query_rpm"] == 30
+    code, _, err = run(env, "tenants", "limits", "team-a", "--daily-images", "-3")
+    assert code == 2 and "non-negative integer" in err
+
+
+def test_usage_and_quota_check(env: dict[str, str]) -> None:
+    assert run(env, "tenants", "create", "team-a")[0] == 0
+    code, out, _ = run(env, "tenants", "usage", "team-a")
+    assert code == 0 and json.loads(out)["day"]["used"] == 0
+    code, out, _ = run(env, "quota", "check")
+    assert code == 0 and json.loads(out) == {"ok": True, "drift": []}
+
+
+def test_unknown_tenant_and_duplicate_name_are_one_line_errors(env: dict[str, str]) -> None:
+    code, _, err = run(env, "tenants", "usage", "nobody")
+    assert code == 2 and err.strip().splitlines() == ["seedream-gateway: Tenant 'nobody' not found"]
+    assert run(env, "tenants", "create", "team-a")[0] == 0
+    code, _, err = run(env, "tenants", "create", "team-a")
+    assert code == 2 and "already exists" in err and "Traceback" not in err
