@@ -24,7 +24,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.fixtures.databases import create_postgres_database, drop_postgres_database
+from tests.fixtures.databases import create_postgres_database, drop_postgres_database, truncate_all
 
 CLI: list[str] = [sys.executable, "-m", "app.cli"]
 HOST = "127.0.0.1"
@@ -392,3 +392,17 @@ def fresh_database_url(database_url: str, request: pytest.FixtureRequest, tmp_pa
         yield url
     finally:
         drop_postgres_database(url)
+
+
+@pytest.fixture
+def clean_postgres(postgres_database: str) -> str:
+    """The worker's PostgreSQL database, emptied, for tests that need exactly that kind."""
+    truncate_all(postgres_database)
+    return postgres_database
+
+
+@pytest.fixture
+def clean_sqlite(sqlite_database: str) -> str:
+    """The worker's SQLite database, emptied."""
+    truncate_all(sqlite_database)
+    return sqlite_database

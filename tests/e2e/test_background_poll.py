@@ -8,15 +8,8 @@ import time
 import pytest
 
 from tests.e2e.conftest import Processes, Sandbox, gateway_env, http_client, start_gateway
-from tests.fixtures.databases import truncate_all
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def clean_sqlite(sqlite_database: str) -> str:
-    truncate_all(sqlite_database)
-    return sqlite_database
 
 
 async def test_unpolled_task_settles_in_the_background(

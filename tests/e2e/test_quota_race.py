@@ -21,7 +21,6 @@ from tests.e2e.conftest import (
     http_client,
     start_gateway,
 )
-from tests.fixtures.databases import truncate_all
 
 pytestmark = pytest.mark.e2e
 
@@ -101,18 +100,6 @@ async def _prove(replicas: list[Gateway], sandbox: Sandbox) -> None:
     assert usage["day"]["used"] == completed, usage
     assert usage["in_flight"]["current"] == 0, usage
     assert _cli_ok(first, "quota", "check") == {"ok": True, "drift": []}
-
-
-@pytest.fixture
-def clean_postgres(postgres_database: str) -> str:
-    truncate_all(postgres_database)
-    return postgres_database
-
-
-@pytest.fixture
-def clean_sqlite(sqlite_database: str) -> str:
-    truncate_all(sqlite_database)
-    return sqlite_database
 
 
 async def test_two_replicas_on_postgres_never_overdraw(
