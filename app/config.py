@@ -88,6 +88,11 @@ class Settings(BaseSettings):
         return {name: getattr(self, f"default_{name}") for name in LIMIT_NAMES}
 
     @property
+    def submit_deadline_s(self) -> float:
+        """Longer than any create call can take (connect + pool wait + read, twice over)."""
+        return 2 * (self.upstream_timeout_s + 2 * self.upstream_connect_timeout_s)
+
+    @property
     def zero_config(self) -> bool:
         """The demo mode: built-in sandbox upstream. Secrets may then be generated and kept under data_dir."""
         return not self.upstream_base_url

@@ -123,7 +123,8 @@ def create_app(
         poller = None
         if settings.poll_interval_s > 0:
             poller = asyncio.create_task(
-                TaskPoller(app.state.gateway.tasks, settings.poll_interval_s).run_forever(), name="task-poller"
+                TaskPoller(app.state.gateway.tasks, settings.poll_interval_s, settings.submit_deadline_s).run_forever(),
+                name="task-poller",
             )
         try:
             yield

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models.task import OPEN_STATUSES, Task
+from app.models.task import OPEN_STATUSES, SUBMITTING, Task
 
 
 async def insert(session: AsyncSession, task: Task) -> None:
@@ -66,6 +66,17 @@ async def stale_open_task_ids(session: AsyncSession, refreshed_before: dt.dateti
             or_(Task.refreshed_at.is_(None), Task.refreshed_at < refreshed_before),
         )
         .order_by(Task.refreshed_at.is_not(None), Task.refreshed_at)
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars().all())
+
+
+async def interrupted_submit_ids(session: AsyncSession, created_before: dt.datetime, limit: int) -> list[str]:
+    """Tasks still waiting for the upstream's answer to their create call long after any call could last."""
+    stmt = (
+        select(Task.id)
+        .where(Task.status == SUBMITTING, Task.upstream_task_id.is_(None), Task.created_at < created_before)
+        .order_by(Task.created_at)
         .limit(limit)
     )
     return list((await session.execute(stmt)).scalars().all())

@@ -113,6 +113,31 @@ class TaskService:
         await asyncio.gather(*(one(task_id) for task_id in ids))
         return len(ids)
 
+    async def fail_interrupted_submits(self, older_than: dt.timedelta, limit: int) -> int:
+        """Fail and refund tasks whose create call never got an answer recorded (the process died mid-call).
+
+        Without this their reservation and in-flight slot would stay taken for good. `older_than` must exceed
+        the longest a create call can take, so a submit still in progress elsewhere is never touched.
+        """
+        async with self._sessions() as session:
+            ids = await repo.interrupted_submit_ids(session, self._clock() - older_than, limit)
+        for task_id in ids:
+            now = self._clock()
+            log.warning("task %s: create call never answered (process stopped?); failed and refunded", task_id)
+            await self._record(
+                task_id,
+                {
+                    "status": "failed",
+                    "progress": 0,
+                    "error_code": "submit_interrupted",
+                    "error_message": "The gateway stopped before the upstream answered; nothing was charged.",
+                    "updated_at": now,
+                    "completed_at": now,
+                },
+                0,
+            )
+        return len(ids)
+
     async def _refresh_if_due(self, task: Task) -> Task:
         if not self._needs_refresh(task):
             return task

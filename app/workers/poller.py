@@ -16,14 +16,16 @@ log = logging.getLogger(__name__)
 
 
 class TaskPoller:
-    def __init__(self, tasks: TaskService, interval_s: float, batch: int = 100) -> None:
+    def __init__(self, tasks: TaskService, interval_s: float, submit_deadline_s: float, batch: int = 100) -> None:
         self._tasks = tasks
         self._interval_s = interval_s
+        self._submit_deadline = dt.timedelta(seconds=submit_deadline_s)
         self._batch = batch
 
     async def run_once(self) -> int:
         """One sweep; the number of tasks looked at."""
-        return await self._tasks.refresh_stale(dt.timedelta(seconds=self._interval_s), self._batch)
+        interrupted = await self._tasks.fail_interrupted_submits(self._submit_deadline, self._batch)
+        return interrupted + await self._tasks.refresh_stale(dt.timedelta(seconds=self._interval_s), self._batch)
 
     async def run_forever(self) -> None:
         while True:

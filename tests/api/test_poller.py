@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from app.ids import new_id
+from app.models import Task
+from app.models.task import SUBMITTING
+from app.repositories import tasks as tasks_repo
+from app.services import quotas
+from app.services.tenants import authenticate
 from app.workers.poller import TaskPoller
-from tests.fixtures.gateway import Harness
+from tests.fixtures.gateway import ADMIN_TOKEN, Harness
 
 URL = "/v1/images/generations"
 
@@ -15,7 +21,7 @@ async def test_unpolled_tasks_end_and_free_the_in_flight_slot(gw: Harness) -> No
     failing = await gw.client.post(URL, headers=auth, json={"prompt": "a fox [fault:fail]", "n": 3})
     assert ok.status_code == failing.status_code == 200
     assert (await gw.client.post(URL, headers=auth, json={"prompt": "third"})).status_code == 429
-    poller = TaskPoller(gw.state.tasks, interval_s=5)
+    poller = TaskPoller(gw.state.tasks, interval_s=5, submit_deadline_s=80)
     gw.clock.advance(11)
     assert await poller.run_once() == 2
     assert gw.sandbox_stats()["status"] == 2
@@ -35,8 +41,48 @@ async def test_recently_polled_tasks_are_left_alone(gw: Harness) -> None:
     await gw.client.get(f"{URL}/{task['id']}", headers=auth)
     calls = gw.sandbox_stats()["status"]
     gw.clock.advance(2)
-    assert await TaskPoller(gw.state.tasks, interval_s=5).run_once() == 0
+    assert await TaskPoller(gw.state.tasks, interval_s=5, submit_deadline_s=80).run_once() == 0
     assert gw.sandbox_stats()["status"] == calls
     gw.clock.advance(4)
-    assert await TaskPoller(gw.state.tasks, interval_s=5).run_once() == 1
+    assert await TaskPoller(gw.state.tasks, interval_s=5, submit_deadline_s=80).run_once() == 1
     assert gw.sandbox_stats()["status"] == calls + 1
+
+
+async def _interrupted_submit(gw: Harness, key: str) -> str:
+    """What a process that died during the upstream create call leaves behind: the row and its reservation."""
+    now = gw.clock.now()
+    async with gw.state.sessions.begin() as session:
+        tenant = await authenticate(session, gw.state.keys, f"Bearer {key}", now)
+        task = Task(
+            id=new_id("task_img_"),
+            tenant_id=tenant.id,
+            model="doubao-seedream-4-0",
+            request={},
+            n=3,
+            status=SUBMITTING,
+            progress=0,
+            created_at=now,
+            updated_at=now,
+        )
+        await tasks_repo.insert(session, task)
+        await quotas.reserve(session, tenant, task.id, 3, now)
+    return task.id
+
+
+async def test_interrupted_submits_are_failed_and_refunded_after_the_deadline(gw: Harness) -> None:
+    key = await gw.new_tenant("acme", max_in_flight=1, daily_images=3)
+    auth = {"Authorization": f"Bearer {key}"}
+    task_id = await _interrupted_submit(gw, key)
+    assert (await gw.client.post(URL, headers=auth, json={"prompt": "blocked"})).status_code == 402
+    poller = TaskPoller(gw.state.tasks, interval_s=5, submit_deadline_s=80)
+    gw.clock.advance(79)
+    assert await poller.run_once() == 0  # may still be in flight on another replica
+    gw.clock.advance(2)
+    assert await poller.run_once() == 1
+    body = (await gw.client.get(f"{URL}/{task_id}", headers=auth)).json()
+    assert body["status"] == "failed" and body["error"]["code"] == "submit_interrupted"
+    usage = (await gw.client.get("/v1/usage", headers=auth)).json()
+    assert usage["day"]["used"] == 0 and usage["in_flight"]["current"] == 0
+    drift = await gw.client.get("/admin/v1/quota/drift", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert drift.json() == {"ok": True, "drift": []}
+    assert (await gw.client.post(URL, headers=auth, json={"prompt": "free again"})).status_code == 200
