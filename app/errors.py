@@ -92,6 +92,12 @@ class UpstreamUnavailable(GatewayError):
     type = "api_error"
 
 
+class UpstreamCredentialsRefused(UpstreamUnavailable):
+    """The upstream answered 401/403 to the organisation's key: the gateway's problem, never the caller's key."""
+
+    code = "upstream_auth_failed"
+
+
 class UpstreamTimeout(GatewayError):
     status_code = 504
     code = "upstream_timeout"

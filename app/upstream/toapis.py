@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from app.contract import UPSTREAM_STATUS_MAP, TaskStatus
-from app.errors import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from app.errors import UpstreamCredentialsRefused, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from app.upstream.base import UploadedFile, UploadRefused, UpstreamTask
+
+log = logging.getLogger(__name__)
 
 # Headers of a 4xx worth passing on to the caller (rate-limit hints in particular).
 _PASSTHROUGH_HEADERS = (
@@ -155,6 +158,10 @@ class ToAPIsAdapter:
             raise UpstreamUnavailable(f"Upstream unreachable: {type(e).__name__}") from e
         if response.status_code >= 500:
             raise UpstreamUnavailable(f"Upstream answered {response.status_code}")
+        if response.status_code in (401, 403):
+            # Passed through, it would tell the tenant that *its* key is wrong.
+            log.error("upstream refused an upstream key with %s on %s %s", response.status_code, method, path)
+            raise UpstreamCredentialsRefused("The upstream refused the gateway's credentials")
         if response.status_code >= 400:
             body = self._json(response, allow_error=True)
             headers = {k: v for k, v in response.headers.items() if k.lower() in _PASSTHROUGH_HEADERS}

@@ -279,3 +279,16 @@ async def test_unknown_route_and_method_use_the_envelope(gw: Harness) -> None:
     r = await gw.client.delete(URL)
     assert r.status_code == 405
     assert set(r.json()) == {"error"}
+
+
+async def test_upstream_refusing_the_organisations_key_is_502_not_the_tenants_401(database_url: str) -> None:
+    from app.sandbox.config import SandboxConfig
+    from tests.fixtures.gateway import running_gateway
+
+    async with running_gateway(database_url, sandbox_config=SandboxConfig(accepted_keys="sk-some-other-key")) as gw:
+        key = await gw.new_tenant("acme", daily_images=5)
+        r = await gw.client.post(URL, headers=bearer(key), json={"prompt": "a fox", "n": 2})
+        assert r.status_code == 502
+        assert_envelope(r.json(), "upstream_auth_failed")
+        usage = (await gw.client.get("/v1/usage", headers=bearer(key))).json()
+        assert usage["day"]["used"] == 0 and usage["in_flight"]["current"] == 0

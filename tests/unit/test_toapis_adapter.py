@@ -9,7 +9,7 @@ import httpx
 import pytest
 import respx
 
-from app.errors import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from app.errors import UpstreamCredentialsRefused, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from app.upstream.base import UploadedFile, UploadRefused
 from app.upstream.toapis import ToAPIsAdapter, build_http_client
 
@@ -172,13 +172,25 @@ async def test_404_with_numeric_code(mock: respx.MockRouter, adapter: ToAPIsAdap
 
 
 async def test_4xx_without_json_gets_a_synthesised_envelope(mock: respx.MockRouter, adapter: ToAPIsAdapter) -> None:
-    mock.post("/v1/images/generations").respond(403, text="<html>Forbidden</html>")
+    mock.post("/v1/images/generations").respond(400, text="<html>Bad Request</html>")
 
     with pytest.raises(UpstreamRejected) as info:
         await adapter.create(KEY, CREATE_BODY)
 
-    assert info.value.status_code == 403
+    assert info.value.status_code == 400
     assert info.value.body() == {"error": {"code": "upstream_rejected", "message": "Upstream refused the request"}}
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_upstream_refusing_our_key_is_never_the_callers_401(
+    mock: respx.MockRouter, adapter: ToAPIsAdapter, status: int
+) -> None:
+    mock.post("/v1/images/generations").respond(status, json={"error": {"code": "unauthorized", "message": "x"}})
+
+    with pytest.raises(UpstreamCredentialsRefused) as info:
+        await adapter.create(KEY, CREATE_BODY)
+
+    assert (info.value.status_code, info.value.code) == (502, "upstream_auth_failed")
 
 
 # --- 5xx and transport failures -------------------------------------------------------------------------
