@@ -12,9 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import UTCDateTime
 from app.db.dialect import insert_for, is_postgresql
-from app.models import QuotaCounter, QuotaEntry, RateWindow, Task
+from app.models import QuotaCounter, QuotaEntry, RateWindow
 from app.models.quota import INFLIGHT_PERIOD
-from app.models.task import OPEN_STATUSES
 
 _RESERVE_ENTRY_SQL = """
     INSERT INTO quota_entries (tenant_id, task_id, kind, images, day, month, created_at)
@@ -145,11 +144,6 @@ async def entry_sums(session: AsyncSession, tenant_id: str | None) -> dict[tuple
     for tid, total in (await session.execute(stmt)).all():
         sums[(tid, INFLIGHT_PERIOD)] = int(total or 0)
     return sums
-
-
-async def open_tasks(session: AsyncSession, tenant_id: str) -> int:
-    stmt = select(func.count()).select_from(Task).where(Task.tenant_id == tenant_id, Task.status.in_(OPEN_STATUSES))
-    return int((await session.execute(stmt)).scalar_one())
 
 
 # Built once, like the reserve statement: on the request path, building it would cost as much as running it.
