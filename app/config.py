@@ -154,7 +154,3 @@ def _load_demo_secrets(data_dir: Path) -> dict[str, str]:
     stored = {"admin_token": "adm-" + secrets.token_urlsafe(24), "secret_key": secrets.token_urlsafe(32)}
     write_private(path, json.dumps(stored))
     return stored
-
-
-def get_settings() -> Settings:
-    return Settings()
