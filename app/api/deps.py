@@ -43,8 +43,10 @@ TenantDep = Annotated[Tenant, Depends(get_tenant)]
 def rate_limited(kind: str, limit_of: Callable[[Tenant], int | None]) -> Callable[..., Awaitable[None]]:
     """A dependency counting one request of `kind` against the tenant's per-minute limit (429 when over)."""
 
-    async def dependency(tenant: TenantDep, state: StateDep, response: Response) -> None:
-        response.headers.update(await state.rate_limits.enforce(tenant.id, kind, limit_of(tenant)))
+    async def dependency(tenant: TenantDep, state: StateDep, request: Request, response: Response) -> None:
+        headers = await state.rate_limits.enforce(tenant.id, kind, limit_of(tenant))
+        response.headers.update(headers)
+        request.state.rate_headers = headers  # error answers after this point carry them too (api/errors.py)
 
     return dependency
 

@@ -56,8 +56,11 @@ def validation_to_error(exc: RequestValidationError) -> InvalidRequest:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
-    async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
-        return error_response(exc)
+    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        response = error_response(exc)
+        for name, value in getattr(request.state, "rate_headers", {}).items():
+            response.headers.setdefault(name, value)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

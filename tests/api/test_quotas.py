@@ -258,3 +258,12 @@ async def test_quotas_switched_off_reserve_nothing(database_url: str) -> None:
         key = await gw.new_tenant("acme", daily_images=1)
         assert (await post(gw, key, n=3)).status_code == 200
         assert (await usage(gw, key))["day"]["used"] == 0
+
+
+async def test_refusals_after_the_rate_check_carry_the_rate_headers_too(gw: Harness) -> None:
+    key = await gw.new_tenant("acme", submit_rpm=10, daily_images=1)
+    assert (await post(gw, key)).status_code == 200
+    r = await post(gw, key)
+    assert r.status_code == 402
+    assert r.headers["x-ratelimit-limit"] == "10" and r.headers["x-ratelimit-remaining"] == "8"
+    assert "retry-after" not in r.headers
