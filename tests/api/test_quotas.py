@@ -249,6 +249,13 @@ async def test_drift_check_reports_a_tampered_counter(gw: Harness) -> None:
     report = await drift(gw)
     assert report["ok"] is False
     assert [(row["counter"][:4], row["stored"], row["expected"]) for row in report["drift"]] == [("day:", 7, 2)]
+    other = await gw.tenant_id(await gw.new_tenant("other"))
+    only_other = await gw.client.get("/admin/v1/quota/drift", params={"tenant_id": other}, headers=ADMIN)
+    assert only_other.json() == {"ok": True, "drift": []}
+    only_acme = await gw.client.get(
+        "/admin/v1/quota/drift", params={"tenant_id": await gw.tenant_id(key)}, headers=ADMIN
+    )
+    assert only_acme.json() == report
 
 
 async def test_quotas_switched_off_reserve_nothing(database_url: str) -> None:
@@ -267,3 +274,30 @@ async def test_refusals_after_the_rate_check_carry_the_rate_headers_too(gw: Harn
     assert r.status_code == 402
     assert r.headers["x-ratelimit-limit"] == "10" and r.headers["x-ratelimit-remaining"] == "8"
     assert "retry-after" not in r.headers
+
+
+async def test_two_replicas_recording_the_same_end_settle_it_once(gw: Harness) -> None:
+    key = await gw.new_tenant("acme", daily_images=10)
+    task = (await post(gw, key, n=4)).json()
+    now = gw.clock.now()
+    failed = {
+        "status": "failed",
+        "progress": 0,
+        "error_code": "generation_failed",
+        "error_message": "x",
+        "updated_at": now,
+        "completed_at": now,
+    }
+    completed = {
+        "status": "completed",
+        "progress": 100,
+        "result_urls": ["https://img.test/1.png"],
+        "updated_at": now,
+        "completed_at": now,
+    }
+    tasks = gw.state.tasks
+    first, second = await asyncio.gather(tasks._record(task["id"], failed, 0), tasks._record(task["id"], completed, 1))
+    assert first.status == second.status  # both callers see the one end that won
+    used = (await usage(gw, key))["day"]["used"]
+    assert used == (0 if first.status == "failed" else 1)
+    assert (await drift(gw))["ok"] is True
