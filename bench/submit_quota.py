@@ -25,36 +25,51 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import secrets
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import asyncpg  # type: ignore[import-untyped]
-import httpx
 import redis.asyncio
+from common import (
+    DEFAULT_OUT,
+    HOST,
+    BenchError,
+    Server,
+    clean_env,
+    command_line,
+    cores,
+    display_path,
+    exit_code,
+    free_port,
+    machine,
+    markers,
+    percentile,
+    progress,
+    run_async,
+    start_server,
+    tail,
+    versions,
+    wait_ready,
+    write_section,
+)
 from sqlalchemy.engine import make_url
 
-ROOT = Path(__file__).resolve().parents[1]
-HOST = "127.0.0.1"
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_OUT = ROOT / "bench" / "RESULTS.md"
 DATABASE_ENV = ("BENCH_DATABASE_URL", "GATEWAY_TEST_DATABASE_URL")
 REDIS_ENV = ("BENCH_REDIS_URL", "GATEWAY_REDIS_URL")
 
@@ -68,13 +83,11 @@ SATURATED = 0.85  # gateway core share above which a row is reported as CPU-boun
 BUSY_WARNING = 0.15  # machine share in use before the run above which the report warns of noise
 CONNECTION_MARGIN = 10  # connections of the server left to others (the setup commands, psql, ...)
 
-READY_TIMEOUT_S = 30.0
 CLI_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 30.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-SECTION_BEGIN = "<!-- submit_quota:begin -->"
-SECTION_END = "<!-- submit_quota:end -->"
+SECTION = "submit_quota"
+SECTION_BEGIN, SECTION_END = markers(SECTION)
 INTRO = f"""# Benchmark results
 
 `bench/submit_quota.py` measures what the quota bookkeeping and the per-minute rate windows cost a submit
@@ -89,12 +102,6 @@ Reproduce with `.venv/bin/python bench/submit_quota.py` (PostgreSQL and Redis on
 {SECTION_BEGIN}
 {SECTION_END}
 """
-
-T = TypeVar("T")
-
-
-class BenchError(RuntimeError):
-    """The benchmark cannot run; the message says why, in one or a few lines."""
 
 
 # --- configurations ---------------------------------------------------------------------------------------------
@@ -124,91 +131,10 @@ QUOTAS_ON = "quotas"
 # --- processes --------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def cli_command() -> list[str]:
     """The console script next to this interpreter (`.venv/bin/seedream-gateway`), else `python -m app.cli`."""
     script = Path(sys.executable).parent / "seedream-gateway"
     return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
-
-
-def clean_env(**settings: str) -> dict[str, str]:
-    """The inherited environment without GATEWAY_*/SANDBOX_* settings, plus the given ones."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "SANDBOX_"))}
-    env.update(PYTHONUNBUFFERED="1", **settings)
-    return env
-
-
-def tail(path: Path, chars: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except FileNotFoundError:
-        return "<no log>"
-
-
-@dataclass
-class Server:
-    """A server process of the command line, in its own process group."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    url: str
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(STOP_TIMEOUT_S)
-
-
-def start_server(name: str, command: list[str], env: Mapping[str, str], workdir: Path, port: int) -> Server:
-    log_path = workdir / f"{name}.log"
-    with log_path.open("wb") as log:
-        popen = subprocess.Popen(
-            [*command, "--host", HOST, "--port", str(port)],
-            env=dict(env),
-            cwd=workdir,  # no stray .env file of the checkout is read, no ./data is created
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Server(name, popen, log_path, f"http://{HOST}:{port}")
-
-
-def wait_ready(server: Server, path: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    last = "no answer"
-    with httpx.Client(trust_env=False, timeout=1.0) as client:
-        while True:
-            code = server.popen.poll()
-            if code is not None:
-                raise BenchError(f"{server.name} exited with {code}; log tail:\n{tail(server.log_path)}")
-            try:
-                response = client.get(server.url + path)
-            except httpx.TransportError as e:
-                last = f"{type(e).__name__}: {e}"
-            else:
-                if response.status_code == 200:
-                    return
-                last = f"HTTP {response.status_code}"
-            if time.monotonic() > deadline:
-                raise BenchError(
-                    f"{server.name} did not answer {path} in {READY_TIMEOUT_S:.0f} s ({last}); log tail:\n"
-                    f"{tail(server.log_path)}"
-                )
-            time.sleep(0.05)
 
 
 def run_cli(args: list[str], env: Mapping[str, str], workdir: Path) -> str:
@@ -396,16 +322,6 @@ def cpu_delta(
 # --- measurements -----------------------------------------------------------------------------------------------
 
 
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks of an already sorted sequence."""
-    if not ordered:
-        return math.nan
-    k = (len(ordered) - 1) * q
-    low = math.floor(k)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
-
-
 @dataclass
 class Chunk:
     latencies: list[float] = field(default_factory=list)
@@ -564,7 +480,8 @@ class Launcher:
         if gateway.config.redis and self.redis_url:
             env["GATEWAY_REDIS_URL"] = self.redis_url
         name = f"serve-{gateway.config.key}-{len(self.started) + 1}"
-        server = start_server(name, [*cli_command(), "serve"], clean_env(**env), self.workdir, free_port())
+        command = [*cli_command(), "serve", "--host", HOST]
+        server = start_server(name, command, clean_env(**env), self.workdir, free_port())
         self.started.append(server)
         try:
             wait_ready(server, "/healthz")
@@ -803,20 +720,6 @@ async def run_micro(database_url: str, redis_url: str | None, iterations: int) -
 # --- the run ----------------------------------------------------------------------------------------------------
 
 
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop when it is installed (it is, with uvicorn[standard]): a lighter load generator."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
 @dataclass
 class Environment:
     server_url: str
@@ -982,7 +885,8 @@ def run(args: argparse.Namespace) -> int:
         sandbox_env = clean_env(
             GATEWAY_LOG_LEVEL="warning", SANDBOX_TASK_SECONDS="86400", SANDBOX_QUEUE_SECONDS="86400"
         )
-        sandbox = start_server("sandbox", [*cli_command(), "sandbox"], sandbox_env, workdir, sandbox_port)
+        command = [*cli_command(), "sandbox", "--host", HOST]
+        sandbox = start_server("sandbox", command, sandbox_env, workdir, sandbox_port)
         servers.append(sandbox)
         wait_ready(sandbox, "/")
         progress(f"sandbox up; measuring {requests} requests per configuration in {rounds} rounds")
@@ -1010,7 +914,7 @@ def run(args: argparse.Namespace) -> int:
     section = report.render(time.monotonic() - started)
     print(section)
     if args.out != "-":
-        write_section(Path(args.out), section)
+        write_section(Path(args.out), SECTION, section, INTRO)
         progress(f"wrote {args.out}")
     errors = sum(sum(m.errors.values()) for m in results.values())
     if errors:
@@ -1038,50 +942,6 @@ def first_env(names: Sequence[str]) -> str | None:
 # --- report -----------------------------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram = "?"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-                break
-    return {
-        "cpu": cpu,
-        "cores": str(cores()),
-        "ram": ram,
-        "os": platform.platform(terse=True),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-    }
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def versions(*names: str) -> str:
-    found = []
-    for name in names:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            found.append(f"{name} {metadata.version(name)}")
-    return ", ".join(found)
-
-
-def display_path(path: str) -> str:
-    with contextlib.suppress(ValueError):
-        return str(Path(path).absolute().relative_to(Path.cwd()))
-    return path
-
-
-def command_line() -> str:
-    return shlex.join([display_path(sys.executable), display_path(sys.argv[0]), *sys.argv[1:]])
-
-
 def ms(value: float, signed: bool = False) -> str:
     if math.isnan(value):
         return "-"
@@ -1101,7 +961,6 @@ class Report:
     pool_size: int
 
     def render(self, elapsed: float) -> str:
-        host = machine()
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         env = self.environment
         pg = env.pg
@@ -1114,7 +973,7 @@ class Report:
             f"## Submit latency, quotas off vs. on ({now})",
             "",
             f"- Command: `{command_line()}` (took {elapsed:.0f} s)",
-            f"- Machine: {host['cpu']}, {host['cores']} cores, {host['ram']} RAM, {host['os']}, {host['python']}",
+            f"- Machine: {machine()}",
             f"- PostgreSQL {pg['server_version']} at {shown_url(env.server_url)} "
             f"(synchronous_commit={pg['synchronous_commit']}, fsync={pg['fsync']}); {redis_line}",
             f"- Software: {versions('fastapi', 'uvicorn', 'uvloop', 'sqlalchemy', 'asyncpg', 'redis', 'aiohttp')}",
@@ -1263,19 +1122,6 @@ class Report:
         return lines
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else INTRO
-    block = f"{SECTION_BEGIN}\n{section}{SECTION_END}"
-    if SECTION_BEGIN in text and SECTION_END in text:
-        head, rest = text.split(SECTION_BEGIN, 1)
-        _, after = rest.split(SECTION_END, 1)
-        text = head + block + after
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 # --- command line -----------------------------------------------------------------------------------------------
 
 
@@ -1332,13 +1178,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        return run(args)
-    except BenchError as e:
-        print(f"submit_quota: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return exit_code("submit_quota", lambda: run(args))
 
 
 if __name__ == "__main__":

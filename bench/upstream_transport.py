@@ -23,34 +23,47 @@ import datetime as dt
 import json
 import math
 import os
-import platform
-import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import httpx
+from common import (
+    DEFAULT_OUT,
+    HOST,
+    ROOT,
+    BenchError,
+    Server,
+    clean_env,
+    command_line,
+    display_path,
+    exit_code,
+    free_port,
+    machine,
+    percentile,
+    progress,
+    run_async,
+    start_server,
+    tail,
+    versions,
+    wait_ready,
+    write_section,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/upstream_transport.py` puts bench/ first, not the checkout
     sys.path.insert(0, str(ROOT))
 
-from app.config import Settings  # noqa: E402
-from app.upstream.toapis import build_http_client  # noqa: E402
+from app.config import Settings
+from app.upstream.toapis import build_http_client
 
-HOST = "127.0.0.1"
-DEFAULT_OUT = ROOT / "bench" / "RESULTS.md"
 PATH = "/v1/images/generations"
 API_KEY = "sk-bench"
 USER_AGENT = "bench/1"
@@ -58,12 +71,9 @@ BODY: dict[str, Any] = {"prompt": "bench", "n": 1}
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 SATURATED = 0.85  # upstream core share above which the upstream, not the client, sets the pace
-READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 5.0
 WORKER_SLACK_S = 30.0  # a client process taking this much longer than its run is stopped
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-SECTION_BEGIN = "<!-- upstream_transport:begin -->"
-SECTION_END = "<!-- upstream_transport:end -->"
+SECTION = "upstream_transport"
 PACKAGES = (
     "httpx",
     "httpcore",
@@ -77,12 +87,6 @@ PACKAGES = (
     "pydantic",
 )
 QUOTED = {"upstream": 4166, "httpx-default": 313, "httpx-aiohttp": 1597, "aiohttp": 3610}
-
-T = TypeVar("T")
-
-
-class BenchError(RuntimeError):
-    """The benchmark cannot run; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -184,16 +188,6 @@ def machine_cpu() -> tuple[float, float]:
     return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS
 
 
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks; NaN for no data."""
-    if not ordered:
-        return math.nan
-    position = (len(ordered) - 1) * q
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 async def measure(kind: str, base_url: str, concurrency: int, warmup_s: float, seconds: float, server_pid: int) -> Any:
     """The closed loop: requests that complete inside the measured window count, the rest is warm-up or tail."""
     latencies: list[float] = []
@@ -252,16 +246,6 @@ async def measure(kind: str, base_url: str, concurrency: int, warmup_s: float, s
     }
 
 
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """On uvloop when it is installed, as under uvicorn (loop="auto")."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
 def client_main(args: argparse.Namespace) -> int:
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
@@ -317,26 +301,10 @@ def minimal_main(args: argparse.Namespace) -> int:
 # --- servers ------------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def child_env(**settings: str) -> dict[str, str]:
-    """The inherited environment without GATEWAY_*/SANDBOX_* settings, plus the given ones."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "SANDBOX_"))}
-    path = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=path, **settings)
-    return env
-
-
-def tail(path: Path, chars: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except FileNotFoundError:
-        return "<no log>"
+    """clean_env plus the checkout first on PYTHONPATH, so that the child processes import `app` from it."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return clean_env(PYTHONPATH=path, **settings)
 
 
 def pin_to(cpu: int | None) -> Callable[[], None] | None:
@@ -350,66 +318,11 @@ def pin_to(cpu: int | None) -> Callable[[], None] | None:
     return pin
 
 
-@dataclass
-class Server:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    url: str
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(STOP_TIMEOUT_S)
-
-
-def start_server(name: str, command: list[str], env: Mapping[str, str], workdir: Path, cpu: int | None) -> Server:
-    port = free_port()
-    log_path = workdir / f"{name}.log"
-    with log_path.open("wb") as log:
-        popen = subprocess.Popen(
-            [*command, "--port", str(port)],
-            env=dict(env),
-            cwd=workdir,  # no stray .env file of the checkout is read
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=pin_to(cpu),
-        )
-    server = Server(name, popen, log_path, f"http://{HOST}:{port}")
-    wait_ready(server)
+def start_upstream(name: str, command: list[str], env: Mapping[str, str], workdir: Path, cpu: int | None) -> Server:
+    """Start an upstream server on a free port, pinned to cpu, and wait until it answers GET /."""
+    server = start_server(name, command, env, workdir, free_port(), preexec_fn=pin_to(cpu))
+    wait_ready(server, "/")
     return server
-
-
-def wait_ready(server: Server) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    last = "no answer"
-    with httpx.Client(trust_env=False, timeout=1.0) as client:
-        while True:
-            code = server.popen.poll()
-            if code is not None:
-                raise BenchError(f"{server.name} exited with {code}; log tail:\n{tail(server.log_path)}")
-            try:
-                response = client.get(server.url + "/")
-            except httpx.TransportError as e:
-                last = f"{type(e).__name__}: {e}"
-            else:
-                if response.status_code == 200:
-                    return
-                last = f"HTTP {response.status_code}"
-            if time.monotonic() > deadline:
-                raise BenchError(
-                    f"{server.name} did not answer GET / in {READY_TIMEOUT_S:.0f} s ({last}); log tail:\n"
-                    f"{tail(server.log_path)}"
-                )
-            time.sleep(0.05)
 
 
 def probe(server: Server) -> bytes:
@@ -484,10 +397,6 @@ class Upstream:
         return self.row(FASTEST).server_busy >= SATURATED
 
 
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def run_client(client: Client, server: Server, args: argparse.Namespace, cpu: int | None, workdir: Path) -> Row:
     command = [
         sys.executable,
@@ -558,7 +467,7 @@ def run(args: argparse.Namespace) -> int:
     upstreams: list[Upstream] = []
     ok = False
     try:
-        sandbox = start_server(
+        sandbox = start_upstream(
             "sandbox",
             [sys.executable, "-m", "app.cli", "sandbox", "--host", HOST],
             child_env(SANDBOX_TASK_SECONDS="1000", GATEWAY_LOG_LEVEL="warning"),
@@ -574,7 +483,7 @@ def run(args: argparse.Namespace) -> int:
         if run_minimal:
             answer_file = workdir / "answer.json"
             answer_file.write_bytes(answer)
-            minimal = start_server(
+            minimal = start_upstream(
                 "minimal",
                 [sys.executable, str(Path(__file__).resolve()), "--role=minimal", f"--answer-file={answer_file}"],
                 child_env(),
@@ -593,48 +502,12 @@ def run(args: argparse.Namespace) -> int:
     section = render(upstreams, args, pinning, time.monotonic() - began)
     print(section)
     if args.out != "-":
-        write_section(Path(args.out), section)
+        write_section(Path(args.out), SECTION, section, "# Benchmark results\n")
         progress(f"wrote {display_path(args.out)}")
     return 1 if any(r.errors for u in upstreams for r in u.rows) else 0
 
 
 # --- report -------------------------------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram = "?"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-                break
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    python = f"{platform.python_implementation()} {platform.python_version()}"
-    return f"{cpu}, {cores} cores, {ram} RAM, {platform.platform(terse=True)}, {python}"
-
-
-def versions(*names: str) -> str:
-    found = []
-    for name in names:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            found.append(f"{name} {metadata.version(name)}")
-    return ", ".join(found)
-
-
-def display_path(path: str) -> str:
-    with contextlib.suppress(ValueError):
-        return str(Path(path).absolute().relative_to(Path.cwd()))
-    return path
-
-
-def command_line() -> str:
-    return shlex.join([display_path(sys.executable), display_path(sys.argv[0]), *sys.argv[1:]])
 
 
 def num(value: float, digits: int = 2) -> str:
@@ -777,20 +650,6 @@ def render(upstreams: list[Upstream], args: argparse.Namespace, pinning: str, el
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the section between the markers, or append it at the end; nothing else in the file changes."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{SECTION_BEGIN}\n{section}{SECTION_END}"
-    if SECTION_BEGIN in text and SECTION_END in text:
-        head, rest = text.split(SECTION_BEGIN, 1)
-        _, after = rest.split(SECTION_END, 1)
-        text = head + block + after
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 # --- command line -------------------------------------------------------------------------------------------------
 
 
@@ -831,17 +690,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    roles = {"client": client_main, "minimal": minimal_main, "main": run}
     try:
-        if args.role == "client":
-            return client_main(args)
-        if args.role == "minimal":
-            return minimal_main(args)
-        return run(args)
-    except BenchError as e:
-        print(f"upstream_transport: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+        return exit_code("upstream_transport", lambda: roles[args.role](args))
     except Exception:
         if args.role == "main":
             raise
