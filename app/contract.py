@@ -261,3 +261,16 @@ class UploadResponse(BaseModel):
 
 UPLOAD_MIME_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+
+
+def sniff_image_type(data: bytes) -> str | None:
+    """An upload's image type by its magic bytes (a declared content type can be missing or wrong)."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None

@@ -15,10 +15,10 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.contract import MAX_UPLOAD_BYTES, UPLOAD_MIME_TYPES, ContractError, GenerationRequest
+from app.contract import MAX_UPLOAD_BYTES, UPLOAD_MIME_TYPES, ContractError, GenerationRequest, sniff_image_type
 from app.sandbox import faults
 from app.sandbox.config import SandboxConfig
-from app.sandbox.images import EXTENSIONS, render_png, sniff_mime
+from app.sandbox.images import EXTENSIONS, render_png
 from app.sandbox.state import SandboxState, Upload
 from app.sandbox.tasks import new_task
 
@@ -253,7 +253,7 @@ async def upload_image(request: Request, state: StateDep, key: KeyDep) -> dict[s
     await form.close()
     if len(data) > MAX_UPLOAD_BYTES:
         raise upload_error(413, "Image too large. Maximum size is 10MB")
-    mime_type = sniff_mime(data)
+    mime_type = sniff_image_type(data)
     if mime_type not in UPLOAD_MIME_TYPES:
         raise upload_error(400, "Unsupported image type. Allowed: JPEG, PNG, WebP, GIF")
     upload_id = f"upload_{uuid.uuid4().hex[:16]}"

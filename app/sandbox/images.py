@@ -42,17 +42,4 @@ def _render(size: str, long_side: int, variant: int) -> bytes:
     return buffer.getvalue()
 
 
-def sniff_mime(data: bytes) -> str | None:
-    """The image type by magic bytes (the declared content type of an upload is not trusted)."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
-
-
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.contract import MAX_UPLOAD_BYTES, UPLOAD_MIME_TYPES
+from app.contract import MAX_UPLOAD_BYTES, UPLOAD_MIME_TYPES, sniff_image_type
 from app.services.upstream_pool import UpstreamKeyPool
 from app.upstream.base import UploadedFile, UploadRefused, UpstreamAdapter
 
@@ -14,6 +14,8 @@ class UploadService:
 
     async def upload(self, filename: str, content: bytes, content_type: str, purpose: str) -> UploadedFile:
         """Forward one image after the upstream's own checks (type and size), so refusals cost nothing."""
+        # The bytes decide, as upstream: a PNG sent as application/octet-stream is still a PNG.
+        content_type = sniff_image_type(content) or content_type
         if content_type not in UPLOAD_MIME_TYPES:
             raise UploadRefused(400, "Unsupported file type. Allowed: JPEG, PNG, WebP, GIF")
         if len(content) > MAX_UPLOAD_BYTES:

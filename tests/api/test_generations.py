@@ -259,6 +259,10 @@ async def test_upload_forwards_and_answers_in_upload_envelope(gw: Harness) -> No
     assert body["success"] is True and body["data"]["url"].startswith("http")
     assert body["data"]["size"] == len(png) and body["data"]["mime_type"] == "image/png"
     r = await gw.client.post(
+        "/v1/uploads/images", headers=bearer(key), files={"file": ("a.bin", png, "application/octet-stream")}
+    )
+    assert r.status_code == 200 and r.json()["data"]["mime_type"] == "image/png"
+    r = await gw.client.post(
         "/v1/uploads/images", headers=bearer(key), files={"file": ("a.txt", b"hello", "text/plain")}
     )
     assert r.status_code == 400 and r.json()["success"] is False
