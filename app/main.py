@@ -117,7 +117,6 @@ def create_app(
             tasks=TaskService(sessions, upstream, pool, clock, refresh, quotas_enabled=settings.quotas_enabled),
             uploads=UploadService(upstream, pool),
             rate_limits=RateLimitService(redis_store or SqlWindowStore(sessions), clock),
-            admin_token=secrets.admin_token,
             clock=clock,
         )
         poller = None

@@ -27,5 +27,4 @@ class GatewayState:
     tasks: TaskService
     uploads: UploadService
     rate_limits: RateLimitService
-    admin_token: str
     clock: Clock

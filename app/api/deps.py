@@ -62,7 +62,7 @@ async def require_admin(
 ) -> None:
     """The ops API's bearer token, compared in constant time; a tenant key is just a wrong token here."""
     scheme, _sep, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not constant_time_equals(token.strip(), state.admin_token):
+    if scheme.lower() != "bearer" or not constant_time_equals(token.strip(), state.settings.secrets.admin_token):
         raise Unauthorized("Invalid admin token")
 
 

@@ -7,13 +7,28 @@ import contextlib
 import os
 import signal
 import time
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import Processes, Sandbox, gateway_env, http_client, start_gateway
+from tests.e2e.conftest import Gateway, Processes, Sandbox, Tenant, gateway_env, http_client, start_gateway
 
 pytestmark = pytest.mark.e2e
+
+
+async def _until_nothing_in_flight(
+    client: httpx.AsyncClient, gateway: Gateway, tenant: Tenant, admin: dict[str, str], deadline_s: float
+) -> dict[str, Any]:
+    """The tenant's usage once no task of it is in flight (fails after `deadline_s`)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        r = await client.get(f"{gateway.url}/admin/v1/tenants/{tenant.id}/usage", headers=admin)
+        usage: dict[str, Any] = r.json()
+        if usage["in_flight"]["current"] == 0:
+            return usage
+        assert time.monotonic() < deadline, usage
+        await asyncio.sleep(0.2)
 
 
 async def test_unpolled_task_settles_in_the_background(
@@ -27,13 +42,7 @@ async def test_unpolled_task_settles_in_the_background(
         r = await client.post(gateway.generations, headers=tenant.headers, json={"prompt": "nobody polls", "n": 2})
         assert r.status_code == 200, r.text
         task_id = r.json()["id"]
-        deadline = time.monotonic() + 15
-        while True:
-            usage = (await client.get(f"{gateway.url}/admin/v1/tenants/{tenant.id}/usage", headers=admin)).json()
-            if usage["in_flight"]["current"] == 0:
-                break
-            assert time.monotonic() < deadline, usage
-            await asyncio.sleep(0.2)
+        usage = await _until_nothing_in_flight(client, gateway, tenant, admin, deadline_s=15)
         assert usage["day"]["used"] == 2
         before = sandbox.stats()["status_by_task"]
         done = await client.get(f"{gateway.generations}/{task_id}", headers=tenant.headers)
@@ -70,13 +79,7 @@ async def test_a_gateway_killed_mid_submit_leaves_no_phantom_reservation(
             await pending
 
         second = start_gateway(processes, env, name="survivor")
-        deadline = time.monotonic() + 20
-        while True:
-            usage = (await client.get(f"{second.url}/admin/v1/tenants/{tenant.id}/usage", headers=admin)).json()
-            if usage["in_flight"]["current"] == 0:
-                break
-            assert time.monotonic() < deadline, usage
-            await asyncio.sleep(0.2)
+        usage = await _until_nothing_in_flight(client, second, tenant, admin, deadline_s=20)
         assert usage["day"]["used"] == 0
         r = await client.post(second.generations, headers=tenant.headers, json={"prompt": "after the crash"})
         assert r.status_code == 200, r.text
