@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from app.config import Settings, SettingsError
-from app.errors import GatewayError
-from app.fileutil import write_private
-from app.security import KeyMaterial
-from app.timeutil import utcnow
+from app.core.clock import utcnow
+from app.core.errors import GatewayError
+from app.core.files import write_private
+from app.core.security import KeyMaterial
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -57,7 +57,7 @@ def serve(host: HostOpt = None, port: PortOpt = None) -> None:
     """Run the gateway. With no configuration: SQLite ledger, built-in sandbox upstream, a demo tenant."""
     import uvicorn
 
-    from app.db.migrate import upgrade
+    from app.core.db.migrate import upgrade
     from app.main import create_app, preflight
 
     settings = _settings(host=host, port=port)
@@ -108,7 +108,7 @@ def sandbox(host: HostOpt = None, port: PortOpt = None) -> None:
 @cli.command()
 def migrate() -> None:
     """Apply the database migrations (Alembic upgrade head)."""
-    from app.db.migrate import upgrade
+    from app.core.db.migrate import upgrade
 
     settings = _settings()
     _logging(settings.log_level)
@@ -153,7 +153,7 @@ def tenants_limits(
     changes = {name: _limit_value(name, value) for name, value in given.items() if value is not None}
 
     async def work(session: AsyncSession, _: KeyMaterial) -> dict[str, Any]:
-        from app.services import tenants as tenant_service
+        from app.tenants import service as tenant_service
 
         if changes:
             row = await tenant_service.set_limits(session, tenant, changes, utcnow())
@@ -170,8 +170,8 @@ def tenants_usage(tenant: Annotated[str, typer.Argument(help="Tenant id or name.
 
     async def work(session: AsyncSession, _: KeyMaterial) -> dict[str, Any]:
         from app.ops_contract import UsageOut
-        from app.services import quotas
-        from app.services import tenants as tenant_service
+        from app.quotas import service as quotas
+        from app.tenants import service as tenant_service
 
         row = await tenant_service.get_tenant(session, tenant)
         return UsageOut.of(await quotas.usage(session, row, utcnow())).model_dump()
@@ -187,8 +187,8 @@ def quota_check(
 
     async def work(session: AsyncSession, _: KeyMaterial) -> dict[str, Any]:
         from app.ops_contract import DriftReport
-        from app.services import quotas
-        from app.services import tenants as tenant_service
+        from app.quotas import service as quotas
+        from app.tenants import service as tenant_service
 
         tenant_id = (await tenant_service.get_tenant(session, tenant)).id if tenant else None
         return DriftReport.of(await quotas.drift(session, tenant_id)).model_dump()
@@ -222,7 +222,7 @@ async def _in_session(settings: Settings, work: Callable[[AsyncSession, KeyMater
     """One unit of work against the configured database (committed when `work` returns)."""
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from app.db.engine import create_engine, create_session_factory
+    from app.core.db.engine import create_engine, create_session_factory
 
     keys = KeyMaterial(settings.secrets.secret_key)
     engine = create_engine(settings.effective_database_url, pool_size=1)
@@ -236,7 +236,7 @@ async def _in_session(settings: Settings, work: Callable[[AsyncSession, KeyMater
 
 
 async def _create_tenant(settings: Settings, name: str, key: str | None = None) -> tuple[str, str]:
-    from app.services.tenants import create_tenant
+    from app.tenants.service import create_tenant
 
     async def work(session: AsyncSession, keys: KeyMaterial) -> tuple[str, str]:
         tenant, plaintext = await create_tenant(session, keys, name, utcnow(), key=key, limits=settings.default_limits)
@@ -247,9 +247,9 @@ async def _create_tenant(settings: Settings, name: str, key: str | None = None) 
 
 async def _ensure_demo_tenant(settings: Settings) -> str:
     """The demo tenant's key, the same on every zero-config start (kept under data_dir, demo mode only)."""
-    from app.repositories import tenants as tenants_repo
-    from app.security import new_tenant_key
-    from app.services.tenants import authenticate, create_tenant
+    from app.core.security import new_tenant_key
+    from app.tenants import repository as tenants_repo
+    from app.tenants.service import authenticate, create_tenant
 
     path = settings.data_dir / "demo-tenant.json"
     stored: str | None = json.loads(path.read_text())["key"] if path.exists() else None

@@ -11,7 +11,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.fileutil import write_private
+from app.core.files import write_private
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "change_me", "secret", "placeholder", "xxx", "todo"})
 MIN_SECRET_CHARS = 16

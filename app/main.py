@@ -14,25 +14,28 @@ import redis.asyncio
 from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from app.api import generations, health, uploads, usage
-from app.api.admin import quota as admin_quota
-from app.api.admin import tenants as admin_tenants
-from app.api.errors import install_error_handlers
-from app.api.middleware import BodySizeLimit
 from app.config import Settings, SettingsError
 from app.contract import ErrorEnvelope
-from app.db.engine import create_engine, create_session_factory
-from app.db.migrate import is_at_head
-from app.security import KeyMaterial
-from app.services.rate_limits import RateLimitService, RedisWindowStore, SqlWindowStore
-from app.services.tasks import TaskService
-from app.services.uploads import UploadService
-from app.services.upstream_pool import UpstreamKeyPool
+from app.core.body_limit import BodySizeLimit
+from app.core.clock import Clock, utcnow
+from app.core.db.engine import create_engine, create_session_factory
+from app.core.db.migrate import is_at_head
+from app.core.error_handlers import install_error_handlers
+from app.core.security import KeyMaterial
+from app.health import router as health
+from app.quotas import admin_router as admin_quota
+from app.quotas import router as usage
+from app.quotas.rate_limits import RateLimitService, RedisWindowStore, SqlWindowStore
 from app.state import GatewayState
-from app.timeutil import Clock, utcnow
+from app.tasks import router as generations
+from app.tasks.service import TaskService
+from app.tasks.worker import TaskPoller
+from app.tenants import admin_router as admin_tenants
+from app.uploads import router as uploads
+from app.uploads.service import UploadService
 from app.upstream.base import UpstreamAdapter
+from app.upstream.pool import UpstreamKeyPool
 from app.upstream.toapis import ToAPIsAdapter, build_http_client
-from app.workers.poller import TaskPoller
 
 log = logging.getLogger("app")
 

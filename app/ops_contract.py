@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from app.services.quotas import Drift, PeriodUsage, Usage
+from app.quotas.service import Drift, PeriodUsage, Usage
 
 LimitValue = Annotated[StrictInt, Field(ge=0)] | None
 

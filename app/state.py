@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.security import KeyMaterial
-from app.services.rate_limits import RateLimitService
-from app.services.tasks import TaskService
-from app.services.uploads import UploadService
-from app.services.upstream_pool import UpstreamKeyPool
-from app.timeutil import Clock
+from app.core.clock import Clock
+from app.core.security import KeyMaterial
+from app.quotas.rate_limits import RateLimitService
+from app.tasks.service import TaskService
+from app.uploads.service import UploadService
 from app.upstream.base import UpstreamAdapter
+from app.upstream.pool import UpstreamKeyPool
 
 
 @dataclass

@@ -599,16 +599,16 @@ async def run_micro(database_url: str, redis_url: str | None, iterations: int) -
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from app.contract import GenerationRequest
-    from app.db.engine import create_engine, create_session_factory
-    from app.ids import new_id
+    from app.core.clock import utcnow
+    from app.core.db.engine import create_engine, create_session_factory
+    from app.core.ids import new_id
+    from app.core.security import KeyMaterial
     from app.models.task import SUBMITTING, Task
-    from app.repositories import tasks as task_repo
-    from app.security import KeyMaterial
-    from app.services import quotas
-    from app.services.rate_limits import WINDOW_S, RedisWindowStore, SqlWindowStore
-    from app.services.tenants import create_tenant
-    from app.services.upstream_pool import UpstreamKeyPool
-    from app.timeutil import utcnow
+    from app.quotas import service as quotas
+    from app.quotas.rate_limits import WINDOW_S, RedisWindowStore, SqlWindowStore
+    from app.tasks import repository as task_repo
+    from app.tenants.service import create_tenant
+    from app.upstream.pool import UpstreamKeyPool
 
     engine = create_engine(database_url, pool_size=2)  # the app's engine settings, pre-ping included
     no_ping = create_async_engine(database_url, pool_size=2, max_overflow=0, pool_pre_ping=False)
@@ -799,7 +799,7 @@ def background_load(seconds: float = 2.0) -> float | None:
 
 
 def fit_pool_size(wanted: int, pg: Mapping[str, Any]) -> tuple[int, str]:
-    """One gateway runs at a time, and its pool (no overflow: `app.db.engine`) must fit in max_connections."""
+    """One gateway runs at a time, and its pool (no overflow: `app.core.db.engine`) must fit in max_connections."""
     fitting = int(pg["max_connections"]) - int(pg["connections"]) - CONNECTION_MARGIN
     if fitting >= wanted:
         return wanted, ""
@@ -877,7 +877,7 @@ def run(args: argparse.Namespace) -> int:
         for gateway in gateways:
             check_limits(gateway)
         if micro_url is not None:
-            from app.db.migrate import upgrade
+            from app.core.db.migrate import upgrade
 
             upgrade(micro_url)
 

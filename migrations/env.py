@@ -10,8 +10,8 @@ from sqlalchemy.engine import Connection
 
 import app.models  # noqa: F401  (registers every table)
 from app.config import Settings
-from app.db.base import Base, UTCDateTime
-from app.db.engine import create_engine
+from app.core.db.base import Base, UTCDateTime
+from app.core.db.engine import create_engine
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

@@ -14,9 +14,9 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
 import app.models  # noqa: F401
-from app.db.base import Base
-from app.db.engine import create_engine
-from app.db.migrate import downgrade, upgrade
+from app.core.db.base import Base
+from app.core.db.engine import create_engine
+from app.core.db.migrate import downgrade, upgrade
 from tests.fixtures.databases import create_postgres_database, create_sqlite_database, drop_postgres_database
 
 

@@ -7,7 +7,7 @@ import datetime as dt
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, UTCDateTime
+from app.core.db.base import Base, UTCDateTime
 
 INFLIGHT_PERIOD = "inflight"
 

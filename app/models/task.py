@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, UTCDateTime
+from app.core.db.base import Base, UTCDateTime
 
 # Internal status of a task whose create call has not been answered yet; shown to callers as "queued".
 SUBMITTING = "submitting"

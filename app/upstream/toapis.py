@@ -10,7 +10,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from app.contract import UPSTREAM_STATUS_MAP, TaskStatus
-from app.errors import UpstreamCredentialsRefused, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from app.core.errors import UpstreamCredentialsRefused, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from app.upstream.base import UploadedFile, UploadRefused, UpstreamTask
 
 log = logging.getLogger(__name__)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from app.ids import new_id
+from app.core.ids import new_id
 from app.models import Task
 from app.models.task import SUBMITTING
-from app.repositories import tasks as tasks_repo
-from app.services import quotas
-from app.services.tenants import authenticate
-from app.workers.poller import TaskPoller
+from app.quotas import service as quotas
+from app.tasks import repository as tasks_repo
+from app.tasks.worker import TaskPoller
+from app.tenants.service import authenticate
 from tests.fixtures.gateway import ADMIN_TOKEN, Harness
 
 URL = "/v1/images/generations"

@@ -122,7 +122,7 @@ async def test_failed_task_is_refunded_once_however_often_polled(gw: Harness) ->
         await finish_all(gw, key, [task["id"]])
     assert (await usage(gw, key))["day"]["used"] == 0
     async with gw.state.sessions.begin() as session:  # a second replica settling the same task
-        from app.services import quotas
+        from app.quotas import service as quotas
 
         await quotas.settle(session, task["id"], 0, gw.clock.now())
     assert (await usage(gw, key))["day"]["used"] == 0

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.db.migrate import upgrade
+from app.core.db.migrate import upgrade
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from app.api.errors import install_error_handlers, validation_to_error
 from app.contract import GenerationRequest
-from app.errors import InvalidRequest
+from app.core.error_handlers import install_error_handlers, validation_to_error
+from app.core.errors import InvalidRequest
 
 URL = "https://img.example/ref.png"
 

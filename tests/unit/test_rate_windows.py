@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from app.db.engine import create_engine, create_session_factory
-from app.errors import RateLimited
-from app.ids import new_id
+from app.core.db.engine import create_engine, create_session_factory
+from app.core.errors import RateLimited
+from app.core.ids import new_id
 from app.models import Tenant
-from app.services.rate_limits import RateLimitService, RedisWindowStore, SqlWindowStore, WindowStore
+from app.quotas.rate_limits import RateLimitService, RedisWindowStore, SqlWindowStore, WindowStore
 from tests.fixtures.clock import FakeClock
 
 

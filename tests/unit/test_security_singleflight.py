@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from app.security import TENANT_KEY_PREFIX, KeyMaterial, constant_time_equals, new_tenant_key
-from app.services.singleflight import SingleFlight
+from app.core.security import TENANT_KEY_PREFIX, KeyMaterial, constant_time_equals, new_tenant_key
+from app.tasks.singleflight import SingleFlight
 
 SECRET_A = "secret-a-0123456789abcdef"
 SECRET_B = "secret-b-0123456789abcdef"

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import respx
 
-from app.errors import UpstreamCredentialsRefused, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from app.core.errors import UpstreamCredentialsRefused, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from app.upstream.base import UploadedFile, UploadRefused
 from app.upstream.toapis import ToAPIsAdapter, build_http_client
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.errors import UpstreamUnavailable
+from app.core.errors import UpstreamUnavailable
 from app.upstream.base import UpstreamTask
 from app.upstream.toapis import parse_task
 

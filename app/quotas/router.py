@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import StateDep, TenantDep
 from app.contract import ErrorEnvelope
+from app.core.deps import StateDep, TenantDep
 from app.ops_contract import UsageOut
-from app.services import quotas
+from app.quotas import service as quotas
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 

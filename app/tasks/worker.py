@@ -10,7 +10,7 @@ import asyncio
 import datetime as dt
 import logging
 
-from app.services.tasks import TaskService
+from app.tasks.service import TaskService
 
 log = logging.getLogger(__name__)
 

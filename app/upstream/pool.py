@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import SettingsError
-from app.errors import NoUpstreamKey
-from app.ids import new_id
+from app.core.errors import NoUpstreamKey
+from app.core.ids import new_id
+from app.core.security import KeyMaterial
 from app.models import UpstreamKey
-from app.repositories import upstream_keys as repo
-from app.security import KeyMaterial
+from app.upstream import repository as repo
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,11 @@ from collections.abc import Mapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import LIMIT_NAMES
-from app.errors import Conflict, InvalidRequest, NotFound, Unauthorized
-from app.ids import new_id
+from app.core.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from app.core.ids import new_id
+from app.core.security import KeyMaterial, new_tenant_key
 from app.models import Tenant, TenantKey
-from app.repositories import tenants as repo
-from app.security import KeyMaterial, new_tenant_key
+from app.tenants import repository as repo
 
 
 async def create_tenant(

@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def alembic_config(database_url: str) -> Config:
@@ -33,7 +33,7 @@ async def is_at_head(database_url: str) -> bool:
     from sqlalchemy import text
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from app.db.engine import create_engine
+    from app.core.db.engine import create_engine
 
     heads = set(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
     engine = create_engine(database_url, pool_size=1)

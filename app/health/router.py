@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from app.api.deps import StateDep
+from app.core.deps import StateDep
 
 router = APIRouter(tags=["health"])
 

@@ -10,8 +10,8 @@ from typing import Any, cast
 from sqlalchemy import BigInteger, Integer, Table, bindparam, case, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.base import UTCDateTime
-from app.db.dialect import insert_for, is_postgresql
+from app.core.db.base import UTCDateTime
+from app.core.db.dialect import insert_for, is_postgresql
 from app.models import QuotaCounter, QuotaEntry, RateWindow
 from app.models.quota import INFLIGHT_PERIOD
 

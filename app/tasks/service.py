@@ -11,16 +11,16 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.contract import TERMINAL_STATUSES, GenerationRequest, ImageRef, TaskError, TaskObject, TaskResult
-from app.errors import GatewayError, NotFound, UpstreamRejected
-from app.ids import new_id
+from app.core.clock import Clock, from_unix, to_unix
+from app.core.errors import GatewayError, NotFound, UpstreamRejected
+from app.core.ids import new_id
 from app.models import Tenant
 from app.models.task import SUBMITTING, Task
-from app.repositories import tasks as repo
-from app.services import quotas
-from app.services.singleflight import SingleFlight
-from app.services.upstream_pool import UpstreamKeyPool
-from app.timeutil import Clock, from_unix, to_unix
+from app.quotas import service as quotas
+from app.tasks import repository as repo
+from app.tasks.singleflight import SingleFlight
 from app.upstream.base import UpstreamAdapter, UpstreamTask
+from app.upstream.pool import UpstreamKeyPool
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import AdminDep, StateDep
 from app.contract import ErrorEnvelope
+from app.core.deps import AdminDep, StateDep
 from app.ops_contract import DriftReport
-from app.services import quotas
+from app.quotas import service as quotas
 
 router = APIRouter(
     prefix="/admin/v1/quota", tags=["admin"], dependencies=[AdminDep], responses={401: {"model": ErrorEnvelope}}

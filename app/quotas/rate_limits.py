@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.errors import RateLimited
-from app.repositories import quotas as repo
-from app.timeutil import Clock
+from app.core.clock import Clock
+from app.core.errors import RateLimited
+from app.quotas import repository as repo
 
 WINDOW_S = 60
 

@@ -8,11 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Header, Request, Response, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.errors import Unauthorized
+from app.core.errors import Unauthorized
+from app.core.security import constant_time_equals
 from app.models import Tenant
-from app.security import constant_time_equals
-from app.services import tenants as tenant_service
 from app.state import GatewayState
+from app.tenants import service as tenant_service
 
 
 def get_state(request: Request) -> GatewayState:

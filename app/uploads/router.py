@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Form, UploadFile
 from fastapi.responses import JSONResponse
 
-from app.api.deps import StateDep, TenantDep
 from app.contract import ErrorEnvelope, UploadData, UploadResponse
+from app.core.deps import StateDep, TenantDep
 from app.upstream.base import UploadRefused
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import InsufficientQuota, RateLimited
+from app.core.errors import InsufficientQuota, RateLimited
 from app.models import Tenant
 from app.models.quota import INFLIGHT_PERIOD
-from app.repositories import quotas as repo
+from app.quotas import repository as repo
 
 # A caller refused for its in-flight cap is told to come back after about one typical task's duration.
 IN_FLIGHT_RETRY_AFTER_S = 5

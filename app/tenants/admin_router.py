@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import AdminDep, StateDep
 from app.contract import ErrorEnvelope
+from app.core.deps import AdminDep, StateDep
 from app.ops_contract import Limits, LimitsUpdate, UsageOut
-from app.services import quotas
-from app.services import tenants as tenant_service
+from app.quotas import service as quotas
+from app.tenants import service as tenant_service
 
 router = APIRouter(
     prefix="/admin/v1/tenants",

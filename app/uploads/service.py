@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from app.contract import MAX_UPLOAD_BYTES, UPLOAD_MIME_TYPES, sniff_image_type
-from app.services.upstream_pool import UpstreamKeyPool
 from app.upstream.base import UploadedFile, UploadRefused, UpstreamAdapter
+from app.upstream.pool import UpstreamKeyPool
 
 
 class UploadService:

@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header
 
-from app.api.deps import QueryRate, StateDep, SubmitRate, TenantDep
 from app.contract import ErrorEnvelope, GenerationRequest, TaskObject
-from app.errors import UnsupportedMediaType
-from app.services.tasks import to_task_object
+from app.core.deps import QueryRate, StateDep, SubmitRate, TenantDep
+from app.core.errors import UnsupportedMediaType
+from app.tasks.service import to_task_object
 
 router = APIRouter(prefix="/v1/images", tags=["generations"])
 

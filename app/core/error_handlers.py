@@ -10,9 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.middleware import UPLOAD_PATH
 from app.contract import ContractError
-from app.errors import GatewayError, InvalidRequest
+from app.core.body_limit import UPLOAD_PATH
+from app.core.errors import GatewayError, InvalidRequest
 
 log = logging.getLogger(__name__)
 
