@@ -11,15 +11,14 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.core.errors import SettingsError
 from app.core.files import write_private
+from app.tenants.limits import LIMIT_NAMES, MAX_LIMIT, parse_limit_word
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "change_me", "secret", "placeholder", "xxx", "todo"})
 MIN_SECRET_CHARS = 16
-LIMIT_NAMES = ("daily_images", "monthly_images", "max_in_flight", "submit_rpm", "query_rpm")
-
-
-class SettingsError(RuntimeError):
-    """The configuration cannot run; the message is one line for the operator."""
+# A new tenant's limit (None = unlimited), bounded as the ops API bounds it (tenants/limits.py).
+DefaultLimit = Annotated[int | None, Field(ge=0, le=MAX_LIMIT)]
 
 
 class Settings(BaseSettings):
@@ -55,11 +54,11 @@ class Settings(BaseSettings):
     quotas_enabled: bool = Field(
         True, description="Reserve and settle images per task; off only for benchmarks and emergencies."
     )
-    default_daily_images: int | None = Field(None, ge=0, description="Images per UTC day for new tenants.")
-    default_monthly_images: int | None = Field(None, ge=0, description="Images per calendar month for new tenants.")
-    default_max_in_flight: int | None = Field(None, ge=0, description="Tasks in flight at once for new tenants.")
-    default_submit_rpm: int | None = Field(None, ge=0, description="Submits per minute for new tenants.")
-    default_query_rpm: int | None = Field(None, ge=0, description="Status queries per minute for new tenants.")
+    default_daily_images: DefaultLimit = Field(None, description="Images per UTC day for new tenants.")
+    default_monthly_images: DefaultLimit = Field(None, description="Images per calendar month for new tenants.")
+    default_max_in_flight: DefaultLimit = Field(None, description="Tasks in flight at once for new tenants.")
+    default_submit_rpm: DefaultLimit = Field(None, description="Submits per minute for new tenants.")
+    default_query_rpm: DefaultLimit = Field(None, description="Status queries per minute for new tenants.")
 
     @field_validator("upstream_keys", mode="before")
     @classmethod
@@ -68,19 +67,10 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator(
-        "default_daily_images",
-        "default_monthly_images",
-        "default_max_in_flight",
-        "default_submit_rpm",
-        "default_query_rpm",
-        mode="before",
-    )
+    @field_validator(*(f"default_{name}" for name in LIMIT_NAMES), mode="before")
     @classmethod
     def _empty_is_unlimited(cls, value: object) -> object:
-        if isinstance(value, str) and value.strip().lower() in ("", "none", "null", "unlimited"):
-            return None
-        return value
+        return parse_limit_word(value)
 
     @property
     def default_limits(self) -> dict[str, int | None]:

@@ -1,77 +1,42 @@
-"""create_app(): lifespan, middleware, error handlers, routers."""
+"""create_app(): settings -> the kernel -> each feature's build function -> routers, middleware, error handlers."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import datetime as dt
-import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
-import redis.asyncio
 from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from app.config import Settings, SettingsError
+from app.config import Settings
 from app.contract import ErrorEnvelope
 from app.core.body_limit import BodySizeLimit
 from app.core.clock import Clock, utcnow
-from app.core.db.engine import create_engine, create_session_factory
-from app.core.db.migrate import is_at_head
+from app.core.db.migrate import DatabaseNotMigrated, is_at_head
 from app.core.error_handlers import install_error_handlers
-from app.core.security import KeyMaterial
+from app.core.runtime import build_kernel, kernel_for_command
 from app.health import router as health
 from app.quotas import admin_router as admin_quota
 from app.quotas import router as usage
-from app.quotas.rate_limits import RateLimitService, RedisWindowStore, SqlWindowStore
-from app.state import GatewayState
+from app.quotas.feature import build_quotas
 from app.tasks import router as generations
-from app.tasks.service import TaskService
-from app.tasks.worker import TaskPoller
+from app.tasks.feature import build_tasks
 from app.tenants import admin_router as admin_tenants
+from app.tenants.service import TenantService
 from app.uploads import router as uploads
 from app.uploads.service import UploadService
 from app.upstream.base import UpstreamAdapter
-from app.upstream.pool import UpstreamKeyPool
-from app.upstream.toapis import ToAPIsAdapter, build_http_client
-
-log = logging.getLogger("app")
-
-SANDBOX_MOUNT = "/_sandbox"
-SANDBOX_DEMO_UPSTREAM_KEY = "sk-sandbox-demo"
-
-
-def upstream_base_url(settings: Settings) -> str:
-    """The configured upstream, or the sandbox mounted inside this very server in zero-config mode."""
-    if settings.upstream_base_url:
-        return settings.upstream_base_url
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    return f"http://{host}:{settings.port}{SANDBOX_MOUNT}"
-
-
-def configured_upstream_keys(settings: Settings) -> list[str]:
-    keys = [k.get_secret_value() for k in settings.upstream_keys]
-    if not keys and settings.zero_config:
-        keys = [SANDBOX_DEMO_UPSTREAM_KEY]
-    return keys
+from app.upstream.feature import SANDBOX_MOUNT, build_upstream, load_pool
 
 
 async def preflight(settings: Settings) -> None:
     """What `serve` checks before binding a port, so that a misconfiguration is one line instead of a traceback
     from inside the lifespan: the schema is at head and the stored upstream keys open with the secret key."""
-    url = settings.effective_database_url
-    if not await is_at_head(url):
-        raise SettingsError("The database is not migrated: run `seedream-gateway migrate` first.")
-    engine = create_engine(url, pool_size=1)
-    try:
-        async with create_session_factory(engine).begin() as session:
-            await UpstreamKeyPool().load(
-                session, KeyMaterial(settings.secrets.secret_key), configured_upstream_keys(settings), utcnow()
-            )
-    finally:
-        await engine.dispose()
+    if not await is_at_head(settings.effective_database_url):
+        raise DatabaseNotMigrated()
+    async with kernel_for_command(settings) as kernel:
+        await load_pool(kernel)
 
 
 def create_app(
@@ -83,62 +48,31 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway. Tests inject an adapter, a transport or a clock; production passes only settings."""
     settings = settings or Settings()
-    secrets = settings.secrets  # fail before serving anything when a secret is missing
+    settings.secrets  # noqa: B018 - fail before serving anything when a secret is missing
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.effective_database_url, pool_size=settings.db_pool_size)
-        sessions = create_session_factory(engine)
-        keys = KeyMaterial(secrets.secret_key)
-        upstream = adapter or ToAPIsAdapter(
-            build_http_client(
-                upstream_base_url(settings),
-                user_agent=settings.user_agent,
-                timeout_s=settings.upstream_timeout_s,
-                connect_timeout_s=settings.upstream_connect_timeout_s,
-                max_connections=settings.upstream_max_connections,
-                transport=upstream_transport,
-            )
-        )
-        pool = UpstreamKeyPool()
-        try:
-            async with sessions.begin() as session:
-                await pool.load(session, keys, configured_upstream_keys(settings), clock())
-        except (OperationalError, ProgrammingError) as e:
-            await upstream.aclose()
-            await engine.dispose()
-            raise SettingsError("The database is not migrated: run `seedream-gateway migrate` first.") from e
-        refresh = dt.timedelta(seconds=settings.status_refresh_interval_s)
-        redis_store = RedisWindowStore(redis.asyncio.from_url(settings.redis_url)) if settings.redis_url else None
-        app.state.gateway = GatewayState(
-            settings=settings,
-            engine=engine,
-            sessions=sessions,
-            keys=keys,
-            adapter=upstream,
-            pool=pool,
-            tasks=TaskService(sessions, upstream, pool, clock, refresh, quotas_enabled=settings.quotas_enabled),
-            uploads=UploadService(upstream, pool),
-            rate_limits=RateLimitService(redis_store or SqlWindowStore(sessions), clock),
-            clock=clock,
-        )
-        poller = None
-        if settings.poll_interval_s > 0:
-            poller = asyncio.create_task(
-                TaskPoller(app.state.gateway.tasks, settings.poll_interval_s, settings.submit_deadline_s).run_forever(),
-                name="task-poller",
-            )
-        try:
+        async with AsyncExitStack() as stack:
+            kernel = build_kernel(settings, clock=clock)
+            stack.push_async_callback(kernel.aclose)
+            try:
+                upstream = await build_upstream(kernel, adapter=adapter, transport=upstream_transport)
+            except (OperationalError, ProgrammingError) as e:
+                raise DatabaseNotMigrated() from e
+            stack.push_async_callback(upstream.aclose)
+            quotas = build_quotas(kernel)
+            stack.push_async_callback(quotas.aclose)
+            tasks = build_tasks(kernel, upstream)
+            app.state.kernel = kernel
+            app.state.upstream = upstream
+            app.state.tenants = TenantService(kernel.sessions, kernel.keys, kernel.clock, settings.default_limits)
+            app.state.quotas = quotas.service
+            app.state.rate_limits = quotas.rate_limits
+            app.state.tasks = tasks.service
+            app.state.uploads = UploadService(upstream.adapter, upstream.pool)
+            tasks.start()
+            stack.push_async_callback(tasks.stop)
             yield
-        finally:
-            if poller is not None:
-                poller.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poller
-            await upstream.aclose()
-            if redis_store is not None:
-                await redis_store.aclose()
-            await engine.dispose()
 
     app = FastAPI(
         title="Seedream Gateway",
@@ -152,12 +86,8 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
-    app.include_router(generations.router)
-    app.include_router(uploads.router)
-    app.include_router(usage.router)
-    app.include_router(health.router)
-    app.include_router(admin_tenants.router)
-    app.include_router(admin_quota.router)
+    for router in (generations, uploads, usage, health, admin_tenants, admin_quota):
+        app.include_router(router.router)
     if settings.zero_config:
         from app.sandbox.app import create_sandbox_app
 

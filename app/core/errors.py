@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 
+class SettingsError(RuntimeError):
+    """The configuration or the database cannot run; the message is one line for the operator."""
+
+
 class GatewayError(Exception):
     """An expected outcome rendered as `{"error": {"code", "message", "type", "param"}}`."""
 

@@ -6,7 +6,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from app.core.deps import StateDep
+from app.core.deps import KernelDep
+from app.upstream.deps import UpstreamDep
 
 router = APIRouter(tags=["health"])
 
@@ -17,15 +18,15 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="The database answers and an upstream key is loaded")
-async def readyz(state: StateDep) -> JSONResponse:
+async def readyz(kernel: KernelDep, upstream: UpstreamDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
-        async with state.sessions() as session:
+        async with kernel.sessions() as session:
             await session.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as e:  # readiness reports, it does not raise
         checks["database"] = f"error: {type(e).__name__}"
-    checks["upstream_keys"] = "ok" if len(state.pool) else "none configured"
+    checks["upstream_keys"] = "ok" if len(upstream.pool) else "none configured"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(
         {"status": "ok" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503

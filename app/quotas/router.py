@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.contract import ErrorEnvelope
-from app.core.deps import StateDep, TenantDep
-from app.ops_contract import UsageOut
-from app.quotas import service as quotas
+from app.quotas.deps import QuotaServiceDep
+from app.quotas.schemas import UsageOut
+from app.tenants.deps import TenantDep
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -18,6 +18,5 @@ router = APIRouter(prefix="/v1", tags=["usage"])
     responses={401: {"model": ErrorEnvelope}},
     summary="Your usage and remaining allowance (gateway extension, not an upstream endpoint)",
 )
-async def my_usage(tenant: TenantDep, state: StateDep) -> UsageOut:
-    async with state.sessions() as session:
-        return UsageOut.of(await quotas.usage(session, tenant, state.clock()))
+async def my_usage(tenant: TenantDep, quotas: QuotaServiceDep) -> UsageOut:
+    return UsageOut.of(await quotas.usage(tenant))

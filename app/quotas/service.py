@@ -9,12 +9,14 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.clock import Clock
 from app.core.errors import InsufficientQuota, RateLimited
 from app.models import Tenant
 from app.models.quota import INFLIGHT_PERIOD
 from app.quotas import repository as repo
+from app.tenants.service import find as find_tenant
 
 # A caller refused for its in-flight cap is told to come back after about one typical task's duration.
 IN_FLIGHT_RETRY_AFTER_S = 5
@@ -166,3 +168,27 @@ async def drift(session: AsyncSession, tenant_id: str | None = None) -> list[Dri
         for tid, period in sorted(set(expected) | set(stored))
         if stored.get((tid, period), 0) != expected.get((tid, period), 0)
     ]
+
+
+class QuotaService:
+    """Usage and drift reports, each in its own read transaction (reserve and settle run inside the tasks
+    service's transactions, next to the ledger rows they account for)."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock) -> None:
+        self._sessions = sessions
+        self._clock = clock
+
+    async def usage(self, tenant: Tenant) -> Usage:
+        async with self._sessions() as session:
+            return await usage(session, tenant, self._clock())
+
+    async def usage_of(self, tenant_ref: str) -> Usage:
+        """Usage of a tenant named by id or name (404 when unknown)."""
+        async with self._sessions() as session:
+            return await usage(session, await find_tenant(session, tenant_ref), self._clock())
+
+    async def drift(self, tenant_ref: str | None = None) -> list[Drift]:
+        """Counters that differ from their entries, for every tenant or one (by id or name; 404 when unknown)."""
+        async with self._sessions() as session:
+            tenant_id = (await find_tenant(session, tenant_ref)).id if tenant_ref is not None else None
+            return await drift(session, tenant_id)

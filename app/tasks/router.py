@@ -7,9 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header
 
 from app.contract import ErrorEnvelope, GenerationRequest, TaskObject
-from app.core.deps import QueryRate, StateDep, SubmitRate, TenantDep
 from app.core.errors import UnsupportedMediaType
+from app.quotas.deps import QueryRate, SubmitRate
+from app.tasks.deps import TaskServiceDep
 from app.tasks.service import to_task_object
+from app.tenants.deps import TenantDep
 
 router = APIRouter(prefix="/v1/images", tags=["generations"])
 
@@ -43,8 +45,8 @@ def require_json(content_type: Annotated[str | None, Header(include_in_schema=Fa
     dependencies=[Depends(require_json), SubmitRate],
     summary="Create an image generation task",
 )
-async def create_generation(body: GenerationRequest, tenant: TenantDep, state: StateDep) -> TaskObject:
-    task = await state.tasks.submit(tenant, body)
+async def create_generation(body: GenerationRequest, tenant: TenantDep, tasks: TaskServiceDep) -> TaskObject:
+    task = await tasks.submit(tenant, body)
     return to_task_object(task, created=True)
 
 
@@ -56,6 +58,6 @@ async def create_generation(body: GenerationRequest, tenant: TenantDep, state: S
     summary="Task status and result",
     dependencies=[QueryRate],
 )
-async def get_generation(task_id: str, tenant: TenantDep, state: StateDep) -> TaskObject:
-    task = await state.tasks.status(tenant.id, task_id)
+async def get_generation(task_id: str, tenant: TenantDep, tasks: TaskServiceDep) -> TaskObject:
+    task = await tasks.status(tenant.id, task_id)
     return to_task_object(task)

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Form, UploadFile
 from fastapi.responses import JSONResponse
 
 from app.contract import ErrorEnvelope, UploadData, UploadResponse
-from app.core.deps import StateDep, TenantDep
+from app.tenants.deps import TenantDep
+from app.uploads.deps import UploadServiceDep
 from app.upstream.base import UploadRefused
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
@@ -21,13 +22,11 @@ router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
     responses={400: {"model": UploadResponse}, 401: {"model": ErrorEnvelope}, 413: {"model": UploadResponse}},
 )
 async def upload_image(
-    file: UploadFile, tenant: TenantDep, state: StateDep, purpose: Annotated[str, Form()] = "generation"
+    file: UploadFile, tenant: TenantDep, uploads: UploadServiceDep, purpose: Annotated[str, Form()] = "generation"
 ) -> UploadResponse | JSONResponse:
     content = await file.read()
     try:
-        uploaded = await state.uploads.upload(
-            file.filename or "image", content, (file.content_type or "").lower(), purpose
-        )
+        uploaded = await uploads.upload(file.filename or "image", content, (file.content_type or "").lower(), purpose)
     except UploadRefused as e:
         return JSONResponse({"success": False, "message": e.message}, status_code=e.status_code)
     return UploadResponse(

@@ -7,10 +7,10 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.config import SettingsError
-from app.core.errors import NoUpstreamKey
+from app.core.clock import Clock
+from app.core.errors import NoUpstreamKey, SettingsError
 from app.core.ids import new_id
 from app.core.security import KeyMaterial
 from app.models import UpstreamKey
@@ -26,15 +26,22 @@ class PoolKey:
 class UpstreamKeyPool:
     """Round-robin over active keys, held decrypted in memory only."""
 
-    def __init__(self) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], material: KeyMaterial, clock: Clock) -> None:
+        self._sessions = sessions
+        self._material = material
+        self._clock = clock
         self._keys: list[PoolKey] = []
         self._by_id: dict[str, PoolKey] = {}
         self._cycle: itertools.cycle[PoolKey] | None = None
 
-    async def load(
+    async def load(self, configured: Iterable[str]) -> None:
+        """Add configured keys to the stored pool (once each), then load every active key."""
+        async with self._sessions.begin() as session:
+            await self._load(session, self._material, configured, self._clock())
+
+    async def _load(
         self, session: AsyncSession, material: KeyMaterial, configured: Iterable[str], now: dt.datetime
     ) -> None:
-        """Add configured keys to the stored pool (once each), then load every active key."""
         for index, secret in enumerate(configured):
             fingerprint = material.fingerprint(secret)
             if await repo.get_by_fingerprint(session, fingerprint) is None:

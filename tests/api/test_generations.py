@@ -29,7 +29,7 @@ async def submit(gw: Harness, key: str, body: dict[str, Any], **headers: str) ->
 
 
 async def ledger_row(gw: Harness, task_id: str) -> Task:
-    async with gw.state.sessions() as session:
+    async with gw.sessions() as session:
         task = (await session.execute(select(Task).where(Task.id == task_id))).scalar_one()
     return task
 
@@ -234,7 +234,7 @@ async def test_upstream_refusals_and_outages(gw: Harness) -> None:
     r = await gw.client.post(URL, headers=bearer(key), json={"prompt": "x [fault:500]"})
     assert r.status_code == 502
     assert_envelope(r.json(), "upstream_error")
-    async with gw.state.sessions() as session:
+    async with gw.sessions() as session:
         rows = (await session.execute(select(Task))).scalars().all()
     assert len(rows) == 3 and {row.status for row in rows} == {"failed"}
 

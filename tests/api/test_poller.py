@@ -8,7 +8,6 @@ from app.models.task import SUBMITTING
 from app.quotas import service as quotas
 from app.tasks import repository as tasks_repo
 from app.tasks.worker import TaskPoller
-from app.tenants.service import authenticate
 from tests.fixtures.gateway import ADMIN_TOKEN, Harness
 
 URL = "/v1/images/generations"
@@ -21,7 +20,7 @@ async def test_unpolled_tasks_end_and_free_the_in_flight_slot(gw: Harness) -> No
     failing = await gw.client.post(URL, headers=auth, json={"prompt": "a fox [fault:fail]", "n": 3})
     assert ok.status_code == failing.status_code == 200
     assert (await gw.client.post(URL, headers=auth, json={"prompt": "third"})).status_code == 429
-    poller = TaskPoller(gw.state.tasks, interval_s=5, submit_deadline_s=80)
+    poller = TaskPoller(gw.tasks, interval_s=5, submit_deadline_s=80)
     gw.clock.advance(11)
     assert await poller.run_once() == 2
     assert gw.sandbox_stats()["status"] == 2
@@ -41,18 +40,18 @@ async def test_recently_polled_tasks_are_left_alone(gw: Harness) -> None:
     await gw.client.get(f"{URL}/{task['id']}", headers=auth)
     calls = gw.sandbox_stats()["status"]
     gw.clock.advance(2)
-    assert await TaskPoller(gw.state.tasks, interval_s=5, submit_deadline_s=80).run_once() == 0
+    assert await TaskPoller(gw.tasks, interval_s=5, submit_deadline_s=80).run_once() == 0
     assert gw.sandbox_stats()["status"] == calls
     gw.clock.advance(4)
-    assert await TaskPoller(gw.state.tasks, interval_s=5, submit_deadline_s=80).run_once() == 1
+    assert await TaskPoller(gw.tasks, interval_s=5, submit_deadline_s=80).run_once() == 1
     assert gw.sandbox_stats()["status"] == calls + 1
 
 
 async def _interrupted_submit(gw: Harness, key: str) -> str:
     """What a process that died during the upstream create call leaves behind: the row and its reservation."""
     now = gw.clock.now()
-    async with gw.state.sessions.begin() as session:
-        tenant = await authenticate(session, gw.state.keys, f"Bearer {key}", now)
+    tenant = await gw.tenants.authenticate(f"Bearer {key}")
+    async with gw.sessions.begin() as session:
         task = Task(
             id=new_id("task_img_"),
             tenant_id=tenant.id,
@@ -74,7 +73,7 @@ async def test_interrupted_submits_are_failed_and_refunded_after_the_deadline(gw
     auth = {"Authorization": f"Bearer {key}"}
     task_id = await _interrupted_submit(gw, key)
     assert (await gw.client.post(URL, headers=auth, json={"prompt": "blocked"})).status_code == 402
-    poller = TaskPoller(gw.state.tasks, interval_s=5, submit_deadline_s=80)
+    poller = TaskPoller(gw.tasks, interval_s=5, submit_deadline_s=80)
     gw.clock.advance(79)
     assert await poller.run_once() == 0  # may still be in flight on another replica
     gw.clock.advance(2)

@@ -121,7 +121,7 @@ async def test_failed_task_is_refunded_once_however_often_polled(gw: Harness) ->
     for _ in range(3):
         await finish_all(gw, key, [task["id"]])
     assert (await usage(gw, key))["day"]["used"] == 0
-    async with gw.state.sessions.begin() as session:  # a second replica settling the same task
+    async with gw.sessions.begin() as session:  # a second replica settling the same task
         from app.quotas import service as quotas
 
         await quotas.settle(session, task["id"], 0, gw.clock.now())
@@ -244,7 +244,7 @@ async def test_drift_check_reports_a_tampered_counter(gw: Harness) -> None:
 
     from app.models import QuotaCounter
 
-    async with gw.state.sessions.begin() as session:
+    async with gw.sessions.begin() as session:
         await session.execute(update(QuotaCounter).where(QuotaCounter.period.like("day:%")).values(amount=7))
     report = await drift(gw)
     assert report["ok"] is False
@@ -295,7 +295,7 @@ async def test_two_replicas_recording_the_same_end_settle_it_once(gw: Harness) -
         "updated_at": now,
         "completed_at": now,
     }
-    tasks = gw.state.tasks
+    tasks = gw.tasks
     first, second = await asyncio.gather(tasks._record(task["id"], failed, 0), tasks._record(task["id"], completed, 1))
     assert first.status == second.status  # both callers see the one end that won
     used = (await usage(gw, key))["day"]["used"]

@@ -7,7 +7,16 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from app.core.errors import SettingsError
+
 ROOT = Path(__file__).resolve().parents[3]
+
+
+class DatabaseNotMigrated(SettingsError):
+    """The database does not carry the schema this code expects."""
+
+    def __init__(self) -> None:
+        super().__init__("The database is not migrated: run `seedream-gateway migrate` first.")
 
 
 def alembic_config(database_url: str) -> Config:

@@ -1,37 +1,10 @@
-"""Pydantic models of the gateway's own API (not the upstream's): limits, usage, quota drift."""
+"""Shapes of the quota API: a tenant's usage, the drift report."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, Field
 
 from app.quotas.service import Drift, PeriodUsage, Usage
-
-LimitValue = Annotated[StrictInt, Field(ge=0)] | None
-
-
-class LimitsUpdate(BaseModel):
-    """Fields given are set (`null` = unlimited); fields omitted stay unchanged."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"daily_images": 500, "query_rpm": None}})
-
-    daily_images: LimitValue = None
-    monthly_images: LimitValue = None
-    max_in_flight: LimitValue = None
-    submit_rpm: LimitValue = None
-    query_rpm: LimitValue = None
-
-
-class Limits(BaseModel):
-    """A tenant's limits; `null` means unlimited."""
-
-    tenant_id: str
-    daily_images: int | None
-    monthly_images: int | None
-    max_in_flight: int | None
-    submit_rpm: int | None
-    query_rpm: int | None
 
 
 class PeriodUsageOut(BaseModel):

@@ -1,0 +1,29 @@
+"""The ops command line: serve, sandbox, migrate, tenants, quota. One module per command group."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from app.cli import server
+from app.cli.quota import quota_cli
+from app.cli.tenants import tenants_cli
+from app.core.errors import SettingsError
+
+cli = typer.Typer(
+    help="Seedream Gateway: a multi-tenant gateway for the Seedream 4.0 image API.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+server.register(cli)
+cli.add_typer(tenants_cli, name="tenants")
+cli.add_typer(quota_cli, name="quota")
+
+
+def main() -> None:
+    try:
+        cli()
+    except SettingsError as e:
+        print(f"seedream-gateway: {e}", file=sys.stderr)
+        sys.exit(2)

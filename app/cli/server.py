@@ -1,0 +1,116 @@
+"""serve, sandbox, migrate: the commands that run something."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import typer
+
+from app.cli.common import HostOpt, PortOpt, fail, run_with_kernel, settings_with, setup_logging
+from app.config import Settings
+from app.core.errors import SettingsError
+from app.core.files import write_private
+from app.core.net import local_host_for
+from app.core.runtime import Kernel
+from app.tenants.service import TenantService
+
+SANDBOX_DEFAULT_PORT = 8100
+
+
+def register(cli: typer.Typer) -> None:
+    cli.command()(serve)
+    cli.command()(sandbox)
+    cli.command()(migrate)
+
+
+def serve(host: HostOpt = None, port: PortOpt = None) -> None:
+    """Run the gateway. With no configuration: SQLite ledger, built-in sandbox upstream, a demo tenant."""
+    import uvicorn
+
+    from app.core.db.migrate import upgrade
+    from app.main import create_app, preflight
+
+    settings = settings_with(host=host, port=port)
+    setup_logging(settings.log_level)
+    try:
+        resolved = settings.secrets
+        if settings.should_auto_migrate:
+            upgrade(settings.effective_database_url)
+        # Checked here: raised inside the lifespan, uvicorn would print a traceback and exit 3.
+        asyncio.run(preflight(settings))
+        app = create_app(settings)
+    except SettingsError as e:
+        fail(str(e))
+    if settings.zero_config:
+        key = _ensure_demo_key(settings)
+        _print_banner(settings, key, resolved.admin_token)
+    try:
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            proxy_headers=True,
+            server_header=False,
+        )
+    except SettingsError as e:  # raised by the lifespan, e.g. an unmigrated database
+        fail(str(e))
+
+
+def sandbox(host: HostOpt = None, port: PortOpt = None) -> None:
+    """Run the sandbox upstream (the upstream contract, with injectable faults) on its own port."""
+    import uvicorn
+
+    from app.sandbox.app import create_sandbox_app
+
+    settings = settings_with()
+    setup_logging(settings.log_level)
+    uvicorn.run(
+        create_sandbox_app(),
+        host=host or settings.host,
+        port=port or SANDBOX_DEFAULT_PORT,
+        log_level=settings.log_level.lower(),
+    )
+
+
+def migrate() -> None:
+    """Apply the database migrations (Alembic upgrade head)."""
+    from app.core.db.migrate import upgrade
+
+    settings = settings_with()
+    setup_logging(settings.log_level)
+    upgrade(settings.effective_database_url)
+    typer.echo("migrated to head")
+
+
+def _ensure_demo_key(settings: Settings) -> str:
+    """The demo tenant's key, the same on every zero-config start (kept under data_dir, demo mode only)."""
+    path = settings.data_dir / "demo-tenant.json"
+    stored: str | None = json.loads(path.read_text())["key"] if path.exists() else None
+
+    async def call(kernel: Kernel) -> str:
+        service = TenantService(kernel.sessions, kernel.keys, kernel.clock, settings.default_limits)
+        return await service.ensure_demo_key(stored)
+
+    key = run_with_kernel(settings, call)
+    if key != stored:
+        write_private(path, json.dumps({"key": key}))
+    return key
+
+
+def _print_banner(settings: Settings, key: str, admin_token: str) -> None:
+    base = f"http://{local_host_for(settings.host)}:{settings.port}"
+    print(
+        f"""
+Seedream Gateway (zero-config demo: SQLite at {settings.effective_database_url.split("///")[-1]}, built-in sandbox)
+  API docs:     {base}/docs
+  Tenant key:   {key}
+  Admin token:  {admin_token}
+  Try it:
+    curl -s {base}/v1/images/generations -H 'Authorization: Bearer {key}' \\
+      -H 'Content-Type: application/json' -d '{{"model":"doubao-seedream-4-0","prompt":"a red fox","n":1}}'
+    curl -s {base}/v1/images/generations/<id> -H 'Authorization: Bearer {key}'
+""",
+        flush=True,
+    )
