@@ -15,6 +15,7 @@ from app.core.body_limit import BodySizeLimit
 from app.core.clock import Clock, utcnow
 from app.core.db.migrate import DatabaseNotMigrated, is_at_head
 from app.core.error_handlers import install_error_handlers
+from app.core.openapi import install_openapi
 from app.core.runtime import build_kernel, kernel_for_command
 from app.health import router as health
 from app.quotas import admin_router as admin_quota
@@ -85,6 +86,7 @@ def create_app(
         responses={422: {"model": ErrorEnvelope, "description": "Refused content (content_policy_violation)"}},
     )
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     for router in (generations, uploads, usage, health, admin_tenants, admin_quota):
         app.include_router(router.router)
