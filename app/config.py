@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.core.errors import SettingsError
 from app.core.files import write_private
-from app.tenants.limits import LIMIT_NAMES, MAX_LIMIT, parse_limit_word
+from app.core.limits import LIMIT_NAMES, MAX_LIMIT, parse_limit_word
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "change_me", "secret", "placeholder", "xxx", "todo"})
 MIN_SECRET_CHARS = 16

@@ -16,11 +16,11 @@ from app.core.clock import Clock, utcnow
 from app.core.db.migrate import DatabaseNotMigrated, is_at_head
 from app.core.error_handlers import install_error_handlers
 from app.core.openapi import install_openapi
-from app.core.runtime import build_kernel, kernel_for_command
 from app.health import router as health
 from app.quotas import admin_router as admin_quota
 from app.quotas import router as usage
 from app.quotas.feature import build_quotas
+from app.runtime import build_kernel, kernel_for_command
 from app.tasks import router as generations
 from app.tasks.feature import build_tasks
 from app.tenants import admin_router as admin_tenants

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from app.config import Settings
 from app.core.db.migrate import DatabaseNotMigrated
 from app.core.errors import GatewayError, SettingsError
-from app.core.runtime import Kernel, kernel_for_command
+from app.runtime import Kernel, kernel_for_command
 
 T = TypeVar("T")
 

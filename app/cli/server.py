@@ -12,7 +12,7 @@ from app.config import Settings
 from app.core.errors import SettingsError
 from app.core.files import write_private
 from app.core.net import local_host_for
-from app.core.runtime import Kernel
+from app.runtime import Kernel
 from app.tenants.service import TenantService
 
 SANDBOX_DEFAULT_PORT = 8100

@@ -9,10 +9,10 @@ import typer
 from pydantic import ValidationError
 
 from app.cli.common import fail, jsonable, run_with_kernel, settings_with
-from app.core.runtime import Kernel
+from app.core.limits import LimitsUpdate, parse_limit_word
 from app.quotas.schemas import UsageOut
 from app.quotas.service import QuotaService
-from app.tenants.limits import LimitsUpdate, parse_limit_word
+from app.runtime import Kernel
 from app.tenants.service import TenantService
 
 tenants_cli = typer.Typer(help="Manage tenants: create, limits, usage.", no_args_is_help=True)

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from app.core.deps import KernelDep
+from app.deps import KernelDep
 from app.upstream.deps import UpstreamDep
 
 router = APIRouter(tags=["health"])

@@ -1,23 +1,30 @@
-"""Ops API: check that every quota counter equals the sum of its ledger entries."""
+"""Ops API for quotas: a tenant's usage, and whether every counter equals the sum of its ledger entries."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from app.contract import ErrorEnvelope
-from app.core.deps import AdminDep
+from app.deps import AdminDep
 from app.quotas.deps import QuotaServiceDep
-from app.quotas.schemas import DriftReport
+from app.quotas.schemas import DriftReport, UsageOut
 
 router = APIRouter(
-    prefix="/admin/v1/quota",
+    prefix="/admin/v1",
     tags=["admin"],
     dependencies=[AdminDep],
     responses={401: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}},
 )
 
 
-@router.get("/drift", response_model=DriftReport, summary="Counters that differ from their ledger entries")
+@router.get(
+    "/tenants/{tenant_id}/usage", response_model=UsageOut, summary="A tenant's usage in the current day and month"
+)
+async def get_usage(tenant_id: str, quotas: QuotaServiceDep) -> UsageOut:
+    return UsageOut.of(await quotas.usage_of(tenant_id))
+
+
+@router.get("/quota/drift", response_model=DriftReport, summary="Counters that differ from their ledger entries")
 async def get_drift(quotas: QuotaServiceDep, tenant_id: str | None = None) -> DriftReport:
     """Every tenant, or only `tenant_id` (an id or a name; 404 when no such tenant)."""
     return DriftReport.of(await quotas.drift(tenant_id))

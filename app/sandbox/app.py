@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
 import time
 import uuid
@@ -17,13 +19,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.contract import MAX_UPLOAD_BYTES, UPLOAD_MIME_TYPES, ContractError, GenerationRequest, sniff_image_type
 from app.sandbox import faults
-from app.sandbox.config import SandboxConfig
+from app.sandbox.config import STARTUP_ONLY_FIELDS, SUMMARY_FIELDS, SandboxConfig
 from app.sandbox.images import EXTENSIONS, render_png
 from app.sandbox.state import SandboxState, Upload
-from app.sandbox.tasks import new_task
+from app.sandbox.tasks import images_for, new_task
 
 # Documented default-tier limits, reported on a 429 as the real upstream would.
 _RATE_LIMITS = {"async_submit": 300, "async_query": 3000}
+CONTROL_TOKEN_HEADER = "X-Sandbox-Control-Token"
 
 
 class SandboxError(Exception):
@@ -85,6 +88,43 @@ def caller_key(request: Request, state: StateDep) -> str:
 
 
 KeyDep = Annotated[str, Depends(caller_key)]
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether a client address is this machine's (an IPv4-mapped IPv6 address counts as its IPv4 one)."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:  # no address at all (e.g. a Unix socket) or a name: not provably local
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def presented_control_token(request: Request) -> str:
+    explicit = request.headers.get(CONTROL_TOKEN_HEADER)
+    if explicit is not None:
+        return explicit.strip()
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def control_access(request: Request, state: StateDep) -> None:
+    """`/_control/*` changes what every caller sees: free from loopback (tests, ops on the box), else only with
+    SANDBOX_CONTROL_TOKEN. A published port or a zero-config gateway on 0.0.0.0 must not hand it to anyone."""
+    if is_loopback(request.client.host if request.client else None):
+        return
+    expected = state.config.control_token.get_secret_value()
+    given = presented_control_token(request)
+    # compare_digest on bytes: constant time, and no TypeError on non-ASCII header values.
+    if expected and hmac.compare_digest(given.encode(), expected.encode()):
+        return
+    raise api_error(
+        403,
+        "forbidden",
+        f"Sandbox control needs the control token (Bearer or {CONTROL_TOKEN_HEADER}) from a non-loopback client",
+        "permission_error",
+    )
 
 
 def absolute_url(request: Request, name: str, **params: Any) -> str:
@@ -197,12 +237,12 @@ async def create_generation(request: Request, state: StateDep, key: KeyDep) -> d
         owner=key,
         model=body.model,
         size=body.size,
-        n=body.n,
+        n=images_for(body),
         client_business_id=body.client_business_id,
         faults=chosen,
         config=state.config,
         result_style=state.next_result_style(),
-        now=state.clock(),
+        now=state.task_now(),
     )
     state.forget_expired()
     state.tasks[task.id] = task
@@ -221,18 +261,27 @@ async def get_generation(task_id: str, request: Request, state: StateDep, key: K
     state.stats.status_by_task[task_id] += 1
 
     def image_url(index: int) -> str:
-        return absolute_url(request, "sandbox_file", task_id=task.id, index=index)
+        token = state.capability("file", task.id, str(index))
+        return absolute_url(request, "sandbox_file", token=token, task_id=task.id, index=index)
 
-    return task.payload(state.clock(), image_url)
+    return task.payload(state.task_now(), image_url, held=state.held)
 
 
-@router.get("/files/{task_id}/{index:int}.png", name="sandbox_file")
-async def get_file(task_id: str, index: int, state: StateDep) -> Response:
-    """A generated image: public like the upstream's CDN URLs, gone once the result expires."""
+def file_not_found() -> SandboxError:
+    return api_error(404, "not_found", "File not found", "not_found_error")
+
+
+@router.get("/files/{token}/{task_id}/{index:int}.png", name="sandbox_file")
+async def get_file(token: str, task_id: str, index: int, state: StateDep) -> Response:
+    """A generated image at a capability URL, like the upstream's CDN: whoever has the URL (from the task's
+    result) may open it, nobody can guess or list one, and it is gone once the result expires. A wrong token is
+    the same 404 as a missing file."""
     state.stats.count("file")
     task = state.tasks.get(task_id)
-    if task is None or not task.image_available(index, state.clock()):
-        raise api_error(404, "not_found", "File not found", "not_found_error")
+    if not state.capability_ok(token, "file", task_id, str(index)) or task is None:
+        raise file_not_found()
+    if not task.image_available(index, state.task_now(), held=state.held):
+        raise file_not_found()
     png = render_png(task.size, state.config.image_long_side, int(task.id[-6:], 16) + index)
     return Response(content=png, media_type="image/png")
 
@@ -266,7 +315,8 @@ async def upload_image(request: Request, state: StateDep, key: KeyDep) -> dict[s
         purpose=purpose if isinstance(purpose, str) and purpose else "generation",
     )
     state.uploads[upload.file_name] = upload
-    url = absolute_url(request, "sandbox_upload", file_name=upload.file_name)
+    token = state.capability("upload", upload.file_name)
+    url = absolute_url(request, "sandbox_upload", token=token, file_name=upload.file_name)
     return {
         "success": True,
         "message": "",
@@ -274,46 +324,74 @@ async def upload_image(request: Request, state: StateDep, key: KeyDep) -> dict[s
     }
 
 
-@router.get("/uploads/{file_name}", name="sandbox_upload")
-async def get_upload(file_name: str, state: StateDep) -> Response:
-    """An uploaded image, served publicly so the upstream (and the gateway) can fetch it."""
+@router.get("/uploads/{token}/{file_name}", name="sandbox_upload")
+async def get_upload(token: str, file_name: str, state: StateDep) -> Response:
+    """An uploaded image at a capability URL: the uploader gets the URL and may hand it on (the upstream and the
+    gateway fetch it), nobody else can guess it."""
     upload = state.uploads.get(file_name)
-    if upload is None:
-        raise api_error(404, "not_found", "File not found", "not_found_error")
+    if not state.capability_ok(token, "upload", file_name) or upload is None:
+        raise file_not_found()
     return Response(content=upload.data, media_type=upload.mime_type)
 
 
-@router.get("/_control/stats")
+control = APIRouter(prefix="/_control", dependencies=[Depends(control_access)])
+
+
+@control.get("/stats")
 async def control_stats(state: StateDep) -> dict[str, Any]:
-    """Call counters since start or the last reset."""
+    """Call counters since start or the last reset; `by_key` is keyed by key fingerprint, never by key."""
     return {**state.stats.as_dict(), "tasks": len(state.tasks), "uploads": len(state.uploads)}
 
 
-@router.get("/_control/config")
+@control.get("/config")
 async def control_get_config(state: StateDep) -> dict[str, Any]:
-    """The live config."""
-    return state.config.model_dump()
+    """The live config, secrets replaced by a summary (see `SandboxConfig.public_view`)."""
+    return state.config.public_view()
 
 
-@router.patch("/_control/config")
+@control.patch("/config")
 async def control_patch_config(request: Request, state: StateDep) -> dict[str, Any]:
-    """Change some config fields at runtime; tasks already created keep their timings and outcome."""
-    patch = json_object(await request.body())
+    """Change some config fields at runtime; tasks already created keep their timings and outcome.
+
+    `accepted_keys` may be set but is never shown; the summary fields of a GET answer are ignored, so that answer
+    can be PATCHed back to restore a config (the keys then stay as they are)."""
+    patch = {name: value for name, value in json_object(await request.body()).items() if name not in SUMMARY_FIELDS}
     unknown = sorted(set(patch) - set(SandboxConfig.model_fields))
     if unknown:
         raise invalid(f"Unknown config field(s): {', '.join(unknown)}")
+    fixed = sorted(set(patch) & STARTUP_ONLY_FIELDS)
+    if fixed:
+        raise invalid(f"Set at start-up only (SANDBOX_{fixed[0].upper()}): {', '.join(fixed)}", fixed[0])
     try:
         state.config = SandboxConfig.model_validate({**state.config.model_dump(), **patch})
     except ValidationError as e:
         raise validation_error(e) from e
     if "seed" in patch:
         state.rng.seed(state.config.seed)
-    return state.config.model_dump()
+    return state.config.public_view()
 
 
-@router.post("/_control/reset")
+def set_hold(state: SandboxState, hold: bool) -> dict[str, Any]:
+    # Through the config setter, so the hold starts or ends at this very instant.
+    state.config = state.config.model_copy(update={"hold": hold})
+    return {"hold": state.held, "task_time": state.task_now()}
+
+
+@control.post("/hold")
+async def control_hold(state: StateDep) -> dict[str, Any]:
+    """Freeze every task where it stands (new ones stay queued) until `/_control/release`; idempotent."""
+    return set_hold(state, True)
+
+
+@control.post("/release")
+async def control_release(state: StateDep) -> dict[str, Any]:
+    """End a hold: tasks go on from where they stood, as if the held period had not passed; idempotent."""
+    return set_hold(state, False)
+
+
+@control.post("/reset")
 async def control_reset(state: StateDep) -> dict[str, Any]:
-    """Forget all tasks, uploads and counters (the config stays)."""
+    """Forget all tasks, uploads and counters (the config, including a hold, stays)."""
     state.reset()
     return {"reset": True}
 
@@ -333,10 +411,12 @@ async def _render_http_error(request: Request, exc: Exception) -> Response:
 
 
 def create_sandbox_app(config: SandboxConfig | None = None, clock: Callable[[], float] | None = None) -> FastAPI:
-    """A sandbox upstream app; `clock` (unix seconds) drives task progress so tests need not sleep."""
+    """A sandbox upstream app; `clock` (unix seconds) drives task progress so tests need not sleep; a hold
+    (`/_control/hold`) freezes it for tasks, so tests over real sockets need not race it either."""
     app = FastAPI(title="Seedream sandbox upstream", version="1.0")
     app.state.sandbox = SandboxState(config=config or SandboxConfig(), clock=clock or time.time)
     app.include_router(router)
+    app.include_router(control)
     app.add_exception_handler(SandboxError, _render_sandbox_error)
     app.add_exception_handler(StarletteHTTPException, _render_http_error)
     return app

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from app.contract import GenerationRequest
 from app.sandbox.config import SandboxConfig
 
 ResultStyle = Literal["result", "url", "images"]
@@ -31,9 +32,13 @@ class Task:
     queued_status: str
     client_business_id: str | None = None
 
-    def status_at(self, now: float) -> tuple[str, int]:
-        """Status and progress at `now`: queued, then in_progress 1..99, then completed or failed."""
-        if now < self.queued_until:
+    def status_at(self, now: float, *, held: bool = False) -> tuple[str, int]:
+        """Status and progress at task-clock time `now`: queued, then in_progress 1..99, then completed or failed.
+
+        `held`: the task clock stands still at `now`. A task created at that very instant (i.e. during the hold)
+        has not started, whatever its timings: without this a zero-second task would end while held.
+        """
+        if now < self.queued_until or (held and self.created_at >= now):
             return self.queued_status, 0
         if now < self.finishes_at:
             fraction = (now - self.queued_until) / (self.finishes_at - self.queued_until)
@@ -48,9 +53,9 @@ class Task:
     def expires_at(self) -> int:
         return self.completed_at + RESULT_TTL_SECONDS
 
-    def image_available(self, index: int, now: float) -> bool:
+    def image_available(self, index: int, now: float, *, held: bool = False) -> bool:
         """Whether image `index` can be downloaded at `now` (completed and not yet expired)."""
-        done = self.status_at(now)[0] == "completed"
+        done = self.status_at(now, held=held)[0] == "completed"
         return done and 0 <= index < self.images and now < self.expires_at
 
     def create_payload(self) -> dict[str, Any]:
@@ -59,9 +64,9 @@ class Task:
         body["metadata"] = {}
         return body
 
-    def payload(self, now: float, image_url: Callable[[int], str]) -> dict[str, Any]:
+    def payload(self, now: float, image_url: Callable[[int], str], *, held: bool = False) -> dict[str, Any]:
         """The status answer at `now`, with results shaped by the task's result style."""
-        status, progress = self.status_at(now)
+        status, progress = self.status_at(now, held=held)
         body = self._base(status, progress)
         if status == "failed":
             body["error"] = {
@@ -98,6 +103,22 @@ class Task:
         return body
 
 
+def images_for(request: GenerationRequest) -> int:
+    """How many images a completed task returns, before the `fewer` fault.
+
+    `n`, except with `metadata.sequential_image_generation` = `auto` and
+    `sequential_image_generation_options.max_images` set: then max(n, max_images). The upstream makes *up to*
+    max_images images in that mode, even for n=1; the sandbox always makes the most, the case a quota must cover.
+    """
+    meta = request.metadata
+    if meta is None or meta.sequential_image_generation != "auto":
+        return request.n
+    options = meta.sequential_image_generation_options
+    if options is None or options.max_images is None:
+        return request.n
+    return max(request.n, options.max_images)
+
+
 def new_task(
     *,
     owner: str,
@@ -110,7 +131,8 @@ def new_task(
     result_style: ResultStyle,
     now: float,
 ) -> Task:
-    """A task whose timings and outcome follow the config and the faults chosen for its create call."""
+    """A task whose timings and outcome follow the config and the faults chosen for its create call; it makes `n`
+    images (`images_for` of the request), one fewer with the `fewer` fault."""
     total = config.task_seconds * (config.slow_factor if "slow" in faults else 1.0)
     return Task(
         id=f"img_{uuid.uuid4().hex}",

@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 from dataclasses import dataclass, field
 
-from app.core.runtime import Kernel
+from app.runtime import Kernel
 from app.tasks.service import TaskService
 from app.tasks.worker import TaskPoller
 from app.upstream.feature import Upstream

@@ -1,15 +1,13 @@
-"""Ops API for tenants: limits and usage (admin bearer token)."""
+"""Ops API for tenants: limits (admin bearer token)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from app.contract import ErrorEnvelope
-from app.core.deps import AdminDep
-from app.quotas.deps import QuotaServiceDep
-from app.quotas.schemas import UsageOut
+from app.core.limits import LimitsUpdate
+from app.deps import AdminDep
 from app.tenants.deps import TenantServiceDep
-from app.tenants.limits import LimitsUpdate
 from app.tenants.schemas import Limits
 
 router = APIRouter(
@@ -28,8 +26,3 @@ async def get_limits(tenant_id: str, tenants: TenantServiceDep) -> Limits:
 @router.put("/{tenant_id}/limits", response_model=Limits, summary="Set limits (null = unlimited; omitted = unchanged)")
 async def put_limits(tenant_id: str, body: LimitsUpdate, tenants: TenantServiceDep) -> Limits:
     return await tenants.set_limits(tenant_id, body)
-
-
-@router.get("/{tenant_id}/usage", response_model=UsageOut, summary="A tenant's usage in the current day and month")
-async def get_usage(tenant_id: str, quotas: QuotaServiceDep) -> UsageOut:
-    return UsageOut.of(await quotas.usage_of(tenant_id))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from app.core.limits import LIMIT_NAMES
 from app.models import Tenant
-from app.tenants.limits import LIMIT_NAMES
 
 
 class Limits(BaseModel):

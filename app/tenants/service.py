@@ -10,10 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.clock import Clock
 from app.core.errors import Conflict, NotFound, Unauthorized
 from app.core.ids import new_id
+from app.core.limits import LIMIT_NAMES, LimitsUpdate
 from app.core.security import KeyMaterial, bearer_token, new_tenant_key
 from app.models import Tenant, TenantKey
 from app.tenants import repository as repo
-from app.tenants.limits import LIMIT_NAMES, LimitsUpdate
 from app.tenants.schemas import Limits
 
 DEMO_TENANT = "demo"

@@ -8,7 +8,7 @@ import httpx
 
 from app.config import Settings
 from app.core.net import local_host_for
-from app.core.runtime import Kernel
+from app.runtime import Kernel
 from app.upstream.base import UpstreamAdapter
 from app.upstream.pool import UpstreamKeyPool
 from app.upstream.toapis import ToAPIsAdapter, build_http_client
