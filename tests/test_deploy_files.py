@@ -24,6 +24,7 @@ import yaml
 
 from app.cli import cli
 from app.config import Settings, SettingsError, resolve_secrets
+from app.sandbox import SandboxConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -35,7 +36,9 @@ PREFIX = str(Settings.model_config.get("env_prefix", "")).upper()
 SETTING_NAMES = {f"{PREFIX}{name.upper()}": name for name in Settings.model_fields}
 PLACEHOLDER_SETTINGS = {"admin_token", "secret_key", "upstream_keys"}
 GATEWAY_SERVICES = ("migrate", "sandbox", "gateway")
-REQUIRED_FROM_ENV = ("GATEWAY_UPSTREAM_KEYS", "GATEWAY_ADMIN_TOKEN", "GATEWAY_SECRET_KEY")
+REQUIRED_FROM_ENV = ("GATEWAY_ADMIN_TOKEN", "GATEWAY_SECRET_KEY")
+SANDBOX_PREFIX = str(SandboxConfig.model_config.get("env_prefix", "")).upper()
+SANDBOX_SETTING_NAMES = {f"{SANDBOX_PREFIX}{name.upper()}" for name in SandboxConfig.model_fields}
 
 ASSIGNMENT = re.compile(r"^\s*(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
@@ -310,6 +313,44 @@ def test_compose_environment(services: dict[str, dict[str, Any]]) -> None:
         assert re.fullmatch(rf"\$\{{{name}:\?[^}}]+\}}", env.get(name, "")), (
             f"gateway {name} should be the required variable ${{{name}:?set it in .env}}, got {env.get(name)!r}"
         )
+
+
+def test_compose_sandbox_uses_only_real_settings(services: dict[str, dict[str, Any]]) -> None:
+    unknown = sorted(
+        name
+        for name in environment(services["sandbox"])
+        if name.startswith(SANDBOX_PREFIX) and name not in SANDBOX_SETTING_NAMES
+    )
+    assert not unknown, f"the compose sandbox names variables that are no SandboxConfig field: {unknown}"
+
+
+def test_compose_sandbox_never_gets_real_upstream_keys(services: dict[str, dict[str, Any]]) -> None:
+    sandbox = environment(services["sandbox"])
+    leaked = sorted(
+        f"{name}={value}"
+        for name, value in sandbox.items()
+        if any(v.startswith("GATEWAY_") for v in INTERPOLATION.findall(value))
+    )
+    assert not leaked, f"the compose sandbox is handed gateway settings (maybe real upstream keys): {leaked}"
+    # Its own fake key, which the compose gateway (pointed at it) sends.
+    key = sandbox.get("SANDBOX_ACCEPTED_KEYS", "")
+    match = re.fullmatch(r"\$\{SANDBOX_KEY:-([^}]+)\}", key)
+    assert match, f"SANDBOX_ACCEPTED_KEYS should be ${{SANDBOX_KEY:-<fake default>}}, got {key!r}"
+    assert "sandbox" in match.group(1) and "fake" in match.group(1), f"default {match.group(1)!r} should look fake"
+    assert environment(services["gateway"]).get("GATEWAY_UPSTREAM_KEYS") == key, (
+        "the compose gateway should send the sandbox's key as its upstream key"
+    )
+    token = sandbox.get("SANDBOX_CONTROL_TOKEN", "")
+    assert re.fullmatch(r"\$\{SANDBOX_CONTROL_TOKEN(:?[-?][^}]*)?\}", token), (
+        f"SANDBOX_CONTROL_TOKEN should come from the environment, got {token!r}"
+    )
+
+
+def test_compose_sandbox_is_published_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    for port in services["sandbox"].get("ports", []):
+        # Short syntax HOST_IP:HOST_PORT:CONTAINER_PORT (without HOST_IP: every interface), or the long syntax.
+        host_ip = port.get("host_ip", "") if isinstance(port, dict) else str(port).rsplit(":", 2)[0]
+        assert host_ip == "127.0.0.1", f"sandbox port {port!r} is published beyond this host"
 
 
 def test_compose_dependencies(services: dict[str, dict[str, Any]]) -> None:

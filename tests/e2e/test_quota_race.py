@@ -1,6 +1,9 @@
 """The quota proof: racing submits across gateway processes never overdraw, and refunds balance the books.
 
 Real OS processes on real sockets: a sandbox upstream, one or two `seedream-gateway serve` replicas on one database.
+The sandbox is held (`POST /_control/hold`) for the whole race, so no task can end, and no failed one be refunded,
+while submits still arrive: exactly BUDGET fit however long the race takes on this machine. Released, the tasks
+end (about 30 % failed) and the books must balance.
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ POLL_DEADLINE_S = 60.0
 def _configure_sandbox(sandbox: Sandbox, **changes: Any) -> None:
     with httpx.Client(trust_env=False, timeout=5.0) as client:
         client.patch(f"{sandbox.url}/_control/config", json=changes).raise_for_status()
+
+
+def _sandbox_control(sandbox: Sandbox, action: str) -> None:
+    """`hold` freezes every sandbox task where it stands (new ones stay queued); `release` lets them go on."""
+    with httpx.Client(trust_env=False, timeout=5.0) as client:
+        response = client.post(f"{sandbox.url}/_control/{action}")
+    response.raise_for_status()
+    assert response.json()["hold"] is (action == "hold"), response.text
 
 
 def _cli_ok(gateway: Gateway, *args: str) -> dict[str, Any]:
@@ -84,13 +95,18 @@ async def _prove(replicas: list[Gateway], sandbox: Sandbox) -> None:
     _cli_ok(first, "tenants", "limits", tenant.id, "--daily-images", str(BUDGET))
     _configure_sandbox(sandbox, fail_rate=FAIL_RATE, seed=11)
 
+    # Held, no task can fail and free its image mid-race: the race may last as long as this machine needs.
+    _sandbox_control(sandbox, "hold")
     answers = await _race(replicas, tenant)
     codes = [a.status_code for a in answers]
     assert codes.count(200) == BUDGET, {code: codes.count(code) for code in set(codes)}
     assert codes.count(402) == SUBMITS - BUDGET
     assert all(a.json()["error"]["code"] == "insufficient_quota" for a in answers if a.status_code == 402)
     assert sandbox.stats()["create"] == BUDGET, "a refused submit reached the upstream"
+    held = _cli_ok(first, "tenants", "usage", tenant.id)
+    assert held["day"]["used"] == BUDGET and held["in_flight"]["current"] == BUDGET, held
 
+    _sandbox_control(sandbox, "release")
     ids = [a.json()["id"] for a in answers if a.status_code == 200]
     statuses = await _poll_to_terminal(replicas, tenant, ids)
     completed = sum(1 for status in statuses.values() if status == "completed")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,108 +13,28 @@ from fastapi import FastAPI
 from PIL import Image
 
 from app.contract import MAX_UPLOAD_BYTES, TaskObject, UploadResponse
-from app.sandbox import SandboxConfig, create_sandbox_app
+from app.sandbox import create_sandbox_app
+from app.sandbox.config import key_fingerprint
 from app.sandbox.state import SandboxState
-
-BASE = "http://sandbox.test"
-GEN = "/v1/images/generations"
-KEY = "sk-test-a"
-T0 = 1_700_000_000.0
-
-
-class FakeClock:
-    """A settable clock in unix seconds."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.sandbox.support import (
+    BASE,
+    GEN,
+    KEY,
+    T0,
+    FakeClock,
+    client_for,
+    create,
+    fetch_image,
+    make_config,
+    png_bytes,
+    poll,
+    urls_of,
+)
 
 
-def make_config(**overrides: Any) -> SandboxConfig:
-    # Every field that matters is explicit, so SANDBOX_* variables in the environment cannot change the tests.
-    fields: dict[str, Any] = {
-        "task_seconds": 10.0,
-        "queue_seconds": 2.0,
-        "fail_rate": 0.0,
-        "rate_limit_rate": 0.0,
-        "error_rate": 0.0,
-        "timeout_rate": 0.0,
-        "timeout_seconds": 0.02,
-        "slow_rate": 0.0,
-        "slow_factor": 5.0,
-        "retry_after_seconds": 2,
-        "image_long_side": 64,
-        "accepted_keys": "",
-        "result_style": "result",
-        "queued_status": "queued",
-        "seed": 7,
-    }
-    return SandboxConfig(**{**fields, **overrides})
-
-
-def client_for(app: FastAPI, key: str | None = KEY, **headers: str) -> httpx.AsyncClient:
-    base_headers = {"User-Agent": "sandbox-tests/1", **headers}
-    if key is not None:
-        base_headers["Authorization"] = f"Bearer {key}"
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE, headers=base_headers)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def app(clock: FakeClock) -> FastAPI:
-    return create_sandbox_app(make_config(), clock=clock)
-
-
-@pytest.fixture
-def state(app: FastAPI) -> SandboxState:
-    sandbox: SandboxState = app.state.sandbox
-    return sandbox
-
-
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(app) as c:
-        yield c
-
-
-async def create(client: httpx.AsyncClient, prompt: str = "a lighthouse", **fields: Any) -> dict[str, Any]:
-    r = await client.post(GEN, json={"model": "doubao-seedream-4-0", "prompt": prompt, **fields})
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
-
-async def poll(client: httpx.AsyncClient, task_id: str) -> dict[str, Any]:
-    r = await client.get(f"{GEN}/{task_id}")
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
-
-
-def urls_of(task: dict[str, Any]) -> list[str]:
-    if "result" in task:
-        return [item["url"] for item in task["result"]["data"]]
-    if "images" in task:
-        return [item["url"] for item in task["images"]]
-    return [task["url"]]
-
-
-async def fetch_image(client: httpx.AsyncClient, url: str) -> Image.Image:
-    r = await client.get(url)
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"] == "image/png"
-    image = Image.open(io.BytesIO(r.content))
-    image.load()
-    return image
+def file_url(state: SandboxState, task_id: str, index: int) -> str:
+    """The capability URL of a task's image, as its completed result would give it."""
+    return f"/files/{state.capability('file', task_id, str(index))}/{task_id}/{index}.png"
 
 
 async def test_health(client: httpx.AsyncClient) -> None:
@@ -188,15 +107,17 @@ async def test_images_decode_with_requested_ratio(
     assert images[0].format == "PNG"
 
 
-async def test_files_only_while_completed_and_unexpired(client: httpx.AsyncClient, clock: FakeClock) -> None:
+async def test_files_only_while_completed_and_unexpired(
+    client: httpx.AsyncClient, clock: FakeClock, state: SandboxState
+) -> None:
     task = await create(client, n=1)
-    file_url = f"/files/{task['id']}/0.png"
-    assert (await client.get(file_url)).status_code == 404
+    url = file_url(state, task["id"], 0)
+    assert (await client.get(url)).status_code == 404
     clock.advance(10)
-    assert (await client.get(file_url)).status_code == 200
-    assert (await client.get(f"/files/{task['id']}/1.png")).status_code == 404
+    assert (await client.get(url)).status_code == 200
+    assert (await client.get(file_url(state, task["id"], 1))).status_code == 404
     clock.advance(86400)
-    missing = await client.get(file_url)
+    missing = await client.get(url)
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
 
 
@@ -238,7 +159,9 @@ async def test_queued_status_variants(app: FastAPI, state: SandboxState, clock: 
         assert (await poll(client, task["id"]))["status"] == "in_progress"
 
 
-async def test_failed_task_is_http_200_with_error(client: httpx.AsyncClient, clock: FakeClock) -> None:
+async def test_failed_task_is_http_200_with_error(
+    client: httpx.AsyncClient, clock: FakeClock, state: SandboxState
+) -> None:
     r = await client.post(GEN, json={"prompt": "x", "client_business_id": "b-1"}, headers={"X-Sandbox-Fault": "fail"})
     task = r.json()
     assert r.status_code == 200 and task["status"] == "queued"
@@ -249,7 +172,7 @@ async def test_failed_task_is_http_200_with_error(client: httpx.AsyncClient, clo
     assert failed["error"]["code"] == "generation_failed" and failed["error"]["message"]
     assert failed["client_business_id"] == "b-1"
     assert not {"result", "url", "images", "completed_at"} & set(failed)
-    assert (await client.get(f"/files/{task['id']}/0.png")).status_code == 404
+    assert (await client.get(file_url(state, task["id"], 0))).status_code == 404
 
 
 async def test_other_keys_task_is_404_with_numeric_code(app: FastAPI, client: httpx.AsyncClient) -> None:
@@ -460,12 +383,6 @@ async def test_seeded_rates_are_reproducible(clock: FakeClock) -> None:
     assert set(first) == {200, 500}
 
 
-def png_bytes() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (20, 30), (10, 20, 30)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def jpeg_bytes() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (20, 30), (10, 20, 30)).save(buffer, format="JPEG")
@@ -530,7 +447,11 @@ async def test_control_endpoints(app: FastAPI, client: httpx.AsyncClient, clock:
         await create(other)
     stats = (await client.get("/_control/stats")).json()
     assert stats["create"] == 2 and stats["status"] == 2 and stats["tasks"] == 2
-    assert stats["by_key"] == {KEY: {"create": 1, "status": 2}, "sk-other": {"create": 1}}
+    # Keys only as fingerprints: the stats never echo a caller's key.
+    assert stats["by_key"] == {
+        key_fingerprint(KEY): {"create": 1, "status": 2},
+        key_fingerprint("sk-other"): {"create": 1},
+    }
     assert stats["status_by_task"] == {task["id"]: 2}
 
     r = await client.patch("/_control/config", json={"task_seconds": 0, "queued_status": "pending"})
@@ -559,12 +480,11 @@ async def test_unknown_route_uses_error_envelope(client: httpx.AsyncClient) -> N
 
 
 def test_expired_tasks_are_forgotten() -> None:
-    from app.sandbox.config import SandboxConfig
-    from app.sandbox.state import FORGET_CHECK_EVERY, SandboxState
+    from app.sandbox.state import FORGET_CHECK_EVERY
     from app.sandbox.tasks import new_task
 
     now = [1_790_000_000.0]
-    state = SandboxState(config=SandboxConfig(task_seconds=1), clock=lambda: now[0])
+    state = SandboxState(config=make_config(task_seconds=1), clock=lambda: now[0])
     config = state.config
     for _ in range(FORGET_CHECK_EVERY):
         task = new_task(
