@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -53,32 +52,37 @@ async def test_unpolled_task_settles_in_the_background(
 async def test_a_gateway_killed_mid_submit_leaves_no_phantom_reservation(
     clean_sqlite: str, sandbox: Sandbox, processes: Processes
 ) -> None:
-    env = gateway_env(
+    # The doomed replica waits long for the upstream (it must still be waiting when it is killed, however slow the
+    # machine); the survivor's short timeouts make its "no create call can still be running" deadline a few
+    # seconds (2 x (1 + 2 x 0.5) s), so the test does not wait a minute for it.
+    survivor_env = gateway_env(
         clean_sqlite,
         sandbox.url,
         GATEWAY_POLL_INTERVAL_S="0.3",
         GATEWAY_UPSTREAM_TIMEOUT_S="1",
         GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S="0.5",
     )
+    env = {**survivor_env, "GATEWAY_UPSTREAM_TIMEOUT_S": "300"}
+    sandbox.configure(timeout_seconds=600)  # the create call hangs until the gateway dies
     first = start_gateway(processes, env, name="doomed")
     tenant = first.tenant(first.spawn_tenant("crash"))
     assert processes.run(["tenants", "limits", tenant.id, "--max-in-flight", "1"], env).returncode == 0
     admin = {"Authorization": f"Bearer {env['GATEWAY_ADMIN_TOKEN']}"}
-    async with http_client() as client:
-        # The sandbox holds this create call for 30 s; the gateway dies while waiting for it.
+    async with http_client(timeout=httpx.Timeout(60.0)) as client:
         pending = asyncio.create_task(
             client.post(first.generations, headers={**tenant.headers}, json={"prompt": "doomed [fault:timeout]"})
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while sandbox.stats()["create"] == 0:
             assert time.monotonic() < deadline, "the submit never reached the sandbox"
             await asyncio.sleep(0.05)
         os.killpg(first.process.popen.pid, signal.SIGKILL)
         first.process.popen.wait(5)
-        with contextlib.suppress(httpx.HTTPError):
+        # The caller never got an answer: the gateway died inside the create call, with nothing recorded after it.
+        with pytest.raises(httpx.HTTPError):
             await pending
 
-        second = start_gateway(processes, env, name="survivor")
+        second = start_gateway(processes, survivor_env, name="survivor")
         usage = await _until_nothing_in_flight(client, second, tenant, admin, deadline_s=20)
         assert usage["day"]["used"] == 0
         r = await client.post(second.generations, headers=tenant.headers, json={"prompt": "after the crash"})

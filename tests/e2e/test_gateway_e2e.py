@@ -209,16 +209,18 @@ async def test_failure_paths(database_url: str, processes: Processes, sandbox: S
 
 
 async def test_many_pollers_one_upstream_call(database_url: str, processes: Processes, sandbox: Sandbox) -> None:
-    env = gateway_env(database_url, sandbox.url, GATEWAY_STATUS_REFRESH_INTERVAL_S="5")
+    # A refresh interval longer than any run of this test: every poll after the first one must be answered from
+    # the ledger (single-flight in the process, the refresh claim in the database), however slow the machine.
+    env = gateway_env(database_url, sandbox.url, GATEWAY_STATUS_REFRESH_INTERVAL_S="600")
     pending = processes.spawn(["tenants", "create", "acme", "--json"], env)
     gateway = start_gateway(processes, env)
     acme = gateway.tenant(pending)
     pollers = 200
+    sandbox.configure(hold=True)  # the task stays open during the burst, whatever its duration
 
     limits = httpx.Limits(max_connections=pollers, max_keepalive_connections=pollers)
-    async with http_client(limits=limits, timeout=httpx.Timeout(20.0, connect=10.0)) as client:
-        # `slow` stretches the task by SANDBOX_SLOW_FACTOR (30 s in all), so it stays open during the burst.
-        task_id = await submit(client, gateway, acme, body("[fault:slow] a crowd of pollers"))
+    async with http_client(limits=limits, timeout=httpx.Timeout(60.0, connect=30.0)) as client:
+        task_id = await submit(client, gateway, acme, body("a crowd of pollers"))
         url = f"{gateway.generations}/{task_id}"
         responses = await asyncio.gather(*(client.get(url, headers=acme.headers) for _ in range(pollers)))
 
@@ -226,13 +228,13 @@ async def test_many_pollers_one_upstream_call(database_url: str, processes: Proc
     assert statuses == {200}, [r.text for r in responses if r.status_code != 200][:3]
     tasks = [r.json() for r in responses]
     assert {t["id"] for t in tasks} == {task_id}
-    assert {t["status"] for t in tasks} <= {"queued", "in_progress"}, {t["status"] for t in tasks}
+    assert {t["status"] for t in tasks} == {"queued"}, {t["status"] for t in tasks}
     stats = sandbox.stats()
     assert stats["create"] == 1, stats
     assert len(stats["status_by_task"]) == 1, stats
     calls = next(iter(stats["status_by_task"].values()))
-    assert 1 <= calls <= 2, stats
-    assert stats["status"] == calls, stats
+    assert calls == 1, stats
+    assert stats["status"] == 1, stats
 
 
 # --- 4. zero-config demo ------------------------------------------------------------------------------------
@@ -301,11 +303,9 @@ def test_refuses_placeholder_secret_key(processes: Processes, tmp_path: Path) ->
         GATEWAY_SECRET_KEY="changeme",
         GATEWAY_ADMIN_TOKEN="adm-e2e-0123456789abcdef",
     )
-    started = time.monotonic()
-    result = processes.run(["serve", "--port", str(free_port())], env, cwd=tmp_path, timeout_s=10)
-    elapsed = time.monotonic() - started
+    # It refuses at once rather than serving: a run that binds and waits would hit the timeout and fail here.
+    result = processes.run(["serve", "--port", str(free_port())], env, cwd=tmp_path, timeout_s=60)
     assert result.returncode != 0, result
-    assert elapsed < 10
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "GATEWAY_SECRET_KEY" in lines[0], lines
