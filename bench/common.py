@@ -1,6 +1,8 @@
 """What the benchmark scripts share: their servers' processes, the run's plumbing and the report's pieces.
 
 The scripts run as `.venv/bin/python bench/<script>.py`, which puts this folder first on sys.path: `from common import`.
+The process plumbing itself (ports, environment, start, readiness, stop, log tails) is tests/support/processes.py,
+shared with the end-to-end tests; this module adapts it to the benchmarks' names, timeouts and errors.
 """
 
 from __future__ import annotations
@@ -11,26 +13,32 @@ import math
 import os
 import platform
 import shlex
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
+# The process plumbing lives in the checkout's tests/support/ (the e2e tests use it too), but running a script puts
+# bench/ on sys.path, not the checkout: add it, after bench/ so that `common` and the scripts' names still come first.
+if (_checkout := str(Path(__file__).resolve().parents[1])) not in sys.path:
+    sys.path.insert(1, _checkout)
 
-ROOT = Path(__file__).resolve().parents[1]
-HOST = "127.0.0.1"
+from tests.support.processes import HOST as HOST
+from tests.support.processes import NotReady, Process, log_tail, start_process, wait_until_ready
+from tests.support.processes import clean_env as clean_env
+from tests.support.processes import free_port as free_port
+
+ROOT = Path(_checkout)
 DEFAULT_OUT = ROOT / "bench" / "RESULTS.md"
 READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 5.0
+TAIL_CHARS = 3000
 
 T = TypeVar("T")
+
+Server = Process
+"""A server process of the command line, in its own process group (`.url`, `.popen`, `.log_path`, `.stop()`)."""
 
 
 class BenchError(RuntimeError):
@@ -40,49 +48,9 @@ class BenchError(RuntimeError):
 # --- processes --------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A TCP port of HOST that is free now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_env(**settings: str) -> dict[str, str]:
-    """The inherited environment without GATEWAY_*/SANDBOX_* settings, plus the given ones."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "SANDBOX_"))}
-    env.update(PYTHONUNBUFFERED="1", **settings)
-    return env
-
-
-def tail(path: Path, chars: int = 3000) -> str:
+def tail(path: Path, chars: int = TAIL_CHARS) -> str:
     """The end of a log file, for error messages."""
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except FileNotFoundError:
-        return "<no log>"
-
-
-@dataclass
-class Server:
-    """A server process of the command line, in its own process group."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    url: str
-
-    def stop(self) -> None:
-        """SIGTERM to the process group, SIGKILL if it has not exited after STOP_TIMEOUT_S."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(STOP_TIMEOUT_S)
+    return log_tail(path, chars)
 
 
 def start_server(
@@ -94,44 +62,23 @@ def start_server(
     preexec_fn: Callable[[], None] | None = None,
 ) -> Server:
     """Start `command --port PORT` in a new session in workdir, its output to `workdir/<name>.log`; no waiting."""
-    log_path = workdir / f"{name}.log"
-    with log_path.open("wb") as log:
-        popen = subprocess.Popen(
-            [*command, "--port", str(port)],
-            env=dict(env),
-            cwd=workdir,  # no stray .env file of the checkout is read, no ./data is created
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=preexec_fn,
-        )
-    return Server(name, popen, log_path, f"http://{HOST}:{port}")
+    return start_process(
+        name,
+        [*command, "--port", str(port)],
+        env,
+        cwd=workdir,  # no stray .env file of the checkout is read, no ./data is created
+        log_path=workdir / f"{name}.log",
+        base_url=f"http://{HOST}:{port}",
+        preexec_fn=preexec_fn,
+    )
 
 
 def wait_ready(server: Server, path: str) -> None:
     """Poll GET path until HTTP 200; BenchError with the log tail if the server exits or READY_TIMEOUT_S passes."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    last = "no answer"
-    with httpx.Client(trust_env=False, timeout=1.0) as client:
-        while True:
-            code = server.popen.poll()
-            if code is not None:
-                raise BenchError(f"{server.name} exited with {code}; log tail:\n{tail(server.log_path)}")
-            try:
-                response = client.get(server.url + path)
-            except httpx.TransportError as e:
-                last = f"{type(e).__name__}: {e}"
-            else:
-                if response.status_code == 200:
-                    return
-                last = f"HTTP {response.status_code}"
-            if time.monotonic() > deadline:
-                raise BenchError(
-                    f"{server.name} did not answer GET {path} in {READY_TIMEOUT_S:.0f} s ({last}); log tail:\n"
-                    f"{tail(server.log_path)}"
-                )
-            time.sleep(0.05)
+    try:
+        wait_until_ready(server, server.url + path, READY_TIMEOUT_S, tail_chars=TAIL_CHARS)
+    except NotReady as e:
+        raise BenchError(str(e)) from None
 
 
 # --- the run ----------------------------------------------------------------------------------------------------

@@ -607,7 +607,7 @@ async def run_micro(database_url: str, redis_url: str | None, iterations: int) -
     from app.quotas import service as quotas
     from app.quotas.rate_limits import WINDOW_S, RedisWindowStore, SqlWindowStore
     from app.tasks import repository as task_repo
-    from app.tenants.service import create_tenant
+    from app.tenants.service import TenantService
     from app.upstream.pool import UpstreamKeyPool
 
     engine = create_engine(database_url, pool_size=2)  # the app's engine settings, pre-ping included
@@ -620,11 +620,10 @@ async def run_micro(database_url: str, redis_url: str | None, iterations: int) -
         executed[0] += 1
 
     keys = KeyMaterial(secrets.token_urlsafe(32))
-    pool = UpstreamKeyPool()
+    pool = UpstreamKeyPool(sessions, keys, utcnow)
     limits = {"daily_images": HIGH, "monthly_images": HIGH, "max_in_flight": HIGH, "submit_rpm": HIGH}
-    async with sessions.begin() as session:
-        tenant, _ = await create_tenant(session, keys, "micro", utcnow(), limits=limits)
-        await pool.load(session, keys, [UPSTREAM_KEY], utcnow())
+    tenant, _ = await TenantService(sessions, keys, utcnow).create("micro", limits=limits)
+    await pool.load([UPSTREAM_KEY])
     upstream_key_id = pool.choose().id
     body = GenerationRequest.model_validate({"prompt": "bench", "n": 1}).to_upstream()
     sql_windows = SqlWindowStore(sessions)

@@ -1,20 +1,16 @@
 """End-to-end harness: the project's own command line run as real OS processes on real sockets.
 
 Every server is started in its own session (process group), logs to a file under the test's tmp dir, is waited
-for by polling an HTTP URL against a deadline, and is always stopped (SIGTERM, then SIGKILL) in teardown.
+for by polling an HTTP URL against a deadline, and is always stopped (SIGTERM, then SIGKILL) in teardown. That
+plumbing is tests/support/processes.py (the benchmarks use it too); this module adds the fixtures, timeouts and names.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +21,23 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.fixtures.databases import create_postgres_database, drop_postgres_database, truncate_all
+from tests.support.processes import (
+    HOST,
+    STOP_TIMEOUT_S,
+    TAIL_CHARS,
+    NotReady,
+    Process,
+    clean_env,
+    free_port,
+    kill_group,
+    start_process,
+    wait_until_ready,
+)
+from tests.support.processes import POLL_STEP_S as POLL_STEP_S
 
 CLI: list[str] = [sys.executable, "-m", "app.cli"]
-HOST = "127.0.0.1"
 READY_TIMEOUT_S = 20.0
 COMMAND_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 5.0
-POLL_STEP_S = 0.05
-TAIL_CHARS = 4000
 
 UPSTREAM_KEY = "sk-e2e-upstream-0123456789"
 # Fast sandbox timings: a task is queued for 0.2 s and terminal after 1.5 s.
@@ -40,63 +45,15 @@ FAST_SANDBOX = {"SANDBOX_TASK_SECONDS": "1.5", "SANDBOX_QUEUE_SECONDS": "0.2"}
 FAST_REFRESH = {"GATEWAY_STATUS_REFRESH_INTERVAL_S": "0.2"}
 
 
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def base_env(**overrides: str) -> dict[str, str]:
     """The inherited environment without any GATEWAY_ or SANDBOX_ setting, plus fast sandbox timings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "SANDBOX_"))}
-    env.update(PYTHONUNBUFFERED="1", **FAST_SANDBOX)
-    env.update(overrides)
-    return env
+    return clean_env(**{**FAST_SANDBOX, **overrides})
 
 
 def http_client(**kwargs: Any) -> httpx.AsyncClient:
     """A client that ignores proxy settings of the environment (everything here is on loopback)."""
     kwargs.setdefault("timeout", httpx.Timeout(15.0, connect=5.0))
     return httpx.AsyncClient(trust_env=False, headers={"User-Agent": "gateway-e2e/1"}, **kwargs)
-
-
-def _tail(path: Path, chars: int = TAIL_CHARS) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return "<no log>"
-    return text[-chars:]
-
-
-@dataclass
-class Process:
-    """A running server process of the command line."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    base_url: str
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def tail(self) -> str:
-        return _tail(self.log_path)
-
-    def stop(self) -> int | None:
-        """SIGTERM to its process group, SIGKILL after a grace period; the exit code."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(STOP_TIMEOUT_S)
-        return self.popen.returncode
 
 
 class Processes:
@@ -119,19 +76,14 @@ class Processes:
     ) -> Process:
         """Launch `python -m app.cli ARGS` and wait until `ready_url` answers 200 (or fail with the log tail)."""
         name = name or args[0]
-        log_path = self._log_path(name)
-        with log_path.open("wb") as log:
-            popen = subprocess.Popen(
-                [*CLI, *args],
-                env=dict(env),
-                cwd=cwd or self.logs_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        base_url = ready_url.split("/", 3)
-        process = Process(name, popen, log_path, "/".join(base_url[:3]))
+        process = start_process(
+            name,
+            [*CLI, *args],
+            env,
+            cwd=cwd or self.logs_dir,
+            log_path=self._log_path(name),
+            base_url="/".join(ready_url.split("/", 3)[:3]),
+        )
         self._running.append(process)
         _wait_ready(process, ready_url, timeout_s)
         return process
@@ -156,7 +108,7 @@ class Processes:
         try:
             stdout, stderr = popen.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            _kill_group(popen)
+            kill_group(popen)
             stdout, stderr = popen.communicate()
             pytest.fail(f"{popen.args!r} did not finish in {timeout_s} s\nstdout: {stdout}\nstderr: {stderr}")
         return Result(popen.returncode, stdout, stderr)
@@ -175,7 +127,7 @@ class Processes:
     def close(self) -> None:
         for popen in self._pending:
             if popen.poll() is None:
-                _kill_group(popen)
+                kill_group(popen)
                 popen.wait(STOP_TIMEOUT_S)
         for process in reversed(self._running):
             process.stop()
@@ -206,33 +158,15 @@ class Result:
         raise AssertionError(f"no JSON object on stdout: {self.stdout!r} (stderr: {self.stderr!r})")
 
 
-def _kill_group(popen: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(popen.pid, signal.SIGKILL)
-
-
 def _wait_ready(process: Process, url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    with httpx.Client(trust_env=False, timeout=1.0) as client:
-        while True:
-            code = process.popen.poll()
-            if code is not None:
-                pytest.fail(f"{process.name} exited with {code} before {url} answered; log tail:\n{process.tail()}")
-            try:
-                response = client.get(url)
-            except httpx.TransportError as e:
-                last = f"{type(e).__name__}: {e}"
-            else:
-                if response.status_code == 200:
-                    return
-                last = f"HTTP {response.status_code}"
-            if time.monotonic() > deadline:
-                process.stop()
-                pytest.fail(
-                    f"{process.name} did not answer {url} within {timeout_s} s ({last}); log tail:\n{process.tail()}"
-                )
-            time.sleep(POLL_STEP_S)
+    """wait_until_ready, failing the test (with this traceback, not NotReady's) if the server does not come up."""
+    try:
+        wait_until_ready(process, url, timeout_s)
+    except NotReady as e:
+        failure = str(e)
+    else:
+        return
+    pytest.fail(failure)
 
 
 # --- fixtures -------------------------------------------------------------------------------------------------
