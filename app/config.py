@@ -48,7 +48,10 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(
         5.0, description="Open tasks no caller polled for this long are refreshed in the background; 0 = off."
     )
-    max_body_bytes: int = Field(1_048_576, description="Largest JSON request body accepted (413 above).")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest JSON request body accepted (413 above).")
+    max_concurrent_uploads: int = Field(
+        8, ge=1, description="Upload bodies (up to 10 MB each) buffered at once per process; 429 beyond."
+    )
     db_pool_size: int = 20
     redis_url: str = Field("", description="Rate windows in Redis when set; PostgreSQL/SQLite otherwise.")
     quotas_enabled: bool = Field(
