@@ -7,10 +7,12 @@ what it emits (`GenerationRequest.to_upstream()` writes the documented reading o
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -48,6 +50,52 @@ UPSTREAM_STATUS_MAP: dict[str, TaskStatus] = {
 }
 
 
+# --- text the ledger can store --------------------------------------------------------------------------------
+# PostgreSQL refuses NUL in text (SQLite stores it), and no other C0 control character belongs in an id, a model
+# name or a URL; a prompt may hold tabs and line breaks. Lone surrogates (a JSON `\ud800` escape) cannot be
+# encoded as UTF-8 at all. Each rule is stated twice, once as the ECMA pattern of the OpenAPI document and once as
+# the check below; tests/unit/test_contract.py holds them to the same answers.
+_CONTROL = re.compile(r"[\x00-\x1f\ud800-\udfff]")
+_CONTROL_EXCEPT_BREAKS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f]*$"
+PROMPT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$"
+# Exactly the characters str.strip() removes (str.isspace()), spelled out: ECMA's \s is a different set.
+WHITESPACE_CLASS = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+BLANK_PATTERN = rf"^[{WHITESPACE_CLASS}]*$"
+# An http(s) URL: the scheme in any case, then something that can start an authority, and no control character.
+HTTP_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x1f/?#][^\x00-\x1f]*$"
+_HTTP_URL_PREFIX = re.compile(r"[Hh][Tt][Tt][Pp][Ss]?://[^/?#]")
+
+
+def text_problem(value: str, *, line_breaks: bool = False) -> str | None:
+    """Why `value` cannot be stored as text (None when it can): a C0 control character or a lone surrogate."""
+    found = (_CONTROL_EXCEPT_BREAKS if line_breaks else _CONTROL).search(value)
+    if found is None:
+        return None
+    char = found.group()
+    if "\ud800" <= char <= "\udfff":
+        return "must be valid Unicode text (it holds a lone surrogate)"
+    allowed = " other than tab, line feed and carriage return" if line_breaks else ""
+    return f"must not contain control characters{allowed} (found U+{ord(char):04X})"
+
+
+def is_http_url(value: str) -> bool:
+    """`HTTP_URL_PATTERN`, in Python."""
+    return _HTTP_URL_PREFIX.match(value) is not None and text_problem(value) is None
+
+
+def _integral_float(value: Any) -> Any:
+    """JSON Schema's `integer` includes 2.0: accept an integral number written with a fraction, nothing else."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# After a StrictInt's constraints (pydantic documents them only in that order): an integer as JSON Schema reads it,
+# 2 and 2.0, never "2", true or 2.5.
+INTEGRAL = BeforeValidator(_integral_float)
+
+
 class ContractError(ValueError):
     """A request breaks a documented rule; `param` names the offending field."""
 
@@ -66,7 +114,7 @@ class OptimizePromptOptions(BaseModel):
 class SequentialImageGenerationOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    max_images: Annotated[StrictInt, Field(ge=1, le=MAX_IMAGES)] | None = None
+    max_images: Annotated[StrictInt, Field(ge=1, le=MAX_IMAGES), INTEGRAL] | None = None
 
 
 def _bare_mode_schema(schema: dict[str, Any]) -> None:
@@ -96,61 +144,121 @@ class GenerationMetadata(BaseModel):
         return value
 
 
+def _cross_field_schema(schema: dict[str, Any]) -> None:
+    """State the two cross-field rules of `_cross_field_rules` in the OpenAPI document, as what a body must not be.
+
+    `size: auto` with no `image_urls`, or `n + len(image_urls) > 15` (for some count c in 1..10: at least c URLs and
+    `n >= 16 - c`). JSON Schema cannot add two fields up; this union of cases is the same set of bodies.
+    """
+    schema["example"] = {"model": DEFAULT_MODEL, "prompt": "a lighthouse at dawn, watercolor", "size": "16:9", "n": 1}
+    auto_without_urls = {
+        "required": ["size"],
+        "properties": {
+            "size": {"const": "auto"},
+            "image_urls": {"anyOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]},
+        },
+    }
+    too_many_images = [
+        {
+            "required": ["n", "image_urls"],
+            "properties": {
+                "n": {"minimum": MAX_IMAGES + 1 - count},
+                "image_urls": {"type": "array", "minItems": count},
+            },
+        }
+        for count in range(1, MAX_IMAGE_URLS + 1)
+    ]
+    schema["not"] = {"anyOf": [auto_without_urls, *too_many_images]}
+    schema["description"] = (
+        "Body of POST /v1/images/generations. Cross-field rules (the `not` below): `size: auto` requires "
+        f"`image_urls`; `n + len(image_urls) <= {MAX_IMAGES}`."
+    )
+
+
+def _no_control_schema(schema: dict[str, Any]) -> None:
+    schema["pattern"] = NO_CONTROL_PATTERN
+
+
+def _prompt_schema(schema: dict[str, Any]) -> None:
+    schema["pattern"] = PROMPT_PATTERN
+    schema["not"] = {"pattern": BLANK_PATTERN}
+    schema["description"] = "Not blank; no control characters other than tab, line feed and carriage return."
+
+
+def _http_url_schema(schema: dict[str, Any]) -> None:
+    schema["pattern"] = HTTP_URL_PATTERN
+    schema["description"] = "An http(s) URL (scheme in any case), without control characters."
+
+
 class GenerationRequest(BaseModel):
     """Body of POST /v1/images/generations."""
 
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={
-            "example": {
-                "model": DEFAULT_MODEL,
-                "prompt": "a lighthouse at dawn, watercolor",
-                "size": "16:9",
-                "n": 1,
-            }
-        },
-    )
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_cross_field_schema)
 
-    model: StrictStr = DEFAULT_MODEL
-    prompt: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+    model: Annotated[StrictStr, Field(json_schema_extra={"enum": sorted(SUPPORTED_MODELS)})] = DEFAULT_MODEL
+    prompt: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS, json_schema_extra=_prompt_schema)]
     size: Size = "1:1"
-    n: Annotated[StrictInt, Field(ge=1, le=MAX_IMAGES)] = 1
-    image_urls: Annotated[list[StrictStr], Field(max_length=MAX_IMAGE_URLS)] | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_IMAGES), INTEGRAL] = 1
+    image_urls: (
+        Annotated[
+            list[Annotated[StrictStr, Field(json_schema_extra=_http_url_schema)]],
+            Field(max_length=MAX_IMAGE_URLS),
+        ]
+        | None
+    ) = None
     metadata: GenerationMetadata | None = None
     resolution: Resolution | None = Field(
         default=None,
         description="Older placement of metadata.resolution; accepted, forwarded inside metadata.",
     )
-    callback_url: StrictStr | None = None
-    client_business_id: Annotated[StrictStr, Field(max_length=255)] | None = None
+    callback_url: Annotated[StrictStr, Field(json_schema_extra=_http_url_schema)] | None = None
+    client_business_id: Annotated[StrictStr, Field(max_length=255, json_schema_extra=_no_control_schema)] | None = (
+        Field(default=None, description="The caller's own id, echoed back on the task; no control characters.")
+    )
 
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
+        if text_problem(value) is not None:  # never echo what cannot be printed
+            raise ContractError(f"Unsupported model; supported: {', '.join(sorted(SUPPORTED_MODELS))}.")
         if value not in SUPPORTED_MODELS:
             raise ContractError(f"Unsupported model '{value}'; supported: {', '.join(sorted(SUPPORTED_MODELS))}.")
         return value
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_not_blank(cls, value: str) -> str:
+    def _prompt_text(cls, value: str) -> str:
         if not value.strip():
             raise ContractError("The 'prompt' field must not be blank.")
+        problem = text_problem(value, line_breaks=True)
+        if problem is not None:
+            raise ContractError(f"The 'prompt' field {problem}.")
         return value
 
     @field_validator("image_urls")
     @classmethod
     def _public_http_urls(cls, value: list[str] | None) -> list[str] | None:
         for url in value or []:
-            if not url.lower().startswith(("http://", "https://")) or len(url) < 12:
-                raise ContractError("Each image_urls entry must be a public http(s) URL (base64 is not accepted).")
+            if not is_http_url(url):
+                raise ContractError(
+                    "Each image_urls entry must be a public http(s) URL without control characters "
+                    "(base64 is not accepted)."
+                )
         return value
 
     @field_validator("callback_url")
     @classmethod
     def _callback_http(cls, value: str | None) -> str | None:
-        if value is not None and not value.lower().startswith(("http://", "https://")):
-            raise ContractError("callback_url must be an http(s) URL.")
+        if value is not None and not is_http_url(value):
+            raise ContractError("callback_url must be an http(s) URL without control characters.")
+        return value
+
+    @field_validator("client_business_id")
+    @classmethod
+    def _storable_business_id(cls, value: str | None) -> str | None:
+        problem = None if value is None else text_problem(value)
+        if problem is not None:
+            raise ContractError(f"client_business_id {problem}.")
         return value
 
     @model_validator(mode="after")
@@ -161,6 +269,24 @@ class GenerationRequest(BaseModel):
         if self.n + len(urls) > MAX_IMAGES:
             raise ContractError(f"n + len(image_urls) must be at most {MAX_IMAGES}.", param="n")
         return self
+
+    @property
+    def max_output_images(self) -> int:
+        """The most images this request can make the upstream produce: what a quota must reserve.
+
+        `n`, unless the caller asked for sequential generation (`metadata.sequential_image_generation: auto`): the
+        upstream then makes up to `sequential_image_generation_options.max_images` images (15 when not given)
+        whatever `n` is, bounded by the contract's `n + len(image_urls) <= 15` and never fewer than `n`.
+        The `auto` that `to_upstream()` adds by itself for `n > 1` comes with `max_images: n`, so it does not
+        count here.
+        """
+        meta = self.metadata
+        if meta is None or meta.sequential_image_generation != "auto":
+            return self.n
+        options = meta.sequential_image_generation_options
+        asked = options.max_images if options is not None and options.max_images is not None else MAX_IMAGES
+        room = MAX_IMAGES - len(self.image_urls or [])
+        return max(self.n, min(asked, room))
 
     @property
     def effective_resolution(self) -> Resolution:
@@ -177,7 +303,10 @@ class GenerationRequest(BaseModel):
         if "resolution" not in meta and self.resolution is not None:
             meta["resolution"] = self.resolution
         if self.n > 1 and "sequential_image_generation" not in meta:
+            # The documented way to ask for n images; capping it at n keeps the upstream (which makes up to 15 in
+            # `auto` without a cap) within what the tenant asked and was charged for.
             meta["sequential_image_generation"] = "auto"
+            meta.setdefault("sequential_image_generation_options", {"max_images": self.n})
         if meta:
             body["metadata"] = meta
         if self.client_business_id is not None:

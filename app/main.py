@@ -87,7 +87,11 @@ def create_app(
     )
     install_error_handlers(app)
     install_openapi(app)
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_body_bytes=settings.max_body_bytes,
+        max_concurrent_uploads=settings.max_concurrent_uploads,
+    )
     for router in (generations, uploads, usage, health, admin_tenants, admin_quota):
         app.include_router(router.router)
     if settings.zero_config:

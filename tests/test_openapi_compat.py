@@ -37,6 +37,25 @@ ACCEPTED_DEVIATIONS: dict[tuple[str, str], str] = {
     ("POST /v1/images/generations request body.client_business_id", "maxLength"): (
         "stored in a String(255) column (app/models/task.py); the upstream documents no limit"
     ),
+    ("POST /v1/images/generations request body.client_business_id", "pattern"): (
+        "no control characters: stored in a text column, and PostgreSQL refuses NUL in text"
+    ),
+    ("POST /v1/images/generations request body.prompt", "pattern"): (
+        "no control characters but tab, line feed and carriage return: stored (in the request JSON) and forwarded"
+    ),
+    ("POST /v1/images/generations request body.model", "enum"): (
+        "the gateway serves Seedream 4.0 only and refuses another model before anything is spent"
+    ),
+    ("POST /v1/images/generations request body.image_urls[]", "pattern"): (
+        "the upstream's `^https?://` with the scheme in any case (more liberal), a non-empty authority and no "
+        "control characters (stored in the ledger's request JSON)"
+    ),
+    ("POST /v1/images/generations request body.callback_url", "pattern"): (
+        "the upstream documents `format: uri` only; the gateway states the http(s) URL it checks for"
+    ),
+    ("POST /v1/uploads/images request body.file", "minLength"): (
+        "an empty file is no JPEG, PNG, WebP or GIF image (the types the upstream documents): refused locally"
+    ),
 }
 
 
@@ -571,6 +590,16 @@ def test_bearer_auth_is_declared(app_doc: Resolver, up_doc: Resolver) -> None:
     assert "bearerAuth" in up_doc.spec["components"]["securitySchemes"], "upstream.yaml lost its bearer scheme"
     problems = security_problems(app_doc, up_doc)
     assert not problems, report(problems)
+
+
+def test_upload_file_part_takes_the_upstreams_image_types(app_doc: Resolver, up_doc: Resolver) -> None:
+    def types(doc: Resolver) -> set[str]:
+        body = doc.deref(doc.operations()["POST /v1/uploads/images"]["requestBody"])
+        encoding = body["content"]["multipart/form-data"].get("encoding", {}).get("file", {})
+        return {part.strip() for part in str(encoding.get("contentType", "")).split(",") if part.strip()}
+
+    assert types(up_doc) == {"image/jpeg", "image/png", "image/webp", "image/gif"}
+    assert types(app_doc) == types(up_doc)
 
 
 def test_accepted_deviations_are_still_real(app_doc: Resolver, up_doc: Resolver) -> None:

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from app.contract import INTEGRAL
+
 # Images per day/month, tasks in flight and requests per minute: far beyond any real need, and inside the 32-bit
 # INTEGER columns (and counters that add `n` to them) on both databases.
 MAX_LIMIT = 1_000_000_000
@@ -17,7 +19,8 @@ MAX_LIMIT = 1_000_000_000
 LIMIT_NAMES: tuple[str, ...] = ("daily_images", "monthly_images", "max_in_flight", "submit_rpm", "query_rpm")
 UNLIMITED_WORDS = frozenset({"", "none", "null", "unlimited"})
 
-LimitValue = Annotated[StrictInt, Field(ge=0, le=MAX_LIMIT)] | None
+# JSON Schema's `integer` (what the document says) includes 500.0: accepted as 500; "500", true and 2.5 are not.
+LimitValue = Annotated[StrictInt, Field(ge=0, le=MAX_LIMIT), INTEGRAL] | None
 
 
 class LimitsUpdate(BaseModel):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header
 
 from app.contract import ErrorEnvelope, GenerationRequest, TaskObject
-from app.core.errors import UnsupportedMediaType
+from app.core.errors import NotFound, UnsupportedMediaType
 from app.quotas.deps import QueryRate, SubmitRate
 from app.tasks.deps import TaskServiceDep
 from app.tasks.service import to_task_object
@@ -15,20 +16,39 @@ from app.tenants.deps import TenantDep
 
 router = APIRouter(prefix="/v1/images", tags=["generations"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorEnvelope, "description": text}
-    for status, text in {
+
+def _errors(texts: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorEnvelope, "description": text} for status, text in texts.items()}
+
+
+# What each call can answer besides 200 (a 503 for the database is documented app-wide, app/core/openapi.py).
+_CREATE_ERRORS = _errors(
+    {
         400: "Invalid request",
         401: "Missing or invalid API key",
         402: "Quota exhausted",
         413: "Body too large",
         415: "Not JSON",
-        429: "Rate limited",
+        429: "Rate limited (per-minute submits, or tasks in flight), with `Retry-After`",
         502: "Upstream error",
         503: "No upstream key available",
         504: "Upstream timeout",
-    }.items()
-}
+    }
+)
+# A status call never fails on the upstream's account: it answers the last known state instead.
+_STATUS_ERRORS = _errors(
+    {
+        401: "Missing or invalid API key",
+        404: "Task not found (also another tenant's task, and any id the gateway never makes)",
+        429: "Rate limited (per-minute status queries), with `Retry-After`",
+    }
+)
+
+
+# Every id the gateway mints (`task_img_` + hex, app/core/ids.py) fits this, and so does the String(48) column; any
+# other id names no task. Answering those without a query keeps what PostgreSQL refuses in a text parameter (NUL,
+# lone surrogates) away from it, so `%00` is the same plain 404 on every database.
+_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,48}")
 
 
 def require_json(content_type: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
@@ -41,7 +61,7 @@ def require_json(content_type: Annotated[str | None, Header(include_in_schema=Fa
     "/generations",
     response_model=TaskObject,
     response_model_exclude_none=True,
-    responses=_ERRORS,
+    responses=_CREATE_ERRORS,
     dependencies=[Depends(require_json), SubmitRate],
     summary="Create an image generation task",
 )
@@ -54,10 +74,12 @@ async def create_generation(body: GenerationRequest, tenant: TenantDep, tasks: T
     "/generations/{task_id}",
     response_model=TaskObject,
     response_model_exclude_none=True,
-    responses={**_ERRORS, 404: {"model": ErrorEnvelope, "description": "Task not found"}},
+    responses=_STATUS_ERRORS,
     summary="Task status and result",
     dependencies=[QueryRate],
 )
 async def get_generation(task_id: str, tenant: TenantDep, tasks: TaskServiceDep) -> TaskObject:
+    if not _TASK_ID.fullmatch(task_id):
+        raise NotFound("Task not found")
     task = await tasks.status(tenant.id, task_id)
     return to_task_object(task)

@@ -71,7 +71,7 @@ class TaskService:
         async with self._sessions.begin() as session:
             await repo.insert(session, task)
             if self._quotas_enabled:
-                await quotas.reserve(session, tenant, task.id, request.n, now)
+                await quotas.reserve(session, tenant, task.id, request.max_output_images, now)
         try:
             upstream = await self._adapter.create(key.secret, body)
         except GatewayError as e:
@@ -183,14 +183,19 @@ class TaskService:
         values: dict[str, Any] = {
             "status": "failed",
             "progress": 0,
-            "error_code": str(error.code)[:64],
-            "error_message": error.message,
+            "error_code": _text(str(error.code))[:64],
+            "error_message": _text(error.message),
             "updated_at": self._clock(),
             "completed_at": self._clock(),
         }
         if not isinstance(error, UpstreamRejected):
             values["error_code"] = "upstream_error"
         await self._record(task_id, values, 0)
+
+
+def _text(value: str) -> str:
+    """Upstream text as a text column takes it: PostgreSQL refuses NUL characters."""
+    return value.replace("\x00", "\ufffd")
 
 
 def _values_from_upstream(upstream: UpstreamTask, now: dt.datetime) -> dict[str, Any]:
@@ -204,8 +209,8 @@ def _values_from_upstream(upstream: UpstreamTask, now: dt.datetime) -> dict[str,
         )
     elif upstream.status == "failed":
         values.update(
-            error_code=(upstream.error_code or "generation_failed")[:64],
-            error_message=upstream.error_message or "Generation failed",
+            error_code=_text(upstream.error_code or "generation_failed")[:64],
+            error_message=_text(upstream.error_message or "Generation failed"),
             completed_at=from_unix(upstream.completed_at) or now,
         )
     return values

@@ -47,8 +47,8 @@ def build_http_client(
 def parse_task(payload: dict[str, Any]) -> UpstreamTask:
     """Read a task object in any of the documented variants."""
     task_id = payload.get("id") or payload.get("task_id")
-    if not isinstance(task_id, str) or not task_id:
-        raise UpstreamUnavailable("Upstream answered without a task id")
+    if not isinstance(task_id, str) or not task_id or "\x00" in task_id or len(task_id) > 128:
+        raise UpstreamUnavailable("Upstream answered without a usable task id")
     raw_status = str(payload.get("status") or "queued").lower()
     status: TaskStatus = UPSTREAM_STATUS_MAP.get(raw_status, "in_progress")
     urls = _result_urls(payload)

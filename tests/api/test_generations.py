@@ -68,6 +68,7 @@ async def test_submit_records_task_and_forwards_documented_reading(gw: Harness) 
         "optimize_prompt_options": {"mode": "fast"},
         "watermark": False,
         "sequential_image_generation": "auto",
+        "sequential_image_generation_options": {"max_images": 3},
     }
     assert "resolution" not in row.request
 

@@ -301,3 +301,27 @@ async def test_two_replicas_recording_the_same_end_settle_it_once(gw: Harness) -
     used = (await usage(gw, key))["day"]["used"]
     assert used == (0 if first.status == "failed" else 1)
     assert (await drift(gw))["ok"] is True
+
+
+async def test_sequential_generation_reserves_the_most_it_can_produce_and_charges_what_it_did(gw: Harness) -> None:
+    """`n: 1` with sequential generation up to 15 images can receive 15: it is reserved as 15, not 1."""
+    body = {
+        "prompt": "a storyboard",
+        "n": 1,
+        "metadata": {"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 15}},
+    }
+    small = await gw.new_tenant("small", daily_images=10)
+    refused = await gw.client.post(URL, headers=bearer(small), json=body)
+    assert refused.status_code == 402, refused.text
+    assert gw.sandbox_stats()["create"] == 0
+
+    key = await gw.new_tenant("acme", daily_images=20)
+    created = await gw.client.post(URL, headers=bearer(key), json=body)
+    assert created.status_code == 200, created.text
+    assert (await usage(gw, key))["day"]["used"] == 15
+    [done] = await finish_all(gw, key, [created.json()["id"]])
+    assert done["status"] == "completed"
+    produced = len(done["result"]["data"])
+    assert produced == 15  # the sandbox, like the upstream, makes max(n, max_images) images
+    assert (await usage(gw, key))["day"]["used"] == produced
+    assert (await drift(gw))["ok"] is True

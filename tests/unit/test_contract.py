@@ -118,9 +118,17 @@ def test_n_out_of_range_is_rejected(n: int) -> None:
     assert rejected(body(n=n)).param == "n"
 
 
-@pytest.mark.parametrize("n", ["2", True, 2.0, 2.5, None])
+@pytest.mark.parametrize("n", ["2", True, 2.5, None, float("inf"), float("nan")])
 def test_n_must_be_a_json_integer(n: Any) -> None:
     assert rejected(body(n=n)).param == "n"
+
+
+def test_n_written_with_a_zero_fraction_is_an_integer() -> None:
+    # JSON Schema's `integer` (what the OpenAPI document says) includes 2.0; so does the gateway.
+    request = GenerationRequest.model_validate(body(n=2.0))
+    assert request.n == 2 and isinstance(request.n, int)
+    assert request.to_upstream()["n"] == 2
+    assert rejected(body(n=16.0)).param == "n"
 
 
 def test_n_plus_image_urls_at_most_15_is_accepted() -> None:
@@ -231,7 +239,13 @@ def test_max_images_within_range_is_accepted(max_images: int) -> None:
     assert request.to_upstream()["metadata"] == meta
 
 
-@pytest.mark.parametrize("max_images", [0, 16, "3", 3.0, True])
+def test_max_images_written_with_a_zero_fraction_is_an_integer() -> None:
+    meta = {"sequential_image_generation_options": {"max_images": 3.0}}
+    request = GenerationRequest.model_validate(body(metadata=meta))
+    assert request.to_upstream()["metadata"] == {"sequential_image_generation_options": {"max_images": 3}}
+
+
+@pytest.mark.parametrize("max_images", [0, 16, "3", 3.5, True])
 def test_max_images_out_of_range_or_not_integer_is_rejected(max_images: Any) -> None:
     error = rejected(body(metadata={"sequential_image_generation_options": {"max_images": max_images}}))
     assert error.param == "metadata.sequential_image_generation_options.max_images"
@@ -281,9 +295,12 @@ def test_optimize_prompt_options_unknown_mode_is_rejected(given: Any) -> None:
     assert error.param.startswith("metadata.optimize_prompt_options")
 
 
-def test_n_above_one_sets_sequential_generation_auto() -> None:
+def test_n_above_one_sets_sequential_generation_auto_capped_at_n() -> None:
     upstream = GenerationRequest.model_validate(body(n=3)).to_upstream()
-    assert upstream["metadata"] == {"sequential_image_generation": "auto"}
+    assert upstream["metadata"] == {
+        "sequential_image_generation": "auto",
+        "sequential_image_generation_options": {"max_images": 3},
+    }
 
 
 def test_n_above_one_keeps_an_explicit_sequential_value() -> None:
@@ -330,6 +347,7 @@ def test_to_upstream_writes_the_documented_reading() -> None:
             "optimize_prompt_options": {"mode": "fast"},
             "watermark": False,
             "sequential_image_generation": "auto",
+            "sequential_image_generation_options": {"max_images": 2},
         },
         "client_business_id": "order_1",
     }
@@ -399,3 +417,189 @@ async def post_to_app(**kwargs: Any) -> httpx.Response:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as client:
         return await client.post("/v1/images/generations", **kwargs)
+
+
+# --- text that cannot be stored: C0 control characters and lone surrogates ------------------------------------
+# PostgreSQL refuses NUL in a text parameter (500 before this rule) where SQLite stored it: both now refuse it, and
+# every other C0 control character and lone surrogate, with a 400 naming the field.
+
+CONTROL_CHARACTERS = ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f"]
+LONE_SURROGATES = ["\ud800", "\udfff"]
+
+
+@pytest.mark.parametrize("char", [*CONTROL_CHARACTERS, "\t", "\n", "\r", *LONE_SURROGATES])
+def test_client_business_id_refuses_control_characters_and_lone_surrogates(char: str) -> None:
+    error = rejected(body(client_business_id=f"order{char}7"))
+    assert error.param == "client_business_id"
+    assert "client_business_id" in error.message
+
+
+@pytest.mark.parametrize("char", [*CONTROL_CHARACTERS, *LONE_SURROGATES])
+def test_prompt_refuses_control_characters_and_lone_surrogates(char: str) -> None:
+    assert rejected(body(prompt=f"a fox{char}at dawn")).param == "prompt"
+
+
+def test_prompt_keeps_tabs_and_line_breaks() -> None:
+    prompt = "a fox\tat dawn\r\nwatercolor\n"
+    assert GenerationRequest.model_validate(body(prompt=prompt)).to_upstream()["prompt"] == prompt
+
+
+@pytest.mark.parametrize("char", [*CONTROL_CHARACTERS, "\n", *LONE_SURROGATES])
+def test_model_refuses_control_characters_without_echoing_them(char: str) -> None:
+    error = rejected(body(model=f"doubao-seedream-4-0{char}"))
+    assert error.param == "model"
+    assert char not in error.message
+    error.message.encode()  # printable: no lone surrogate reaches the answer
+
+
+@pytest.mark.parametrize("char", [*CONTROL_CHARACTERS, "\t", "\n", *LONE_SURROGATES])
+def test_image_urls_and_callback_url_refuse_control_characters(char: str) -> None:
+    assert rejected(body(image_urls=[URL, f"https://img.example/a{char}.png"])).param == "image_urls"
+    assert rejected(body(callback_url=f"https://hooks.example/{char}")).param == "callback_url"
+
+
+@pytest.mark.parametrize("text", ["commande-été-42", "注文_7", "😀", "x" * 255, "", "a b"])
+def test_printable_client_business_ids_are_kept(text: str) -> None:
+    request = GenerationRequest.model_validate(body(client_business_id=text))
+    assert request.to_upstream()["client_business_id"] == text
+
+
+def test_absent_readings_null_and_empty_containers_are_accepted() -> None:
+    request = GenerationRequest.model_validate(
+        body(metadata=None, resolution=None, callback_url=None, image_urls=[], client_business_id="")
+    )
+    assert request.to_upstream() == {
+        "model": "doubao-seedream-4-0",
+        "prompt": "a lighthouse at dawn",
+        "size": "1:1",
+        "n": 1,
+        "client_business_id": "",
+    }
+
+
+@pytest.mark.parametrize("url", ["", "   ", "https://", "https:///path", "mailto:a@b.c", "hooks.example/x"])
+def test_callback_url_that_is_no_http_url_is_refused(url: str) -> None:
+    assert rejected(body(callback_url=url)).param == "callback_url"
+
+
+# --- the OpenAPI document states the same rules the validators apply -----------------------------------------
+
+TRICKY_TEXT = [
+    "",
+    " ",
+    "\t\n",
+    "\u3000",
+    "\x85",
+    "\x1c",
+    "\ufeff",
+    "a",
+    "a\n",
+    "\na",
+    "a\x00",
+    "a\x7f",
+    "é",
+    "https://a",
+    "HTTPS://A",
+    "hTtP://x/y z",
+    "https://",
+    "https:///",
+    "https://?q",
+    "https://#f",
+    "https://a\n",
+    "http\u017f://a",  # LATIN SMALL LETTER LONG S: "s" only to a case-insensitive regex
+    "ftp://a",
+    " https://a",
+    "http://\u3000",
+]
+
+
+def _schema_validator() -> Any:
+    jsonschema_rs = pytest.importorskip("jsonschema_rs")
+    return jsonschema_rs.Draft202012Validator(GenerationRequest.model_json_schema())
+
+
+def _accepted(payload: dict[str, Any]) -> bool:
+    try:
+        GenerationRequest.model_validate(payload)
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("text", TRICKY_TEXT)
+@pytest.mark.parametrize("field", ["prompt", "client_business_id", "callback_url", "image_urls", "model"])
+def test_schema_and_validators_agree_on_text(field: str, text: str) -> None:
+    payload = body(**{field: [text] if field == "image_urls" else text})
+    assert _schema_validator().is_valid(payload) == _accepted(payload), payload
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"size": "auto"},
+        {"size": "auto", "image_urls": []},
+        {"size": "auto", "image_urls": None},
+        {"size": "auto", "image_urls": urls(1)},
+        {"n": 5, "image_urls": urls(10)},
+        {"n": 6, "image_urls": urls(10)},
+        {"n": 15, "image_urls": urls(1)},
+        {"n": 14, "image_urls": urls(1)},
+        {"n": 15, "image_urls": []},
+        {"n": 15.0, "image_urls": urls(1)},
+        {"n": 2.0},
+        {"n": 1, "image_urls": urls(11)},
+        {"n": 8, "image_urls": urls(8)},
+        {"n": 7, "image_urls": urls(8)},
+    ],
+)
+def test_schema_and_validators_agree_on_cross_field_rules(fields: dict[str, Any]) -> None:
+    payload = body(**fields)
+    assert _schema_validator().is_valid(payload) == _accepted(payload), payload
+
+
+# --- the most images a request can produce (what a quota must reserve) ---------------------------------------
+
+
+def _max_output(n: int = 1, image_urls: int = 0, **meta: Any) -> int:
+    payload = body(n=n, image_urls=urls(image_urls) if image_urls else None, metadata=meta or None)
+    return GenerationRequest.model_validate(payload).max_output_images
+
+
+def test_max_output_images_is_n_without_sequential_generation() -> None:
+    assert _max_output(n=1) == 1
+    assert _max_output(n=4) == 4
+    assert _max_output(n=4, sequential_image_generation="disabled") == 4
+    assert (
+        _max_output(n=3, sequential_image_generation="disabled", sequential_image_generation_options={"max_images": 15})
+        == 3
+    )
+
+
+def test_max_output_images_counts_max_images_in_auto_mode_even_for_n_1() -> None:
+    auto = {"sequential_image_generation": "auto"}
+    assert _max_output(n=1, **auto, sequential_image_generation_options={"max_images": 15}) == 15
+    assert _max_output(n=1, **auto, sequential_image_generation_options={"max_images": 4}) == 4
+
+
+def test_max_output_images_in_auto_mode_defaults_to_15() -> None:
+    assert _max_output(n=1, sequential_image_generation="auto") == 15
+    assert _max_output(n=2, sequential_image_generation="auto", sequential_image_generation_options={}) == 15
+
+
+def test_max_output_images_is_never_below_n() -> None:
+    auto = {"sequential_image_generation": "auto"}
+    assert _max_output(n=6, **auto, sequential_image_generation_options={"max_images": 2}) == 6
+    assert _max_output(n=5, image_urls=10, **auto) == 5
+
+
+def test_max_output_images_leaves_room_for_the_reference_images() -> None:
+    auto = {"sequential_image_generation": "auto"}
+    assert _max_output(n=1, image_urls=3, **auto) == 12
+    assert _max_output(n=1, image_urls=10, **auto, sequential_image_generation_options={"max_images": 15}) == 5
+    assert _max_output(n=2, image_urls=4, **auto, sequential_image_generation_options={"max_images": 9}) == 9
+
+
+def test_max_output_images_ignores_the_auto_the_gateway_adds_for_n_above_1() -> None:
+    request = GenerationRequest.model_validate(body(n=3))
+    assert request.to_upstream()["metadata"]["sequential_image_generation_options"] == {"max_images": 3}
+    assert request.max_output_images == 3
