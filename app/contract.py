@@ -8,6 +8,7 @@ what it emits (`GenerationRequest.to_upstream()` writes the documented reading o
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -30,23 +31,42 @@ MAX_IMAGE_URLS = 10
 
 Size = Literal["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9", "9:21", "auto"]
 Resolution = Literal["1K", "2K", "4K"]
-TaskStatus = Literal["queued", "in_progress", "completed", "failed"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed"})
+
+
+class TaskStatus(StrEnum):
+    """Every status of a task, in one place: the contract's four, and the ledger's own `submitting`."""
+
+    SUBMITTING = "submitting"  # ledger only: the create call has not been answered yet; shown as `queued`
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def public(self) -> TaskStatus:
+        """The status a caller sees."""
+        return TaskStatus.QUEUED if self is TaskStatus.SUBMITTING else self
+
+
+# The statuses the contract documents (what callers see and the upstream's answers are read as).
+PublicTaskStatus = Literal[TaskStatus.QUEUED, TaskStatus.IN_PROGRESS, TaskStatus.COMPLETED, TaskStatus.FAILED]
+TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED})
+OPEN_STATUSES: frozenset[TaskStatus] = frozenset(set(TaskStatus) - TERMINAL_STATUSES)
 
 # Every status value the upstream has been seen to send, mapped onto the four the contract documents.
-UPSTREAM_STATUS_MAP: dict[str, TaskStatus] = {
-    "pending": "queued",
-    "submitted": "queued",
-    "queued": "queued",
-    "in_progress": "in_progress",
-    "processing": "in_progress",
-    "running": "in_progress",
-    "completed": "completed",
-    "succeeded": "completed",
-    "success": "completed",
-    "failed": "failed",
-    "failure": "failed",
-    "error": "failed",
+UPSTREAM_STATUS_MAP: dict[str, PublicTaskStatus] = {
+    "pending": TaskStatus.QUEUED,
+    "submitted": TaskStatus.QUEUED,
+    "queued": TaskStatus.QUEUED,
+    "in_progress": TaskStatus.IN_PROGRESS,
+    "processing": TaskStatus.IN_PROGRESS,
+    "running": TaskStatus.IN_PROGRESS,
+    "completed": TaskStatus.COMPLETED,
+    "succeeded": TaskStatus.COMPLETED,
+    "success": TaskStatus.COMPLETED,
+    "failed": TaskStatus.FAILED,
+    "failure": TaskStatus.FAILED,
+    "error": TaskStatus.FAILED,
 }
 
 
@@ -348,7 +368,7 @@ class TaskObject(BaseModel):
     id: str
     object: Literal["generation.task"] = "generation.task"
     model: str
-    status: TaskStatus
+    status: PublicTaskStatus
     progress: int = Field(ge=0, le=100)
     created_at: int
     completed_at: int | None = None

@@ -598,12 +598,12 @@ async def run_micro(database_url: str, redis_url: str | None, iterations: int) -
     from sqlalchemy import event
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from app.contract import GenerationRequest
+    from app.contract import GenerationRequest, TaskStatus
     from app.core.clock import utcnow
     from app.core.db.engine import create_engine, create_session_factory
     from app.core.ids import new_id
     from app.core.security import KeyMaterial
-    from app.models.task import SUBMITTING, Task
+    from app.models.task import Task
     from app.quotas import service as quotas
     from app.quotas.rate_limits import WINDOW_S, RedisWindowStore, SqlWindowStore
     from app.tasks import repository as task_repo
@@ -644,7 +644,7 @@ async def run_micro(database_url: str, redis_url: str | None, iterations: int) -
             model=body["model"],
             request=body,
             n=1,
-            status=SUBMITTING,
+            status=TaskStatus.SUBMITTING,
             progress=0,
             client_business_id=None,
             created_at=now,

@@ -10,10 +10,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db.base import Base, UTCDateTime
 
-# Internal status of a task whose create call has not been answered yet; shown to callers as "queued".
-SUBMITTING = "submitting"
-OPEN_STATUSES = (SUBMITTING, "queued", "in_progress")
-
 
 class Task(Base):
     __tablename__ = "tasks"
@@ -32,7 +28,7 @@ class Task(Base):
     model: Mapped[str] = mapped_column(String(64))
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     n: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # a contract.TaskStatus value
     progress: Mapped[int] = mapped_column(Integer, default=0)
     result_urls: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)

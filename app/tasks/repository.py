@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models.task import OPEN_STATUSES, SUBMITTING, Task
+from app.contract import OPEN_STATUSES, TaskStatus
+from app.models.task import Task
 
 
 async def insert(session: AsyncSession, task: Task) -> None:
@@ -75,7 +76,7 @@ async def interrupted_submit_ids(session: AsyncSession, created_before: dt.datet
     """Tasks still waiting for the upstream's answer to their create call long after any call could last."""
     stmt = (
         select(Task.id)
-        .where(Task.status == SUBMITTING, Task.upstream_task_id.is_(None), Task.created_at < created_before)
+        .where(Task.status == TaskStatus.SUBMITTING, Task.upstream_task_id.is_(None), Task.created_at < created_before)
         .order_by(Task.created_at)
         .limit(limit)
     )

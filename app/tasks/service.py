@@ -10,12 +10,20 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.contract import TERMINAL_STATUSES, GenerationRequest, ImageRef, TaskError, TaskObject, TaskResult
+from app.contract import (
+    TERMINAL_STATUSES,
+    GenerationRequest,
+    ImageRef,
+    TaskError,
+    TaskObject,
+    TaskResult,
+    TaskStatus,
+)
 from app.core.clock import Clock, from_unix, to_unix
 from app.core.errors import GatewayError, NotFound, UpstreamRejected
 from app.core.ids import new_id
 from app.models import Tenant
-from app.models.task import SUBMITTING, Task
+from app.models.task import Task
 from app.quotas import service as quotas
 from app.tasks import repository as repo
 from app.tasks.singleflight import SingleFlight
@@ -59,7 +67,7 @@ class TaskService:
             model=request.model,
             request=body,
             n=request.n,
-            status=SUBMITTING,
+            status=TaskStatus.SUBMITTING,
             progress=0,
             client_business_id=request.client_business_id,
             created_at=now,
@@ -127,7 +135,7 @@ class TaskService:
             await self._record(
                 task_id,
                 {
-                    "status": "failed",
+                    "status": TaskStatus.FAILED,
                     "progress": 0,
                     "error_code": "submit_interrupted",
                     "error_message": "The gateway stopped before the upstream answered; nothing was charged.",
@@ -174,14 +182,16 @@ class TaskService:
             if stored is None:  # already terminal: another caller or replica recorded the end first
                 stored = await repo.get(session, task_id)
             elif stored.status in TERMINAL_STATUSES:
-                await quotas.settle(session, task_id, produced if stored.status == "completed" else 0, self._clock())
+                await quotas.settle(
+                    session, task_id, produced if stored.status == TaskStatus.COMPLETED else 0, self._clock()
+                )
         assert stored is not None
         return stored
 
     async def _mark_refused(self, task_id: str, error: GatewayError) -> None:
         """The upstream refused or never answered: the task is failed, with the reason kept in the ledger."""
         values: dict[str, Any] = {
-            "status": "failed",
+            "status": TaskStatus.FAILED,
             "progress": 0,
             "error_code": _text(str(error.code))[:64],
             "error_message": _text(error.message),
@@ -200,14 +210,14 @@ def _text(value: str) -> str:
 
 def _values_from_upstream(upstream: UpstreamTask, now: dt.datetime) -> dict[str, Any]:
     values: dict[str, Any] = {"status": upstream.status, "progress": upstream.progress, "updated_at": now}
-    if upstream.status == "completed":
+    if upstream.status == TaskStatus.COMPLETED:
         completed = from_unix(upstream.completed_at) or now
         values.update(
             result_urls=upstream.urls,
             completed_at=completed,
             expires_at=from_unix(upstream.expires_at) or completed + RESULT_TTL,
         )
-    elif upstream.status == "failed":
+    elif upstream.status == TaskStatus.FAILED:
         values.update(
             error_code=_text(upstream.error_code or "generation_failed")[:64],
             error_message=_text(upstream.error_message or "Generation failed"),
@@ -218,23 +228,23 @@ def _values_from_upstream(upstream: UpstreamTask, now: dt.datetime) -> dict[str,
 
 def to_task_object(task: Task, *, created: bool = False) -> TaskObject:
     """The contract's task object for a ledger row."""
-    status = "queued" if task.status == SUBMITTING else task.status
+    status = TaskStatus(task.status).public
     obj = TaskObject(
         id=task.id,
         model=task.model,
         status=status,
-        progress=100 if status == "completed" else task.progress,
+        progress=100 if status == TaskStatus.COMPLETED else task.progress,
         created_at=to_unix(task.created_at) or 0,
         client_business_id=task.client_business_id,
         metadata={} if created else None,
     )
-    if status == "completed":
+    if status == TaskStatus.COMPLETED:
         urls = task.result_urls or []
         obj.completed_at = to_unix(task.completed_at)
         obj.expires_at = to_unix(task.expires_at)
         obj.result = TaskResult(data=[ImageRef(url=u) for u in urls])
         obj.url = urls[0] if urls else None
-    elif status == "failed":
+    elif status == TaskStatus.FAILED:
         obj.progress = 0
         obj.completed_at = to_unix(task.completed_at)
         obj.error = TaskError(code=task.error_code or "generation_failed", message=task.error_message or "")

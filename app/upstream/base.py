@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.contract import TaskStatus
+from app.contract import PublicTaskStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,7 +13,7 @@ class UpstreamTask:
     """A task as the upstream reported it, normalised to the contract's vocabulary."""
 
     id: str
-    status: TaskStatus
+    status: PublicTaskStatus
     progress: int
     urls: list[str] = field(default_factory=list)
     error_code: str | None = None

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from app.contract import UPSTREAM_STATUS_MAP, TaskStatus
+from app.contract import UPSTREAM_STATUS_MAP, PublicTaskStatus, TaskStatus
 from app.core.errors import UpstreamCredentialsRefused, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from app.upstream.base import UploadedFile, UploadRefused, UpstreamTask
 
@@ -50,7 +50,7 @@ def parse_task(payload: dict[str, Any]) -> UpstreamTask:
     if not isinstance(task_id, str) or not task_id or "\x00" in task_id or len(task_id) > 128:
         raise UpstreamUnavailable("Upstream answered without a usable task id")
     raw_status = str(payload.get("status") or "queued").lower()
-    status: TaskStatus = UPSTREAM_STATUS_MAP.get(raw_status, "in_progress")
+    status: PublicTaskStatus = UPSTREAM_STATUS_MAP.get(raw_status, TaskStatus.IN_PROGRESS)
     urls = _result_urls(payload)
     progress = _progress(payload.get("progress"), status)
     error = payload.get("error") if isinstance(payload.get("error"), dict) else None
@@ -82,8 +82,8 @@ def _result_urls(payload: dict[str, Any]) -> list[str]:
     return [url] if isinstance(url, str) and url else []
 
 
-def _progress(value: Any, status: TaskStatus) -> int:
-    if status == "completed":
+def _progress(value: Any, status: PublicTaskStatus) -> int:
+    if status == TaskStatus.COMPLETED:
         return 100
     if isinstance(value, str):
         value = value.rstrip("%").strip()

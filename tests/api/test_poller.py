@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from app.contract import TaskStatus
 from app.core.ids import new_id
 from app.models import Task
-from app.models.task import SUBMITTING
 from app.quotas import service as quotas
 from app.tasks import repository as tasks_repo
 from app.tasks.worker import TaskPoller
@@ -58,7 +58,7 @@ async def _interrupted_submit(gw: Harness, key: str) -> str:
             model="doubao-seedream-4-0",
             request={},
             n=3,
-            status=SUBMITTING,
+            status=TaskStatus.SUBMITTING,
             progress=0,
             created_at=now,
             updated_at=now,
