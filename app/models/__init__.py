@@ -1,8 +1,20 @@
 """ORM tables; importing this package registers every table on Base.metadata."""
 
+from app.models.audit import AuditEvent
+from app.models.invalidation import InvalidationEvent
 from app.models.quota import QuotaCounter, QuotaEntry, RateWindow
 from app.models.task import Task
 from app.models.tenant import Tenant, TenantKey
 from app.models.upstream_key import UpstreamKey
 
-__all__ = ["QuotaCounter", "QuotaEntry", "RateWindow", "Task", "Tenant", "TenantKey", "UpstreamKey"]
+__all__ = [
+    "AuditEvent",
+    "InvalidationEvent",
+    "QuotaCounter",
+    "QuotaEntry",
+    "RateWindow",
+    "Task",
+    "Tenant",
+    "TenantKey",
+    "UpstreamKey",
+]

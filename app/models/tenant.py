@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Index, Integer, String
+from sqlalchemy import ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db.base import Base, UTCDateTime
@@ -30,10 +30,18 @@ class TenantKey(Base):
     __tablename__ = "tenant_keys"
     __table_args__ = (Index("ix_tenant_keys_tenant_id", "tenant_id"),)
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the key's public id, shown in listings
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Which GATEWAY_SECRET_KEY keyed the hash (security.KeyMaterial.key_id): previous secrets still verify, and a
+    # key is re-keyed with the current secret the next time it is used.
+    hash_key_id: Mapped[str] = mapped_column(String(16), default="", server_default=text("''"))
     prefix: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200), default="", server_default=text("''"))
+    scopes: Mapped[str] = mapped_column(String(64), default="submit,read", server_default=text("'submit,read'"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # The key this one replaced by a rotation (that key then expires at the end of its grace period).
+    rotated_from_id: Mapped[str | None] = mapped_column(String(40), default=None)

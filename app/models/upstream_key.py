@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import String, Text
+from sqlalchemy import Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db.base import Base, UTCDateTime
@@ -17,5 +17,16 @@ class UpstreamKey(Base):
     name: Mapped[str] = mapped_column(String(200))
     fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
     secret_encrypted: Mapped[str] = mapped_column(Text)
+    # Which GATEWAY_SECRET_KEY encrypted it (security.KeyMaterial.key_id), for re-encryption after a rotation.
+    enc_key_id: Mapped[str] = mapped_column(String(16), default="", server_default=text("''"))
+    # active | cooling | disabled | draining | retired, shared by every replica.
     status: Mapped[str] = mapped_column(String(16), default="active")
+    weight: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    max_in_flight: Mapped[int | None] = mapped_column(Integer, default=None)  # None = no cap
+    in_flight: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    cooling_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    consecutive_errors: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    status_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    last_probe_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
