@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     )
     admin_token: SecretStr = SecretStr("")
     secret_key: SecretStr = SecretStr("")
+    previous_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated former GATEWAY_SECRET_KEYs, still accepted after a rotation.",
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
@@ -63,7 +67,7 @@ class Settings(BaseSettings):
     default_submit_rpm: DefaultLimit = Field(None, description="Submits per minute for new tenants.")
     default_query_rpm: DefaultLimit = Field(None, description="Status queries per minute for new tenants.")
 
-    @field_validator("upstream_keys", mode="before")
+    @field_validator("upstream_keys", "previous_secret_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

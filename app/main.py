@@ -9,6 +9,7 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+from app.audit import router as audit
 from app.config import Settings
 from app.contract import ErrorEnvelope
 from app.core.body_limit import BodySizeLimit
@@ -17,6 +18,7 @@ from app.core.db.migrate import DatabaseNotMigrated, is_at_head
 from app.core.error_handlers import install_error_handlers
 from app.core.openapi import install_openapi
 from app.health import router as health
+from app.invalidation import Invalidator
 from app.quotas import admin_router as admin_quota
 from app.quotas import router as usage
 from app.quotas.feature import build_quotas
@@ -27,6 +29,7 @@ from app.tenants import admin_router as admin_tenants
 from app.tenants.service import TenantService
 from app.uploads import router as uploads
 from app.uploads.service import UploadService
+from app.upstream import admin_router as admin_upstream
 from app.upstream.base import UpstreamAdapter
 from app.upstream.feature import SANDBOX_MOUNT, build_upstream, load_pool
 
@@ -56,6 +59,8 @@ def create_app(
         async with AsyncExitStack() as stack:
             kernel = build_kernel(settings, clock=clock)
             stack.push_async_callback(kernel.aclose)
+            invalidator = Invalidator(kernel.sessions, kernel.clock)
+            app.state.invalidator = invalidator
             try:
                 upstream = await build_upstream(kernel, adapter=adapter, transport=upstream_transport)
             except (OperationalError, ProgrammingError) as e:
@@ -71,6 +76,8 @@ def create_app(
             app.state.rate_limits = quotas.rate_limits
             app.state.tasks = tasks.service
             app.state.uploads = UploadService(upstream.adapter, upstream.pool)
+            invalidator.start()
+            stack.push_async_callback(invalidator.stop)
             tasks.start()
             stack.push_async_callback(tasks.stop)
             yield
@@ -92,7 +99,7 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         max_concurrent_uploads=settings.max_concurrent_uploads,
     )
-    for router in (generations, uploads, usage, health, admin_tenants, admin_quota):
+    for router in (generations, uploads, usage, health, admin_tenants, admin_quota, admin_upstream, audit):
         app.include_router(router.router)
     if settings.zero_config:
         from app.sandbox.app import create_sandbox_app

@@ -31,7 +31,9 @@ class Kernel:
 
 def build_kernel(settings: Settings, *, clock: Clock = utcnow, pool_size: int | None = None) -> Kernel:
     """The kernel of a server process (pool_size from the settings) or of a one-shot command (pool_size=1)."""
-    keys = KeyMaterial(settings.secrets.secret_key)  # a missing secret fails before anything is created on disk
+    # A missing secret fails before anything is created on disk.
+    previous = [k.get_secret_value() for k in settings.previous_secret_keys]
+    keys = KeyMaterial(settings.secrets.secret_key, previous)
     engine = create_engine(settings.effective_database_url, pool_size=pool_size or settings.db_pool_size)
     return Kernel(settings=settings, engine=engine, sessions=create_session_factory(engine), keys=keys, clock=clock)
 

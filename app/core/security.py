@@ -6,8 +6,9 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -15,26 +16,65 @@ TENANT_KEY_PREFIX = "sk-gw-"
 
 
 class KeyMaterial:
-    """Derives separate keys for hashing and encryption from GATEWAY_SECRET_KEY."""
+    """Derives separate keys for hashing and encryption from GATEWAY_SECRET_KEY.
 
-    def __init__(self, secret_key: str) -> None:
-        self._hash_key = _derive(secret_key, b"seedream-gateway tenant-key-hash")
-        self._fernet = Fernet(base64.urlsafe_b64encode(_derive(secret_key, b"seedream-gateway upstream-key-enc")))
+    Previous secret keys (GATEWAY_PREVIOUS_SECRET_KEYS) still verify tenant keys and decrypt upstream keys, so the
+    secret can be rotated without invalidating anything: new hashes and ciphertexts use the current secret, and
+    each stored value records the id of the secret that made it (`key_id`) so it can be re-keyed.
+    """
+
+    def __init__(self, secret_key: str, previous: Sequence[str] = ()) -> None:
+        secrets_in_order = [secret_key, *[p for p in previous if p and p != secret_key]]
+        self._hash_keys = [(_key_id(s), _derive(s, b"seedream-gateway tenant-key-hash")) for s in secrets_in_order]
+        self._fernets = [
+            Fernet(base64.urlsafe_b64encode(_derive(s, b"seedream-gateway upstream-key-enc"))) for s in secrets_in_order
+        ]
+        self._multi = MultiFernet(self._fernets)
+        self._fernet_ids = [_key_id(s) for s in secrets_in_order]
+        self.key_id = self._hash_keys[0][0]
 
     def hash_tenant_key(self, key: str) -> str:
-        return hmac.new(self._hash_key, key.encode(), hashlib.sha256).hexdigest()
+        """The key's hash under the current secret."""
+        return _hmac(self._hash_keys[0][1], key.encode())
+
+    def tenant_key_hashes(self, key: str) -> list[tuple[str, str]]:
+        """(secret id, hash) under every known secret, the current one first: a stored hash may be any of them."""
+        return [(key_id, _hmac(hash_key, key.encode())) for key_id, hash_key in self._hash_keys]
 
     def fingerprint(self, upstream_key: str) -> str:
-        return hmac.new(self._hash_key, b"upstream:" + upstream_key.encode(), hashlib.sha256).hexdigest()
+        """An upstream key's fingerprint under the current secret (to find it again without decrypting)."""
+        return _hmac(self._hash_keys[0][1], b"upstream:" + upstream_key.encode())
+
+    def fingerprints(self, upstream_key: str) -> list[str]:
+        """Its fingerprint under every known secret, the current one first."""
+        return [_hmac(hash_key, b"upstream:" + upstream_key.encode()) for _, hash_key in self._hash_keys]
 
     def encrypt(self, plaintext: str) -> str:
-        return self._fernet.encrypt(plaintext.encode()).decode()
+        """Encrypted with the current secret."""
+        return self._fernets[0].encrypt(plaintext.encode()).decode()
 
     def decrypt(self, token: str) -> str:
+        """Decrypted with whichever known secret encrypted it."""
         try:
-            return self._fernet.decrypt(token.encode()).decode()
+            return self._multi.decrypt(token.encode()).decode()
         except InvalidToken as e:
             raise ValueError("cannot decrypt: was GATEWAY_SECRET_KEY changed?") from e
+
+    def reencrypt(self, token: str) -> str:
+        """The same plaintext encrypted with the current secret (MultiFernet.rotate)."""
+        try:
+            return self._multi.rotate(token.encode()).decode()
+        except InvalidToken as e:
+            raise ValueError("cannot decrypt: was GATEWAY_SECRET_KEY changed?") from e
+
+
+def _key_id(secret_key: str) -> str:
+    """A short public id of a secret (not reversible; tells which secret made a stored value)."""
+    return hashlib.sha256(b"seedream-gateway key-id:" + secret_key.encode()).hexdigest()[:12]
+
+
+def _hmac(key: bytes, message: bytes) -> str:
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 def _derive(secret_key: str, info: bytes) -> bytes:

@@ -1,0 +1,12 @@
+"""Ops API for the upstream key pool (/admin/v1/upstream-keys)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.contract import ErrorEnvelope
+from app.deps import AdminDep
+
+router = APIRouter(
+    prefix="/admin/v1", tags=["admin"], dependencies=[AdminDep], responses={401: {"model": ErrorEnvelope}}
+)
