@@ -15,7 +15,7 @@ busy CI machine makes neither flaky). About 30 s for the file on one core.
 
 Two notes on schemathesis 4.32 under pytest 9: its lazy `schemathesis.pytest.from_fixture` loader fails
 (`Function._nodeid`), hence a schema read at import and the app handed to each call; and its plugin cannot report
-a strict xfail that passes (INTERNALERROR), hence PENDING_FIXES below instead of xfail marks.
+a strict xfail that passes (INTERNALERROR), so a finding is fixed rather than marked.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from schemathesis.core.mutations import OperatorKind
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.python import asgi as schemathesis_asgi
 from schemathesis.specs.openapi.checks import (
-    allow_header_conformance,
     negative_data_rejection,
 )
 
@@ -55,17 +54,6 @@ from tests.fixtures import gateway as harness
 # Longer runs: GATEWAY_FUZZ_MAX_EXAMPLES=500 GATEWAY_FUZZ_SEED=<n> .venv/bin/pytest tests/test_api_fuzz.py -n 0
 MAX_EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_MAX_EXAMPLES", "50"))
 SEED = os.environ.get("GATEWAY_FUZZ_SEED")
-
-# Findings whose fix lives outside the files of the change that added this test: the check each one fails is left
-# out for that operation only, and test_pending_fixes_are_still_pending fails as soon as the fix lands, so the
-# entry goes with it. Empty is the goal.
-_ALLOW_FIX = "app/core/error_handlers.py: a 405's `Allow` lists every route's methods for the path, not the first's"
-PENDING_FIXES: dict[str, list[tuple[Any, str]]] = {
-    "GET /admin/v1/tenants/{tenant_id}/limits": [(allow_header_conformance, _ALLOW_FIX)],
-    "PUT /admin/v1/tenants/{tenant_id}/limits": [
-        (allow_header_conformance, _ALLOW_FIX),
-    ],
-}
 
 
 def _document() -> dict[str, Any]:
@@ -168,9 +156,7 @@ def _one_text_part(value: object) -> bool:
 @settings(suppress_health_check=list(HealthCheck), deadline=None, database=None)
 def test_the_gateway_answers_as_its_openapi_document_says(case: Any, gateway: FastAPI) -> None:
     case.operation.schema.app = gateway  # the probes some checks send (auth, methods) go to the same app
-    excluded = [check for check, _ in PENDING_FIXES.get(case.operation.label, [])]
-    if _type_change_lost_in_a_form(case):
-        excluded.append(negative_data_rejection)
+    excluded = [negative_data_rejection] if _type_change_lost_in_a_form(case) else []
     case.call_and_validate(app=gateway, excluded_checks=excluded)
 
 
@@ -197,11 +183,3 @@ def test_workflows_create_then_read_a_task(gateway: FastAPI) -> None:
         )
     finally:
         schema.app = None
-
-
-async def test_pending_fixes_are_still_pending(gw: harness.Harness) -> None:
-    """Fails once a fix named in PENDING_FIXES lands: then delete its entries there (and this test with the last)."""
-    limits = "/admin/v1/tenants/ten_x/limits"
-    admin = {"Authorization": f"Bearer {harness.ADMIN_TOKEN}"}
-    options = await gw.client.options(limits, headers=admin)
-    assert options.headers.get("allow") == "GET", f"fixed, remove its PENDING_FIXES entries: {_ALLOW_FIX}"

@@ -9,6 +9,7 @@ import typer
 
 from app.cli.common import HostOpt, PortOpt, fail, run_with_kernel, settings_with, setup_logging
 from app.config import Settings
+from app.core.db.errors import describe, is_database_unavailable
 from app.core.errors import SettingsError
 from app.core.files import write_private
 from app.core.net import local_host_for
@@ -38,7 +39,12 @@ def serve(host: HostOpt = None, port: PortOpt = None) -> None:
         if settings.should_auto_migrate:
             upgrade(settings.effective_database_url)
         # Checked here: raised inside the lifespan, uvicorn would print a traceback and exit 3.
-        asyncio.run(preflight(settings))
+        try:
+            asyncio.run(preflight(settings))
+        except Exception as e:
+            if not is_database_unavailable(e):
+                raise
+            fail(f"database unavailable: {describe(e)}")
         app = create_app(settings)
     except SettingsError as e:
         fail(str(e))

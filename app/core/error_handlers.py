@@ -1,4 +1,10 @@
-"""Render every error the gateway produces in the upstream's envelope, 422 validation included."""
+"""Render every error the gateway produces in the upstream's envelope, 422 validation included.
+
+A database outage is a 503 `database_unavailable` with `Retry-After`, reported to the database's outage tracker
+(one WARNING when it starts, one INFO when it ends) instead of a traceback per request. Database and OS errors are
+handled inside the app (the handler below is registered for their classes), so they are never re-raised to the
+server's own error log; other unexpected errors keep one traceback, redacted of the values PostgreSQL echoes.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.contract import ContractError
+from app.core import outage
 from app.core.body_limit import UPLOAD_PATH
+from app.core.db.errors import DatabaseUnavailable, describe, is_database_unavailable, redacted_traceback
 from app.core.errors import GatewayError, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -54,6 +64,16 @@ def validation_to_error(exc: RequestValidationError) -> InvalidRequest:
     return InvalidRequest(f"Invalid '{field}': {message}" if field else message, param=field)
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method the app serves on the request's path, for the `Allow` header of a 405."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        served = getattr(route, "methods", None)
+        if served and route.matches(request.scope)[0] != Match.NONE:
+            methods |= served
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
@@ -70,7 +90,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(error)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
         message = exc.detail if isinstance(exc.detail, str) else "Request failed"
         error = GatewayError(
@@ -79,9 +99,30 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=exc.status_code,
             type_="invalid_request_error" if exc.status_code < 500 else "api_error",
         )
-        return JSONResponse(error.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # Starlette names only the first matching route's methods
+            headers["Allow"] = allowed_methods(request)
+        return JSONResponse(error.body(), status_code=exc.status_code, headers=headers or None)
+
+    async def _infrastructure_error(request: Request, exc: Exception) -> JSONResponse:
+        # Registered for these classes (not only via the catch-all below): handlers of specific classes run inside
+        # the app, while Starlette re-raises whatever reaches the catch-all to the server, which logs it again.
+        return _unexpected_error(request, exc)
+
+    app.add_exception_handler(SQLAlchemyError, _infrastructure_error)
+    app.add_exception_handler(OSError, _infrastructure_error)  # asyncpg's connect errors arrive unwrapped
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(GatewayError("Internal error"))
+        return _unexpected_error(request, exc)
+
+
+def _unexpected_error(request: Request, exc: BaseException) -> JSONResponse:
+    if is_database_unavailable(exc):
+        outage.tracker(outage.DATABASE).failed(describe(exc), source=f"{request.method} {request.url.path}")
+        response = error_response(DatabaseUnavailable())
+        for name, value in getattr(request.state, "rate_headers", {}).items():
+            response.headers.setdefault(name, value)
+        return response
+    log.error("unhandled error on %s %s\n%s", request.method, request.url.path, redacted_traceback(exc))
+    return error_response(GatewayError("Internal error"))

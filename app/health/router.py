@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.deps import KernelDep
+from app.quotas.deps import RateLimitsDep
 from app.upstream.deps import UpstreamDep
 
 router = APIRouter(tags=["health"])
@@ -18,7 +19,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="The database answers and an upstream key is loaded")
-async def readyz(kernel: KernelDep, upstream: UpstreamDep) -> JSONResponse:
+async def readyz(kernel: KernelDep, upstream: UpstreamDep, rate_limits: RateLimitsDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         async with kernel.sessions() as session:
@@ -28,6 +29,10 @@ async def readyz(kernel: KernelDep, upstream: UpstreamDep) -> JSONResponse:
         checks["database"] = f"error: {type(e).__name__}"
     checks["upstream_keys"] = "ok" if len(upstream.pool) else "none configured"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse(
-        {"status": "ok" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503
-    )
+    # Redis holds only the rate windows, which fail open without it: a replica is still ready (pulling every replica
+    # out of the load balancer because the shared Redis is away would turn unenforced rate limits into an outage).
+    redis = await rate_limits.health()  # None when the windows live in the database (its check above covers them)
+    if redis is not None:
+        checks["redis"] = redis  # "ok" or "degraded: <reason> (rate limits not enforced)"
+    status = "unavailable" if not ready else "ok" if redis in (None, "ok") else "degraded"
+    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)

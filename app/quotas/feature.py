@@ -25,7 +25,9 @@ class Quotas:
 def build_quotas(kernel: Kernel) -> Quotas:
     """Rate windows in Redis when GATEWAY_REDIS_URL is set, in the database otherwise."""
     url = kernel.settings.redis_url
-    redis_store = RedisWindowStore(redis.asyncio.from_url(url)) if url else None
+    # Bounded socket timeouts: a Redis that swallows packets must not hold requests (windows fail open instead).
+    client = redis.asyncio.from_url(url, socket_connect_timeout=2, socket_timeout=2) if url else None
+    redis_store = RedisWindowStore(client) if client is not None else None
     return Quotas(
         service=QuotaService(kernel.sessions, kernel.clock),
         rate_limits=RateLimitService(redis_store or SqlWindowStore(kernel.sessions), kernel.clock),

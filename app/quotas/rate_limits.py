@@ -2,17 +2,28 @@
 
 Windows live in the database by default (one conditional upsert per request, shared by every replica) or in Redis
 when GATEWAY_REDIS_URL is set (one atomic script call). Refused requests are not counted, as upstream.
+
+When Redis cannot be reached (or answers an error, or not within `timeout_s`), rate limits **fail open**: the
+request is let through without rate headers, one WARNING is logged when the outage starts and one INFO when it ends
+(app/core/outage.py). Meanwhile one request per `probe_interval_s` tries Redis again; the others do not wait for it.
+Quotas are not affected: they live in the database. `ping()` is what /readyz reports.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import redis.exceptions
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core import outage
 from app.core.clock import Clock
 from app.core.errors import RateLimited
 from app.quotas import repository as repo
@@ -38,14 +49,35 @@ class RateDecision:
         return headers
 
 
+class WindowStoreUnavailable(Exception):
+    """The store cannot count right now (Redis down): the request is let through."""
+
+
 class WindowStore(Protocol):
+    backend: str
+
     async def hit(self, tenant_id: str, kind: str, window_start: int, limit: int) -> int | None:
-        """Count one request unless the window holds `limit` already: the new count, or None when refused."""
+        """Count one request unless the window holds `limit` already: the new count, or None when refused.
+
+        Raises WindowStoreUnavailable when the store cannot be reached (the rate check then fails open)."""
+
+    async def ping(self) -> bool:
+        """Whether the store answers now."""
 
 
 class SqlWindowStore:
+    backend = "database"
+
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+
+    async def ping(self) -> bool:
+        try:
+            async with self._sessions() as session:
+                await session.execute(text("SELECT 1"))
+        except Exception:  # a health check reports, it does not raise
+            return False
+        return True
 
     async def hit(self, tenant_id: str, kind: str, window_start: int, limit: int) -> int | None:
         async with self._sessions.begin() as session:
@@ -64,18 +96,76 @@ return current
 """
 
 
+# Whatever Redis (or the way to it) can fail with: connection refused or lost, timeouts, a server loading its data
+# set, out of memory, a read-only replica after a failover.
+_REDIS_FAILURES = (redis.exceptions.RedisError, OSError, TimeoutError)
+
+
 class RedisWindowStore:
-    def __init__(self, client: Any) -> None:
+    backend = "redis"
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        timeout_s: float = 2.0,
+        probe_interval_s: float = 1.0,
+        tracker: outage.OutageTracker | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
         self._script = client.register_script(_REDIS_HIT)
+        self._timeout_s = timeout_s
+        self._probe_interval_s = probe_interval_s
+        self._tracker = tracker or outage.tracker(outage.REDIS)
+        self._monotonic = monotonic
+        self._next_probe = 0.0
+        self.last_error: str | None = None
 
     async def hit(self, tenant_id: str, kind: str, window_start: int, limit: int) -> int | None:
+        if self._tracker.is_down:  # one request per probe interval tries Redis; the others go on at once
+            now = self._monotonic()
+            if now < self._next_probe:
+                raise WindowStoreUnavailable(self._tracker.reason)
+            self._next_probe = now + self._probe_interval_s
         key = f"gw:rl:{tenant_id}:{kind}:{window_start}"
-        count = int(await self._script(keys=[key], args=[limit, 2 * WINDOW_S]))
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                count = int(await self._script(keys=[key], args=[limit, 2 * WINDOW_S]))
+        except _REDIS_FAILURES as e:
+            self._failed(e)
+            raise WindowStoreUnavailable(self.last_error) from e
+        self._succeeded()
         return None if count < 0 else count
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._client.ping()
+        except _REDIS_FAILURES as e:
+            self._failed(e)
+            return False
+        self._succeeded()
+        return True
+
+    def _failed(self, e: BaseException) -> None:
+        self.last_error = _describe(e)
+        self._next_probe = self._monotonic() + self._probe_interval_s
+        self._tracker.failed(self.last_error, source="the rate limits")
+
+    def _succeeded(self) -> None:
+        self.last_error = None
+        self._tracker.recovered()
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _describe(e: BaseException) -> str:
+    message = str(e).strip().splitlines()
+    if isinstance(e, TimeoutError) and not message:
+        return "TimeoutError: no answer in time"
+    return f"{type(e).__name__}: {message[0]}" if message else type(e).__name__
 
 
 class RateLimitService:
@@ -83,13 +173,37 @@ class RateLimitService:
         self._store = store
         self._clock = clock
 
+    @property
+    def backend(self) -> str:
+        """Where the windows live: "database" or "redis"."""
+        return self._store.backend
+
+    async def ping(self) -> bool:
+        """Whether the window store answers now (for /readyz)."""
+        return await self._store.ping()
+
+    async def health(self) -> str | None:
+        """What /readyz shows for the rate windows: None when they live in the database (its own check covers
+        them), else "ok" or "degraded: <reason> (rate limits not enforced)"."""
+        if self._store.backend == "database":
+            return None
+        if await self._store.ping():
+            return "ok"
+        reason = getattr(self._store, "last_error", None) or "no answer"
+        return f"degraded: {reason} (rate limits not enforced)"
+
     async def enforce(self, tenant_id: str, kind: str, limit: int | None) -> dict[str, str]:
-        """Count a request of `kind`; the rate headers to send, or RateLimited (429) when over the limit."""
+        """Count a request of `kind`; the rate headers to send, or RateLimited (429) when over the limit.
+
+        When the store is unavailable the request is let through, without rate headers (fail open)."""
         if limit is None:
             return {}
         now = self._clock()
         window_start = int(now.timestamp()) // WINDOW_S * WINDOW_S
-        count = await self._store.hit(tenant_id, kind, window_start, limit) if limit > 0 else None
+        try:
+            count = await self._store.hit(tenant_id, kind, window_start, limit) if limit > 0 else None
+        except WindowStoreUnavailable:
+            return {}
         decision = RateDecision(
             allowed=count is not None,
             limit=limit,

@@ -250,3 +250,19 @@ def test_tenants_create_without_secret_exits_2(monkeypatch: pytest.MonkeyPatch, 
     assert result.stderr.strip().startswith("seedream-gateway: GATEWAY_SECRET_KEY")
     assert len(result.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_sqlite_ledger_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """It holds key hashes and encrypted upstream keys: 0600, in a 0700 folder when the gateway creates it."""
+
+    from app.core.db.migrate import upgrade
+
+    data = tmp_path / "data"
+    upgrade(f"sqlite+aiosqlite:///{data / 'gateway.db'}")
+    assert stat.S_IMODE((data / "gateway.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for extra in data.glob("gateway.db-*"):  # WAL and shared-memory files, if any are left
+        assert stat.S_IMODE(extra.stat().st_mode) & 0o077 == 0, extra
+    (data / "gateway.db").chmod(0o644)  # a file made world-readable by an older version is tightened
+    upgrade(f"sqlite+aiosqlite:///{data / 'gateway.db'}")
+    assert stat.S_IMODE((data / "gateway.db").stat().st_mode) == 0o600

@@ -1,29 +1,90 @@
-"""Engine and session factory; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE writes."""
+"""Engine and session factory; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE writes.
+
+Every engine hides statement parameters in its errors (`hide_parameters=True`, plus the values PostgreSQL and asyncpg
+echo in their own messages: a failing statement's message, and so any traceback logged of it, never carries a prompt
+or a key hash), and reports to the database's outage tracker
+(app/core/outage.py) when a statement succeeds again after an outage, which ends it with one log line.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from app.core import outage
+from app.core.db.errors import redact_in_place
+from app.core.files import ensure_private_file
 
-def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
+# A connect attempt to an unreachable PostgreSQL (a network partition swallowing packets) fails after this long
+# instead of asyncpg's 60 s; a refused or reset connection fails at once anyway.
+PG_CONNECT_TIMEOUT_S = 10.0
+_STARTED_DURING_OUTAGE = "gw_started_during_outage"
+
+
+def create_engine(url: str, *, pool_size: int = 20, tracker: outage.OutageTracker | None = None) -> AsyncEngine:
     """Build the async engine for a PostgreSQL (asyncpg) or SQLite (aiosqlite) URL."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:":
-            from pathlib import Path
-
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+            # It holds key hashes and encrypted upstream keys: readable by its owner only (SQLite gives its -wal and
+            # -shm files the database file's permissions).
+            ensure_private_file(Path(database))
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         _configure_sqlite(engine)
-        return engine
-    # pool_size is the per-process connection cap: overflow connections would be closed on return and reopened on
-    # the next burst (measured: a fifth of the throughput lost to that churn at concurrency 32).
-    return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
+    else:
+        # pool_size is the per-process connection cap: overflow connections would be closed on return and reopened
+        # on the next burst (measured: a fifth of the throughput lost to that churn at concurrency 32). pool_pre_ping
+        # replaces the connections a database restart killed before they are handed out; a connection that dies in
+        # use invalidates the whole pool, so no stale connection outlives an outage.
+        engine = create_async_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_pre_ping=True,
+            hide_parameters=True,
+            connect_args={"timeout": PG_CONNECT_TIMEOUT_S},
+        )
+    _report_recovery(engine, tracker or outage.tracker(outage.DATABASE))
+    _redact_errors(engine)
+    return engine
+
+
+def _redact_errors(engine: AsyncEngine) -> None:
+    """hide_parameters drops SQLAlchemy's `[parameters: ...]`; this drops what the server and the driver echo of
+    them in their own messages (PostgreSQL's `DETAIL: Key (key_hash)=(...)`, asyncpg's rejected arguments)."""
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        if context.sqlalchemy_exception is not None:
+            redact_in_place(context.sqlalchemy_exception)
+        redact_in_place(context.original_exception)
+
+
+def _report_recovery(engine: AsyncEngine, tracker: outage.OutageTracker) -> None:
+    """End the tracker's outage when a statement *started after it began* succeeds.
+
+    A statement that was sent before the outage was noticed and answered just in time proves nothing, so the start
+    is stamped on the connection (only while an outage is on: nothing is done per statement otherwise).
+    """
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _before(conn: Any, _cursor: Any, _statement: Any, _params: Any, _context: Any, _many: Any) -> None:
+        if tracker.is_down:
+            conn.info[_STARTED_DURING_OUTAGE] = tracker.now()
+
+    @event.listens_for(engine.sync_engine, "after_cursor_execute")
+    def _after(conn: Any, _cursor: Any, _statement: Any, _params: Any, _context: Any, _many: Any) -> None:
+        if not tracker.is_down:
+            return
+        started = conn.info.pop(_STARTED_DURING_OUTAGE, None)
+        since = tracker.since
+        if started is not None and since is not None and started >= since:
+            tracker.recovered()
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
