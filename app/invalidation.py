@@ -22,6 +22,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.clock import Clock
+from app.core.db.engine import READ_ONLY
 from app.models import InvalidationEvent
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Invalidator:
     async def poll_once(self) -> int:
         """Read and apply the events since the last read; the number applied."""
         async with self._sessions() as session:
+            await session.connection(execution_options={READ_ONLY: True})
             if self._last_id is None:  # start from now: nothing was cached before
                 self._last_id = (await session.execute(select(func.max(InvalidationEvent.id)))).scalar() or 0
                 rows = []

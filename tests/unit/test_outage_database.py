@@ -171,7 +171,8 @@ async def test_sqlite_unopenable_and_locked_are_outages_missing_tables_are_not(t
     gone.mkdir()
     url = f"sqlite+aiosqlite:///{(gone / 'gw.db').as_posix()}"
     engine = create_engine(url)
-    gone.rmdir()  # the engine made the directory; it is gone before the first connection
+    (gone / "gw.db").unlink()  # the engine made the (empty, private) file and its directory;
+    gone.rmdir()  # both are gone before the first connection
     unopenable = await _failure(engine)
     assert is_database_unavailable(unopenable)
     assert describe(unopenable) == "OperationalError: unable to open database file"

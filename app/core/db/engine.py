@@ -23,6 +23,8 @@ from app.core.files import ensure_private_file
 # instead of asyncpg's 60 s; a refused or reset connection fails at once anyway.
 PG_CONNECT_TIMEOUT_S = 10.0
 _STARTED_DURING_OUTAGE = "gw_started_during_outage"
+# Execution option of a connection whose transaction only reads (a deferred BEGIN on SQLite).
+READ_ONLY = "gateway_read_only"
 
 
 def create_engine(url: str, *, pool_size: int = 20, tracker: outage.OutageTracker | None = None) -> AsyncEngine:
@@ -102,7 +104,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A transaction that only reads (READ_ONLY) takes no write lock: it must never queue behind, or hold up,
+        # the writers (the invalidator reads four times a second in every process).
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
