@@ -71,13 +71,16 @@ def create_app(
             tasks = build_tasks(kernel, upstream)
             app.state.kernel = kernel
             app.state.upstream = upstream
-            app.state.tenants = TenantService(kernel.sessions, kernel.keys, kernel.clock, settings.default_limits)
+            tenants = TenantService(kernel.sessions, kernel.keys, kernel.clock, settings.default_limits)
+            app.state.tenants = tenants
             app.state.quotas = quotas.service
             app.state.rate_limits = quotas.rate_limits
             app.state.tasks = tasks.service
             app.state.uploads = UploadService(upstream.adapter, upstream.pool)
             invalidator.start()
             stack.push_async_callback(invalidator.stop)
+            tenants.start()  # writes keys' last use every few seconds
+            stack.push_async_callback(tenants.aclose)  # and what is left at shutdown, before the engine closes
             tasks.start()
             stack.push_async_callback(tasks.stop)
             yield

@@ -50,6 +50,7 @@ from app.sandbox.app import create_sandbox_app
 from app.sandbox.config import SandboxConfig
 from app.tenants.service import TenantService
 from tests.fixtures import gateway as harness
+from tests.fixtures.databases import truncate_all
 
 # Longer runs: GATEWAY_FUZZ_MAX_EXAMPLES=500 GATEWAY_FUZZ_SEED=<n> .venv/bin/pytest tests/test_api_fuzz.py -n 0
 MAX_EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_MAX_EXAMPLES", "50"))
@@ -160,16 +161,33 @@ def test_the_gateway_answers_as_its_openapi_document_says(case: Any, gateway: Fa
     case.call_and_validate(app=gateway, excluded_checks=excluded)
 
 
-def test_workflows_create_then_read_a_task(gateway: FastAPI) -> None:
+def test_workflows_create_then_read_a_task(gateway: FastAPI, database_url: str) -> None:
     """Stateful: sequences of calls along the links schemathesis infers (a created task's `id` is the status
-    call's `task_id`), with the checks that need them (a created task can be read, ...)."""
+    call's `task_id`), with the checks that need them (a created task can be read, ...). Every sequence starts
+    from the same state (an emptied database with the fuzz tenant, a fresh gateway): hypothesis replays and
+    mutates sequences, and a replayed sequence must get the same answers (a second `POST /admin/v1/tenants` of one
+    name is a 409, a deleted tenant's key a 401)."""
+    apps = [gateway]
+
+    def fresh_gateway() -> FastAPI:
+        schemathesis_asgi.shutdown_lifespans()
+        truncate_all(database_url)
+        asyncio.run(_new_tenant(database_url))
+        sandbox = create_sandbox_app(SandboxConfig(task_seconds=10, queue_seconds=1, seed=7))
+        app = create_app(harness.test_settings(database_url), upstream_transport=httpx.ASGITransport(app=sandbox))
+        schema.app = app
+        return app
+
     schema.app = gateway
     try:
         workflow = schema.as_state_machine()
 
         class Workflow(workflow):  # type: ignore[misc, valid-type]
+            def setup(self) -> None:
+                apps[0] = fresh_gateway()
+
             def get_call_kwargs(self, case: Any) -> dict[str, Any]:
-                return {"app": gateway}
+                return {"app": apps[0]}
 
         Workflow.run(
             settings=settings(

@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-from app.contract import ErrorEnvelope
+from fastapi import APIRouter, Query
+
+from app.audit.deps import AuditServiceDep
+from app.audit.schemas import AuditList
+from app.contract import NO_CONTROL_PATTERN, ErrorEnvelope
 from app.deps import AdminDep
 
 router = APIRouter(
-    prefix="/admin/v1", tags=["admin"], dependencies=[AdminDep], responses={401: {"model": ErrorEnvelope}}
+    prefix="/admin/v1",
+    tags=["admin"],
+    dependencies=[AdminDep],
+    responses={400: {"model": ErrorEnvelope}, 401: {"model": ErrorEnvelope}},
 )
+
+
+@router.get("/audit", response_model=AuditList, summary="The audit log of admin actions, newest first")
+async def list_audit(
+    audit: AuditServiceDep,
+    limit: Annotated[int, Query(ge=1, le=200, description="Events per page.")] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=18, pattern=r"^[0-9]{1,18}$", description="The previous page's next_cursor.")
+    ] = None,
+    target_id: Annotated[
+        str | None, Query(max_length=64, pattern=NO_CONTROL_PATTERN, description="Only events on this target.")
+    ] = None,
+    action: Annotated[
+        str | None, Query(max_length=64, pattern=NO_CONTROL_PATTERN, description='Only this action, e.g. "key.revoke".')
+    ] = None,
+) -> AuditList:
+    """Every admin action made through this API or the command line (who, what, when, on what, the outcome)."""
+    return await audit.list(limit=limit, cursor=cursor, target_id=target_id, action=action)

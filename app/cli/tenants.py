@@ -1,30 +1,95 @@
-"""tenants create | limits | usage: each command is one call of one service."""
+"""tenants create | list | show | update | disable | enable | delete | limits | usage: one service call each.
+
+Tables for people, `--json` for scripts; every change is audited with the actor "cli".
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from app.audit.service import ACTOR_CLI
 from app.cli.common import fail, jsonable, run_with_kernel, settings_with
-from app.core.limits import LimitsUpdate, parse_limit_word
+from app.core.limits import LIMIT_NAMES, LimitsUpdate, parse_limit_word
 from app.quotas.schemas import UsageOut
 from app.quotas.service import QuotaService
 from app.runtime import Kernel
+from app.tenants.schemas import DEFAULT_PAGE, TenantList, TenantOut
 from app.tenants.service import TenantService
 
-tenants_cli = typer.Typer(help="Manage tenants: create, limits, usage.", no_args_is_help=True)
+tenants_cli = typer.Typer(
+    help="Manage tenants: create, list, show, update, disable, enable, delete, limits, usage.", no_args_is_help=True
+)
 
 TenantArg = Annotated[str, typer.Argument(help="Tenant id or name.")]
 LimitOpt = Annotated[str | None, typer.Option(help="A number, or 'unlimited'.", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+PageLimitOpt = Annotated[int, typer.Option("--limit", min=1, max=200, help="Rows per page (1-200).")]
+CursorOpt = Annotated[str | None, typer.Option("--cursor", help="The next_cursor a previous page printed.")]
 
 
-def _tenants(kernel: Kernel) -> TenantService:
+def tenant_service(kernel: Kernel) -> TenantService:
     return TenantService(kernel.sessions, kernel.keys, kernel.clock, kernel.settings.default_limits)
 
 
+# --- output for people ----------------------------------------------------------------------------------------------
+def when(unix: int | None) -> str:
+    """A unix time for people (UTC, to the minute), or '-'."""
+    if unix is None:
+        return "-"
+    return dt.datetime.fromtimestamp(unix, dt.UTC).strftime("%Y-%m-%d %H:%MZ")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Plain text columns aligned with spaces (the last one unpadded)."""
+    cells = [[str(h) for h in headers], *[["-" if c is None or c == "" else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)) + "  " + row[-1])
+
+
+def print_fields(fields: Sequence[tuple[str, object]]) -> None:
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        typer.echo(f"{name.ljust(width)}  {'-' if value is None or value == '' else value}")
+
+
+def print_json(model: BaseModel) -> None:
+    typer.echo(json.dumps(jsonable(model)))
+
+
+def print_next(next_cursor: str | None) -> None:
+    if next_cursor is not None:
+        typer.echo(f"(more: --cursor {next_cursor})")
+
+
+def _print_tenant(tenant: TenantOut) -> None:
+    limits = tenant.limits.model_dump()
+    print_fields(
+        [
+            ("id", tenant.id),
+            ("name", tenant.name),
+            ("status", tenant.status),
+            ("created", when(tenant.created_at)),
+            ("updated", when(tenant.updated_at)),
+            *[(name, "unlimited" if limits[name] is None else limits[name]) for name in LIMIT_NAMES],
+        ]
+    )
+
+
+def _show(tenant: TenantOut, as_json: bool) -> None:
+    if as_json:
+        print_json(tenant)
+    else:
+        _print_tenant(tenant)
+
+
+# --- commands -------------------------------------------------------------------------------------------------------
 @tenants_cli.command("create")
 def create(
     name: Annotated[str, typer.Argument(help="A unique tenant name.")],
@@ -32,15 +97,90 @@ def create(
 ) -> None:
     """Create a tenant (with the default limits) and print its first API key (shown once, stored only as a hash)."""
 
-    async def call(kernel: Kernel) -> tuple[str, str]:
-        tenant, key = await _tenants(kernel).create(name)
-        return tenant.id, key
+    async def call(kernel: Kernel) -> tuple[str, str, str]:
+        created = await tenant_service(kernel).create_tenant(name, actor=ACTOR_CLI)
+        return created.id, created.name, created.key.key
 
-    tenant_id, key = run_with_kernel(settings_with(), call)
+    tenant_id, tenant_name, key = run_with_kernel(settings_with(), call)
     if as_json:
-        typer.echo(json.dumps({"tenant_id": tenant_id, "name": name.strip(), "key": key}))
+        typer.echo(json.dumps({"tenant_id": tenant_id, "name": tenant_name, "key": key}))
     else:
-        typer.echo(f"tenant {name.strip()} created: id {tenant_id}\nAPI key (shown once, keep it safe): {key}")
+        typer.echo(f"tenant {tenant_name} created: id {tenant_id}\nAPI key (shown once, keep it safe): {key}")
+
+
+@tenants_cli.command("list")
+def list_tenants(limit: PageLimitOpt = DEFAULT_PAGE, cursor: CursorOpt = None, as_json: JsonOpt = False) -> None:
+    """List tenants (oldest first, deleted ones left out), a page at a time."""
+
+    async def call(kernel: Kernel) -> TenantList:
+        return await tenant_service(kernel).list_tenants(limit=limit, cursor=cursor)
+
+    page = run_with_kernel(settings_with(), call)
+    if as_json:
+        print_json(page)
+        return
+    print_table(["ID", "NAME", "STATUS", "CREATED"], [[t.id, t.name, t.status, when(t.created_at)] for t in page.data])
+    print_next(page.next_cursor)
+
+
+@tenants_cli.command("show")
+def show(tenant: TenantArg, as_json: JsonOpt = False) -> None:
+    """Show a tenant: id, name, status and limits."""
+
+    async def call(kernel: Kernel) -> TenantOut:
+        return await tenant_service(kernel).describe(tenant)
+
+    _show(run_with_kernel(settings_with(), call), as_json)
+
+
+@tenants_cli.command("update")
+def update(
+    tenant: TenantArg,
+    name: Annotated[str, typer.Option("--name", help="The new name.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Rename a tenant."""
+
+    async def call(kernel: Kernel) -> TenantOut:
+        return await tenant_service(kernel).update_tenant(tenant, name=name, actor=ACTOR_CLI)
+
+    _show(run_with_kernel(settings_with(), call), as_json)
+
+
+@tenants_cli.command("disable")
+def disable(tenant: TenantArg, as_json: JsonOpt = False) -> None:
+    """Disable a tenant: every key of it is refused (401) until `enable`; its open tasks still settle."""
+
+    async def call(kernel: Kernel) -> TenantOut:
+        return await tenant_service(kernel).disable(tenant, actor=ACTOR_CLI)
+
+    _show(run_with_kernel(settings_with(), call), as_json)
+
+
+@tenants_cli.command("enable")
+def enable(tenant: TenantArg, as_json: JsonOpt = False) -> None:
+    """Enable a disabled tenant again: its keys work again (those neither revoked nor expired)."""
+
+    async def call(kernel: Kernel) -> TenantOut:
+        return await tenant_service(kernel).enable(tenant, actor=ACTOR_CLI)
+
+    _show(run_with_kernel(settings_with(), call), as_json)
+
+
+@tenants_cli.command("delete")
+def delete(
+    tenant: TenantArg,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: deleting cannot be undone.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a tenant for good: keys refused, gone from the ops surface; its ledger stays. `disable` is reversible."""
+    if not yes:
+        fail("deleting a tenant cannot be undone (use `disable` to stop it reversibly): pass --yes to delete it")
+
+    async def call(kernel: Kernel) -> TenantOut:
+        return await tenant_service(kernel).delete(tenant, actor=ACTOR_CLI)
+
+    _show(run_with_kernel(settings_with(), call), as_json)
 
 
 @tenants_cli.command("limits")
@@ -63,9 +203,10 @@ def limits(
     update = _limits_update({name: value for name, value in given.items() if value is not None})
 
     async def call(kernel: Kernel) -> dict[str, Any]:
-        service = _tenants(kernel)
-        result = await (service.set_limits(tenant, update) if update.changes() else service.limits(tenant))
-        return jsonable(result)
+        service = tenant_service(kernel)
+        if update.changes():
+            return jsonable(await service.set_limits(tenant, update, actor=ACTOR_CLI))
+        return jsonable(await service.limits(tenant))
 
     typer.echo(json.dumps(run_with_kernel(settings_with(), call)))
 

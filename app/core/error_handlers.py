@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -67,8 +68,8 @@ def validation_to_error(exc: RequestValidationError) -> InvalidRequest:
 def allowed_methods(request: Request) -> str:
     """Every method the app serves on the request's path, for the `Allow` header of a 405."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        served = getattr(route, "methods", None)
+    for route in iter_route_contexts(request.app.router.routes):  # also the routes of included routers
+        served = route.methods
         if served and route.matches(request.scope)[0] != Match.NONE:
             methods |= served
     return ", ".join(sorted(methods))

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from app.contract import ErrorEnvelope
 from app.quotas.deps import QuotaServiceDep
 from app.quotas.schemas import UsageOut
-from app.tenants.deps import TenantDep
+from app.tenants.deps import ReadScope, TenantDep
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -15,7 +15,11 @@ router = APIRouter(prefix="/v1", tags=["usage"])
 @router.get(
     "/usage",
     response_model=UsageOut,
-    responses={401: {"model": ErrorEnvelope}},
+    dependencies=[ReadScope],
+    responses={
+        401: {"model": ErrorEnvelope, "description": "Missing or invalid API key"},
+        403: {"model": ErrorEnvelope, "description": "The API key lacks the `read` scope"},
+    },
     summary="Your usage and remaining allowance (gateway extension, not an upstream endpoint)",
 )
 async def my_usage(tenant: TenantDep, quotas: QuotaServiceDep) -> UsageOut:

@@ -12,7 +12,7 @@ from app.core.errors import NotFound, UnsupportedMediaType
 from app.quotas.deps import QueryRate, SubmitRate
 from app.tasks.deps import TaskServiceDep
 from app.tasks.service import to_task_object
-from app.tenants.deps import TenantDep
+from app.tenants.deps import ReadScope, SubmitScope, TenantDep
 
 router = APIRouter(prefix="/v1/images", tags=["generations"])
 
@@ -27,6 +27,7 @@ _CREATE_ERRORS = _errors(
         400: "Invalid request",
         401: "Missing or invalid API key",
         402: "Quota exhausted",
+        403: "The API key lacks the `submit` scope",
         413: "Body too large",
         415: "Not JSON",
         429: "Rate limited (per-minute submits, or tasks in flight), with `Retry-After`",
@@ -39,6 +40,7 @@ _CREATE_ERRORS = _errors(
 _STATUS_ERRORS = _errors(
     {
         401: "Missing or invalid API key",
+        403: "The API key lacks the `read` scope",
         404: "Task not found (also another tenant's task, and any id the gateway never makes)",
         429: "Rate limited (per-minute status queries), with `Retry-After`",
     }
@@ -62,7 +64,7 @@ def require_json(content_type: Annotated[str | None, Header(include_in_schema=Fa
     response_model=TaskObject,
     response_model_exclude_none=True,
     responses=_CREATE_ERRORS,
-    dependencies=[Depends(require_json), SubmitRate],
+    dependencies=[Depends(require_json), SubmitScope, SubmitRate],
     summary="Create an image generation task",
 )
 async def create_generation(body: GenerationRequest, tenant: TenantDep, tasks: TaskServiceDep) -> TaskObject:
@@ -76,7 +78,7 @@ async def create_generation(body: GenerationRequest, tenant: TenantDep, tasks: T
     response_model_exclude_none=True,
     responses=_STATUS_ERRORS,
     summary="Task status and result",
-    dependencies=[QueryRate],
+    dependencies=[ReadScope, QueryRate],
 )
 async def get_generation(task_id: str, tenant: TenantDep, tasks: TaskServiceDep) -> TaskObject:
     if not _TASK_ID.fullmatch(task_id):

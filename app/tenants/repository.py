@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import cast
 
-from sqlalchemy import or_, select
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Tenant, TenantKey
@@ -28,16 +30,74 @@ async def get(session: AsyncSession, tenant_id: str) -> Tenant | None:
     return await session.get(Tenant, tenant_id)
 
 
-async def find_active_by_key_hash(session: AsyncSession, key_hash: str, now: dt.datetime) -> Tenant | None:
-    """The active tenant owning an unrevoked, unexpired key with this hash."""
+async def get_key(session: AsyncSession, key_id: str, *, for_update: bool = False) -> tuple[TenantKey, Tenant] | None:
+    """A key and its tenant (the key's row locked when asked)."""
+    stmt = select(TenantKey, Tenant).join(Tenant, TenantKey.tenant_id == Tenant.id).where(TenantKey.id == key_id)
+    if for_update:
+        stmt = stmt.with_for_update(of=TenantKey)
+    row = (await session.execute(stmt)).first()
+    return None if row is None else (row[0], row[1])
+
+
+async def find_usable_key(
+    session: AsyncSession, key_hashes: Sequence[str], now: dt.datetime
+) -> tuple[TenantKey, Tenant] | None:
+    """The unrevoked, unexpired key whose hash is one of `key_hashes`, with its tenant if that tenant is active."""
     stmt = (
-        select(Tenant)
-        .join(TenantKey, TenantKey.tenant_id == Tenant.id)
+        select(TenantKey, Tenant)
+        .join(Tenant, TenantKey.tenant_id == Tenant.id)
         .where(
-            TenantKey.key_hash == key_hash,
+            TenantKey.key_hash.in_(list(key_hashes)),
             TenantKey.revoked_at.is_(None),
             or_(TenantKey.expires_at.is_(None), TenantKey.expires_at > now),
             Tenant.status == "active",
         )
+        .limit(1)
     )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    row = (await session.execute(stmt)).first()
+    return None if row is None else (row[0], row[1])
+
+
+async def rekey(session: AsyncSession, key_id: str, *, old_hash: str, new_hash: str, hash_key_id: str) -> bool:
+    """Store the key's hash under the current secret, unless another request did it first."""
+    stmt = (
+        update(TenantKey)
+        .where(TenantKey.id == key_id, TenantKey.key_hash == old_hash)
+        .values(key_hash=new_hash, hash_key_id=hash_key_id)
+        .execution_options(synchronize_session=False)
+    )
+    result = await session.execute(stmt)
+    return bool(getattr(result, "rowcount", 0))
+
+
+_KEYS = cast(Table, TenantKey.__table__)
+_LAST_USED = (
+    update(_KEYS)
+    .where(
+        _KEYS.c.id == bindparam("b_id"),
+        or_(_KEYS.c.last_used_at.is_(None), _KEYS.c.last_used_at < bindparam("b_used")),
+    )
+    .values(last_used_at=bindparam("b_used"))
+)
+
+
+async def set_last_used(session: AsyncSession, uses: Mapping[str, dt.datetime]) -> None:
+    """One UPDATE (executemany) for a batch of keys' last use; a stored later use is kept."""
+    if uses:
+        await session.execute(_LAST_USED, [{"b_id": key_id, "b_used": at} for key_id, at in uses.items()])
+
+
+async def page_tenants(
+    session: AsyncSession, *, limit: int, after_id: str | None, hidden_status: str
+) -> Sequence[Tenant]:
+    stmt = select(Tenant).where(Tenant.status != hidden_status).order_by(Tenant.id).limit(limit)
+    if after_id is not None:
+        stmt = stmt.where(Tenant.id > after_id)
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def page_keys(session: AsyncSession, tenant_id: str, *, limit: int, after_id: str | None) -> Sequence[TenantKey]:
+    stmt = select(TenantKey).where(TenantKey.tenant_id == tenant_id).order_by(TenantKey.id).limit(limit)
+    if after_id is not None:
+        stmt = stmt.where(TenantKey.id > after_id)
+    return (await session.execute(stmt)).scalars().all()

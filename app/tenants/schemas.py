@@ -1,13 +1,174 @@
-"""The ops API's shapes for tenants."""
+"""The ops API's shapes for tenants and tenant keys."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+import datetime as dt
+from typing import Annotated, Any, Literal
 
-from app.core.limits import LIMIT_NAMES
-from app.models import Tenant
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
+
+from app.contract import BLANK_PATTERN, INTEGRAL, NO_CONTROL_PATTERN, ContractError, text_problem
+from app.core.clock import to_unix
+from app.core.limits import LIMIT_NAMES, LimitsUpdate
+from app.models import Tenant, TenantKey
+
+# --- bounds -------------------------------------------------------------------------------------------------------
+MAX_NAME_CHARS = 200  # Tenant.name and TenantKey.name are String(200)
+MAX_GRACE_S = 30 * 24 * 3600
+DEFAULT_GRACE_S = 3600
+MAX_EXPIRES_IN_S = 10 * 366 * 24 * 3600  # ten years
+MAX_EXPIRES_AT = 4_102_444_800  # 2100-01-01T00:00:00Z
+MAX_PAGE = 200
+DEFAULT_PAGE = 50
+# A cursor is the last id of the previous page (ids are `ten_`/`key_` + hex, at most 40 characters).
+CURSOR_PATTERN = r"^[A-Za-z0-9_]{1,40}$"
+
+Scope = Literal["submit", "read"]
+SCOPES: tuple[Scope, ...] = ("submit", "read")
+TenantStatus = Literal["active", "disabled"]  # what ops set
+TenantState = Literal["active", "disabled", "deleted"]  # what a tenant can be
+KeyStatus = Literal["active", "expired", "revoked"]
 
 
+def _name_schema(schema: dict[str, Any]) -> None:
+    schema["pattern"] = NO_CONTROL_PATTERN
+    schema["not"] = {"pattern": BLANK_PATTERN}
+    schema["description"] = "Not blank, no control characters; leading and trailing spaces are dropped."
+
+
+def _key_name_schema(schema: dict[str, Any]) -> None:
+    schema["pattern"] = NO_CONTROL_PATTERN
+    schema["description"] = "A label for people (e.g. where the key is used); no control characters."
+
+
+TenantName = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_CHARS, json_schema_extra=_name_schema)]
+KeyName = Annotated[StrictStr, Field(max_length=MAX_NAME_CHARS, json_schema_extra=_key_name_schema)]
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` (already stripped) cannot name a tenant, or None."""
+    if not name:
+        return "must not be blank"
+    if len(name) > MAX_NAME_CHARS:
+        return f"must be at most {MAX_NAME_CHARS} characters"
+    return text_problem(name)
+
+
+def key_name_problem(name: str) -> str | None:
+    if len(name) > MAX_NAME_CHARS:
+        return f"must be at most {MAX_NAME_CHARS} characters"
+    return text_problem(name)
+
+
+def parse_scopes(stored: str) -> list[Scope]:
+    """The stored comma-separated scopes as a list, in the canonical order (unknown words are ignored)."""
+    given = {s.strip() for s in stored.split(",")}
+    return [s for s in SCOPES if s in given]
+
+
+def _unique_items(schema: dict[str, Any]) -> None:
+    schema["uniqueItems"] = True
+
+
+# --- requests -----------------------------------------------------------------------------------------------------
+class TenantCreate(BaseModel):
+    """A new tenant: its name, and limits (omitted ones take the gateway's defaults for new tenants)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"example": {"name": "acme", "limits": {"daily_images": 500}}}
+    )
+
+    name: TenantName
+    limits: LimitsUpdate | None = Field(
+        None, description="Limits to set (`null` = unlimited); the others take the defaults for new tenants."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _storable_name(cls, value: str) -> str:
+        problem = name_problem(value.strip())
+        if problem is not None:
+            raise ContractError(f"The 'name' field {problem}.", param="name")
+        return value.strip()
+
+
+class TenantUpdate(BaseModel):
+    """Fields given are changed; fields omitted (or null) stay as they are."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"status": "disabled"}})
+
+    name: TenantName | None = None
+    status: TenantStatus | None = Field(
+        None, description="`disabled`: every key of the tenant is refused (401); its open tasks still settle."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _storable_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        problem = name_problem(value.strip())
+        if problem is not None:
+            raise ContractError(f"The 'name' field {problem}.", param="name")
+        return value.strip()
+
+
+def _one_expiry_schema(schema: dict[str, Any]) -> None:
+    schema["not"] = {"required": ["expires_at", "expires_in_s"]}
+    schema["example"] = {"name": "ci", "scopes": ["read"], "expires_in_s": 86400}
+
+
+class KeyCreate(BaseModel):
+    """A new key for a tenant. Give `expires_at` or `expires_in_s`, not both; neither: the key never expires."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_expiry_schema)
+
+    name: KeyName | None = None
+    scopes: (
+        Annotated[list[Scope], Field(min_length=1, max_length=len(SCOPES), json_schema_extra=_unique_items)] | None
+    ) = Field(
+        None, description="`submit` (create generations, upload images), `read` (task status, usage). Default: both."
+    )
+    expires_at: Annotated[StrictInt, Field(ge=0, le=MAX_EXPIRES_AT), INTEGRAL] | None = Field(
+        None, description="Unix time the key stops working (must be in the future)."
+    )
+    expires_in_s: Annotated[StrictInt, Field(ge=1, le=MAX_EXPIRES_IN_S), INTEGRAL] | None = Field(
+        None, description="Seconds from now the key stops working."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _storable_name(cls, value: str | None) -> str | None:
+        problem = None if value is None else key_name_problem(value)
+        if problem is not None:
+            raise ContractError(f"The 'name' field {problem}.", param="name")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _unique_scopes(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ContractError("The 'scopes' field must not repeat a scope.", param="scopes")
+        return value
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> KeyCreate:
+        if {"expires_at", "expires_in_s"} <= self.model_fields_set:
+            raise ContractError("Give expires_at or expires_in_s, not both.", param="expires_at")
+        return self
+
+
+class KeyRotate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"grace_seconds": 3600}})
+
+    grace_seconds: Annotated[StrictInt, Field(ge=0, le=MAX_GRACE_S), INTEGRAL] = Field(
+        DEFAULT_GRACE_S,
+        description="How long the old key keeps working (0: it stops at once; at most 30 days, and never past its "
+        "own expiry).",
+    )
+
+
+# --- answers ------------------------------------------------------------------------------------------------------
 class Limits(BaseModel):
     """A tenant's limits; `null` means unlimited."""
 
@@ -21,3 +182,109 @@ class Limits(BaseModel):
     @classmethod
     def of(cls, tenant: Tenant) -> Limits:
         return cls(tenant_id=tenant.id, **{name: getattr(tenant, name) for name in LIMIT_NAMES})
+
+
+class LimitValues(BaseModel):
+    """The five limits; `null` means unlimited."""
+
+    daily_images: int | None
+    monthly_images: int | None
+    max_in_flight: int | None
+    submit_rpm: int | None
+    query_rpm: int | None
+
+
+class TenantOut(BaseModel):
+    object: Literal["tenant"] = "tenant"
+    id: str
+    name: str
+    status: TenantState = Field(
+        description="`active`; `disabled` (every key refused, reversible); `deleted` (answered once, by DELETE)."
+    )
+    limits: LimitValues
+    created_at: int = Field(description="Unix time.")
+    updated_at: int = Field(description="Unix time.")
+
+    @classmethod
+    def of(cls, tenant: Tenant) -> TenantOut:
+        return cls(
+            id=tenant.id,
+            name=tenant.name,
+            status=tenant.status if tenant.status in ("disabled", "deleted") else "active",
+            limits=LimitValues(**{name: getattr(tenant, name) for name in LIMIT_NAMES}),
+            created_at=to_unix(tenant.created_at) or 0,
+            updated_at=to_unix(tenant.updated_at) or 0,
+        )
+
+
+def key_status(key: TenantKey, now: dt.datetime) -> KeyStatus:
+    if key.revoked_at is not None:
+        return "revoked"
+    if key.expires_at is not None and key.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+class KeyOut(BaseModel):
+    """A tenant key as listings show it: its public id and prefix, never the key itself."""
+
+    object: Literal["tenant_key"] = "tenant_key"
+    id: str = Field(description="The key's public id (not the key).")
+    tenant_id: str
+    prefix: str = Field(description="The key's first characters, to recognise it.")
+    name: str
+    scopes: list[Scope]
+    status: KeyStatus
+    created_at: int = Field(description="Unix time.")
+    expires_at: int | None = Field(description="Unix time; null: never.")
+    revoked_at: int | None
+    last_used_at: int | None = Field(
+        description="Unix time of the last authenticated request (updated every few seconds)."
+    )
+    rotated_from_id: str | None = Field(description="The key this one replaced by a rotation.")
+
+    @classmethod
+    def of(cls, key: TenantKey, now: dt.datetime, last_used_at: dt.datetime | None = None) -> KeyOut:
+        used = max((t for t in (key.last_used_at, last_used_at) if t is not None), default=None)
+        return cls(
+            id=key.id,
+            tenant_id=key.tenant_id,
+            prefix=key.prefix,
+            name=key.name,
+            scopes=parse_scopes(key.scopes),
+            status=key_status(key, now),
+            created_at=to_unix(key.created_at) or 0,
+            expires_at=to_unix(key.expires_at),
+            revoked_at=to_unix(key.revoked_at),
+            last_used_at=to_unix(used),
+            rotated_from_id=key.rotated_from_id,
+        )
+
+
+class NewKeyOut(KeyOut):
+    """A key just made: the only answer that carries the key itself."""
+
+    object: Literal["tenant_key"] = "tenant_key"
+    key: str = Field(description="The API key (`sk-gw-...`): shown this once, stored only as a keyed hash.")
+
+    @classmethod
+    def new(cls, key: TenantKey, plaintext: str, now: dt.datetime) -> NewKeyOut:
+        return cls(**KeyOut.of(key, now).model_dump(), key=plaintext)
+
+
+class TenantCreated(TenantOut):
+    """A new tenant and its first key (the key itself shown this once)."""
+
+    key: NewKeyOut
+
+
+class TenantList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[TenantOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")

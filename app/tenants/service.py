@@ -1,22 +1,71 @@
-"""Tenant rules: creation with a first key, authentication by key, limits. Owns its transactions."""
+"""Tenant rules: tenants and their keys (create, list, rotate, revoke, disable), authentication by key, limits.
+
+Owns its transactions. Every change made for an operator writes its audit event (`actor`: "admin-token" for the
+ops API, "cli" for the command line, "system" for the gateway itself) and its invalidation event (app/invalidation.py)
+in the transaction of the change; a refused one (unknown tenant or key, conflict) writes a "refused" audit event in
+a transaction of its own.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.clock import Clock
-from app.core.errors import Conflict, NotFound, Unauthorized
+from app.audit.service import AuditService, record_audit
+from app.core.clock import Clock, from_unix, to_unix
+from app.core.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from app.core.ids import new_id
 from app.core.limits import LIMIT_NAMES, LimitsUpdate
-from app.core.security import KeyMaterial, bearer_token, new_tenant_key
+from app.core.security import TENANT_KEY_PREFIX, KeyMaterial, bearer_token, new_tenant_key
+from app.invalidation import record
 from app.models import Tenant, TenantKey
 from app.tenants import repository as repo
-from app.tenants.schemas import Limits
+from app.tenants.last_used import DEFAULT_INTERVAL_S, LastUsedRecorder
+from app.tenants.schemas import (
+    DEFAULT_GRACE_S,
+    DEFAULT_PAGE,
+    MAX_EXPIRES_IN_S,
+    MAX_GRACE_S,
+    MAX_PAGE,
+    SCOPES,
+    KeyList,
+    KeyOut,
+    Limits,
+    NewKeyOut,
+    Scope,
+    TenantCreated,
+    TenantList,
+    TenantOut,
+    key_name_problem,
+    name_problem,
+    parse_scopes,
+)
+
+log = logging.getLogger(__name__)
 
 DEMO_TENANT = "demo"
+DELETED = "deleted"  # Tenant.status of a deleted tenant: kept for its ledger, invisible to the ops surface
+ACTOR_SYSTEM = "system"
+_CURSOR = re.compile(r"[A-Za-z0-9_]{1,40}")
+_MAX_TOKEN_CHARS = 512  # far beyond any key the gateway makes: no hashing of megabyte headers
+
+
+@dataclass(frozen=True)
+class AuthenticatedKey:
+    """Who a request is: the tenant, which of its keys, and what that key may do."""
+
+    tenant: Tenant
+    key_id: str
+    scopes: frozenset[str]
 
 
 class TenantService:
@@ -26,53 +75,338 @@ class TenantService:
         keys: KeyMaterial,
         clock: Clock,
         default_limits: Mapping[str, int | None] | None = None,
+        *,
+        last_used_interval_s: float = DEFAULT_INTERVAL_S,
     ) -> None:
         self._sessions = sessions
         self._keys = keys
         self._clock = clock
         self._default_limits = dict(default_limits or {})
+        self._audit = AuditService(sessions, clock)
+        self._last_used = LastUsedRecorder(sessions, last_used_interval_s)
 
-    async def create(
-        self, name: str, *, key: str | None = None, limits: Mapping[str, int | None] | None = None
-    ) -> tuple[Tenant, str]:
-        """Create a tenant (with the default limits unless given) and its first key, returned once in plaintext."""
-        async with self._sessions.begin() as session:
-            return await self._create(session, name, key=key, limits=limits)
+    # --- lifecycle of the process ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start writing keys' last use in the background (also started by the first authenticated request)."""
+        self._last_used.start()
 
+    async def aclose(self) -> None:
+        """Stop the background writer and write the last uses noted so far."""
+        await self._last_used.stop()
+
+    async def flush_last_used(self) -> int:
+        """Write the last uses noted so far now (one statement); the number of keys written."""
+        return await self._last_used.flush()
+
+    # --- authentication -------------------------------------------------------------------------------------------
     async def authenticate(self, authorization: str | None) -> Tenant:
         """The tenant of a `Bearer <key>` header, or Unauthorized in the upstream's shape."""
+        return (await self.authenticate_key(authorization)).tenant
+
+    async def authenticate_key(self, authorization: str | None, *, note_use: bool = True) -> AuthenticatedKey:
+        """The tenant, key and scopes of a `Bearer <key>` header, or Unauthorized (401 `Invalid API key`) when the
+        key is unknown, revoked or expired, or its tenant is disabled.
+
+        One read. A key whose stored hash was made under a previous GATEWAY_SECRET_KEY (or before hashes recorded
+        their secret) is re-keyed under the current one on the spot, once. Its use is noted in memory only.
+        """
         token = bearer_token(authorization)
         if token is None:
             raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'")
-        async with self._sessions() as session:
-            tenant = await repo.find_active_by_key_hash(session, self._keys.hash_tenant_key(token), self._clock())
-        if tenant is None:
+        if len(token) > _MAX_TOKEN_CHARS:
             raise Unauthorized("Invalid API key")
-        return tenant
+        hashes = self._keys.tenant_key_hashes(token)
+        now = self._clock()
+        async with self._sessions() as session:
+            found = await repo.find_usable_key(session, [h for _, h in hashes], now)
+        if found is None:
+            raise Unauthorized("Invalid API key")
+        key, tenant = found
+        current_id, current_hash = hashes[0]
+        if key.key_hash != current_hash or key.hash_key_id != current_id:
+            await self._rekey(key, current_hash, current_id, now)
+        if note_use:
+            self._last_used.note(key.id, now)
+        return AuthenticatedKey(tenant=tenant, key_id=key.id, scopes=frozenset(parse_scopes(key.scopes)))
+
+    async def _rekey(self, key: TenantKey, new_hash: str, hash_key_id: str, now: dt.datetime) -> None:
+        try:
+            async with self._sessions.begin() as session:
+                changed = await repo.rekey(
+                    session, key.id, old_hash=key.key_hash, new_hash=new_hash, hash_key_id=hash_key_id
+                )
+                if changed:
+                    await record(session, "tenant_key", key.id, now=now)
+        except Exception as e:  # the key is valid all the same: try again on its next use
+            log.warning("could not re-key tenant key %s under the current secret: %s", key.id, type(e).__name__)
+            return
+        if changed:
+            log.info("tenant key %s re-keyed under the current GATEWAY_SECRET_KEY", key.id)
+
+    # --- tenants --------------------------------------------------------------------------------------------------
+    async def create(
+        self,
+        name: str,
+        *,
+        key: str | None = None,
+        limits: Mapping[str, int | None] | None = None,
+        actor: str = ACTOR_SYSTEM,
+    ) -> tuple[Tenant, str]:
+        """Create a tenant (with the default limits unless given; given: omitted ones are unlimited) and its first
+        key, returned once in plaintext."""
+        async with self._action(actor, "tenant.create", "tenant", name) as session:
+            tenant, _, plaintext = await self._create(session, name, key=key, limits=limits, actor=actor)
+        return tenant, plaintext
+
+    async def create_tenant(self, name: str, limits: LimitsUpdate | None = None, *, actor: str) -> TenantCreated:
+        """Create a tenant and its first key (shown once). Limits given are set; the others take the defaults."""
+        chosen = {**self._default_limits, **(limits.changes() if limits is not None else {})}
+        async with self._action(actor, "tenant.create", "tenant", name) as session:
+            tenant, key, plaintext = await self._create(session, name, key=None, limits=chosen, actor=actor)
+            now = self._clock()
+        return TenantCreated(**TenantOut.of(tenant).model_dump(), key=NewKeyOut.new(key, plaintext, now))
 
     async def get(self, tenant_ref: str) -> Tenant:
         """A tenant by id or by name, or 404."""
         async with self._sessions() as session:
             return await find(session, tenant_ref)
 
+    async def describe(self, tenant_ref: str) -> TenantOut:
+        return TenantOut.of(await self.get(tenant_ref))
+
+    async def list_tenants(self, *, limit: int = DEFAULT_PAGE, cursor: str | None = None) -> TenantList:
+        """A page of tenants (deleted ones left out) in id order (ids are time-sortable: oldest first)."""
+        limit = _page_size(limit)
+        async with self._sessions() as session:
+            rows = await repo.page_tenants(session, limit=limit + 1, after_id=_cursor(cursor), hidden_status=DELETED)
+        shown = list(rows[:limit])
+        return TenantList(data=[TenantOut.of(t) for t in shown], next_cursor=_next_cursor([t.id for t in rows], limit))
+
+    async def update_tenant(
+        self, tenant_ref: str, *, name: str | None = None, status: str | None = None, actor: str
+    ) -> TenantOut:
+        """Rename and/or enable or disable a tenant. Disabled: every key of it is refused (401); its open tasks
+        still settle. The event is `tenant.disable` or `tenant.enable` for a status change alone, else
+        `tenant.update`."""
+        if status is not None and status not in ("active", "disabled"):
+            raise InvalidRequest("status must be 'active' or 'disabled'", param="status")
+        new_name = None if name is None else _checked_name(name)
+        async with self._action(actor, "tenant.update", "tenant", tenant_ref) as session:
+            tenant = await find(session, tenant_ref)
+            now = self._clock()
+            changes: dict[str, Any] = {}
+            if new_name is not None and new_name != tenant.name:
+                other = await repo.get_by_name(session, new_name)
+                if other is not None and other.id != tenant.id:
+                    raise _name_taken(new_name, other)
+                changes["name"] = {"from": tenant.name, "to": new_name}
+                tenant.name = new_name
+            if status is not None and status != tenant.status:
+                changes["status"] = {"from": tenant.status, "to": status}
+                tenant.status = status
+            if changes:
+                tenant.updated_at = now
+                await session.flush()
+                await record(session, "tenant", tenant.id, now=now)
+            action = "tenant.update"
+            if status is not None and "name" not in changes:
+                action = "tenant.disable" if status == "disabled" else "tenant.enable"
+            await record_audit(
+                session,
+                actor=actor,
+                action=action,
+                target_type="tenant",
+                target_id=tenant.id,
+                detail={"changes": changes},
+                now=now,
+            )
+        return TenantOut.of(tenant)
+
+    async def disable(self, tenant_ref: str, *, actor: str) -> TenantOut:
+        """Refuse every key of the tenant (401) until it is enabled again; its ledger and open tasks stay."""
+        return await self.update_tenant(tenant_ref, status="disabled", actor=actor)
+
+    async def delete(self, tenant_ref: str, *, actor: str) -> TenantOut:
+        """Delete a tenant for good: every key refused (401), and the tenant, its keys, limits and usage are gone
+        from the ops API and the command line (404). Nothing is erased: its ledger and usage rows stay (accounting),
+        its open tasks still settle, and its name stays taken. `disable` is the reversible way."""
+        async with self._action(actor, "tenant.delete", "tenant", tenant_ref) as session:
+            tenant = await find(session, tenant_ref)
+            now = self._clock()
+            previous = tenant.status
+            tenant.status = DELETED
+            tenant.updated_at = now
+            await session.flush()
+            await record(session, "tenant", tenant.id, now=now)
+            await record_audit(
+                session,
+                actor=actor,
+                action="tenant.delete",
+                target_type="tenant",
+                target_id=tenant.id,
+                detail={"name": tenant.name, "changes": {"status": {"from": previous, "to": DELETED}}},
+                now=now,
+            )
+        return TenantOut.of(tenant)
+
+    async def enable(self, tenant_ref: str, *, actor: str) -> TenantOut:
+        return await self.update_tenant(tenant_ref, status="active", actor=actor)
+
+    # --- limits ---------------------------------------------------------------------------------------------------
     async def limits(self, tenant_ref: str) -> Limits:
         return Limits.of(await self.get(tenant_ref))
 
-    async def set_limits(self, tenant_ref: str, update: LimitsUpdate) -> Limits:
+    async def set_limits(self, tenant_ref: str, update: LimitsUpdate, *, actor: str = ACTOR_SYSTEM) -> Limits:
         """Apply the limits given (None = unlimited); the others stay as they are."""
-        async with self._sessions.begin() as session:
+        async with self._action(actor, "limits.update", "tenant", tenant_ref) as session:
             tenant = await find(session, tenant_ref)
-            for name, value in update.changes().items():
+            now = self._clock()
+            changes = update.changes()
+            for name, value in changes.items():
                 setattr(tenant, name, value)
-            tenant.updated_at = self._clock()
+            tenant.updated_at = now
             await session.flush()
+            await record(session, "tenant", tenant.id, now=now)
+            await record_audit(
+                session,
+                actor=actor,
+                action="limits.update",
+                target_type="tenant",
+                target_id=tenant.id,
+                detail={"changes": changes},
+                now=now,
+            )
         return Limits.of(tenant)
 
+    # --- keys -----------------------------------------------------------------------------------------------------
+    async def create_key(
+        self,
+        tenant_ref: str,
+        *,
+        name: str | None = None,
+        scopes: Sequence[str] | None = None,
+        expires_at: int | None = None,
+        expires_in_s: int | None = None,
+        actor: str,
+    ) -> NewKeyOut:
+        """Another key for a tenant (shown once). Scopes default to all; no expiry unless given."""
+        key_name = (name or "").strip()
+        problem = key_name_problem(key_name)
+        if problem is not None:
+            raise InvalidRequest(f"The key name {problem}.", param="name")
+        chosen = _checked_scopes(scopes)
+        if expires_at is not None and expires_in_s is not None:
+            raise InvalidRequest("Give expires_at or expires_in_s, not both.", param="expires_at")
+        if expires_in_s is not None and not 1 <= expires_in_s <= MAX_EXPIRES_IN_S:
+            raise InvalidRequest(f"expires_in_s must be 1 to {MAX_EXPIRES_IN_S} seconds.", param="expires_in_s")
+        async with self._action(actor, "key.create", "tenant", tenant_ref) as session:
+            tenant = await find(session, tenant_ref)
+            now = self._clock()
+            expiry: dt.datetime | None = None
+            if expires_at is not None:
+                expiry = from_unix(expires_at)
+                if expiry is None or expiry <= now:
+                    raise Conflict("expires_at must be in the future.", param="expires_at", code="invalid_expiry")
+            elif expires_in_s is not None:
+                expiry = now + dt.timedelta(seconds=expires_in_s)
+            key, plaintext = await self._insert_key(
+                session, tenant.id, name=key_name, scopes=chosen, expires_at=expiry, rotated_from_id=None, now=now
+            )
+            await record_audit(
+                session,
+                actor=actor,
+                action="key.create",
+                target_type="tenant_key",
+                target_id=key.id,
+                detail={"tenant_id": tenant.id, "name": key_name, "scopes": chosen, "expires_at": to_unix(expiry)},
+                now=now,
+            )
+        return NewKeyOut.new(key, plaintext, now)
+
+    async def list_keys(self, tenant_ref: str, *, limit: int = DEFAULT_PAGE, cursor: str | None = None) -> KeyList:
+        """A page of a tenant's keys (revoked and expired ones included, with their status), oldest first."""
+        limit = _page_size(limit)
+        after = _cursor(cursor)
+        async with self._sessions() as session:
+            tenant = await find(session, tenant_ref)
+            rows = await repo.page_keys(session, tenant.id, limit=limit + 1, after_id=after)
+        now = self._clock()
+        shown = list(rows[:limit])
+        return KeyList(
+            data=[KeyOut.of(k, now, self._last_used.pending(k.id)) for k in shown],
+            next_cursor=_next_cursor([k.id for k in rows], limit),
+        )
+
+    async def rotate_key(self, key_id: str, grace_seconds: int = DEFAULT_GRACE_S, *, actor: str) -> NewKeyOut:
+        """A new key (same tenant, name and scopes; shown once) that works at once; the old one keeps working for
+        `grace_seconds` (never past its own expiry), then is refused. A key that expires keeps its lifetime: the new
+        key expires as long after its creation as the old one did after its own."""
+        if not 0 <= grace_seconds <= MAX_GRACE_S:
+            raise InvalidRequest(f"grace_seconds must be 0 to {MAX_GRACE_S}.", param="grace_seconds")
+        async with self._action(actor, "key.rotate", "tenant_key", key_id) as session:
+            old = await find_key(session, key_id, for_update=True)
+            now = self._clock()
+            if old.revoked_at is not None:
+                raise Conflict(f"Key {old.id!r} is revoked: create a new key instead", code="key_revoked")
+            if old.expires_at is not None and old.expires_at <= now:
+                raise Conflict(f"Key {old.id!r} has expired: create a new key instead", code="key_expired")
+            lifetime = None if old.expires_at is None else old.expires_at - old.created_at
+            new, plaintext = await self._insert_key(
+                session,
+                old.tenant_id,
+                name=old.name,
+                scopes=parse_scopes(old.scopes),
+                expires_at=None if lifetime is None else now + lifetime,
+                rotated_from_id=old.id,
+                now=now,
+            )
+            grace_end = now + dt.timedelta(seconds=grace_seconds)
+            old.expires_at = grace_end if old.expires_at is None else min(old.expires_at, grace_end)
+            await session.flush()
+            await record(session, "tenant_key", old.id, now=now)
+            await record_audit(
+                session,
+                actor=actor,
+                action="key.rotate",
+                target_type="tenant_key",
+                target_id=old.id,
+                detail={
+                    "tenant_id": old.tenant_id,
+                    "new_key_id": new.id,
+                    "grace_seconds": grace_seconds,
+                    "old_key_expires_at": to_unix(old.expires_at),
+                },
+                now=now,
+            )
+        return NewKeyOut.new(new, plaintext, now)
+
+    async def revoke_key(self, key_id: str, *, actor: str) -> KeyOut:
+        """Refuse the key from now on (401). Revoking a revoked key changes nothing."""
+        async with self._action(actor, "key.revoke", "tenant_key", key_id) as session:
+            key = await find_key(session, key_id, for_update=True)
+            now = self._clock()
+            already = key.revoked_at is not None
+            if not already:
+                key.revoked_at = now
+                await session.flush()
+                await record(session, "tenant_key", key.id, now=now)
+            await record_audit(
+                session,
+                actor=actor,
+                action="key.revoke",
+                target_type="tenant_key",
+                target_id=key.id,
+                detail={"tenant_id": key.tenant_id, "already_revoked": already},
+                now=now,
+            )
+        return KeyOut.of(key, now, self._last_used.pending(key.id))
+
+    # --- the zero-config demo tenant ------------------------------------------------------------------------------
     async def ensure_demo_key(self, stored: str | None) -> str:
         """The zero-config demo tenant's key: `stored` while it still works, else a new demo tenant's key."""
         if stored is not None:
             try:
-                await self.authenticate(f"Bearer {stored}")
+                await self.authenticate_key(f"Bearer {stored}", note_use=False)
                 return stored
             except Unauthorized:
                 pass  # the database was reset under the key file: make a new demo tenant
@@ -80,33 +414,99 @@ class TenantService:
             name = DEMO_TENANT
             if await repo.get_by_name(session, name) is not None:
                 name = f"{DEMO_TENANT}-{secrets.token_hex(3)}"
-            _, key = await self._create(session, name, key=new_tenant_key(), limits=None)
+            _, _, key = await self._create(session, name, key=new_tenant_key(), limits=None, actor=ACTOR_SYSTEM)
         return key
 
+    # --- helpers --------------------------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def _action(self, actor: str, action: str, target_type: str, target_ref: str) -> AsyncIterator[AsyncSession]:
+        """The transaction of one admin action; a refusal (404, 409, 400) is audited in a transaction of its own."""
+        try:
+            async with self._sessions.begin() as session:
+                yield session
+        except IntegrityError as e:  # a concurrent change took the name between our check and our write
+            error = Conflict("A tenant with this name already exists", param="name")
+            await self._refused(actor, action, target_type, target_ref, error)
+            raise error from e
+        except (NotFound, Conflict, InvalidRequest) as e:
+            await self._refused(actor, action, target_type, target_ref, e)
+            raise
+
+    async def _refused(
+        self, actor: str, action: str, target_type: str, target_ref: str, error: NotFound | Conflict | InvalidRequest
+    ) -> None:
+        # The target is what the operator typed: never store something that looks like a tenant key.
+        target = "[redacted]" if TENANT_KEY_PREFIX in target_ref else target_ref
+        try:
+            await self._audit.record(
+                actor=actor,
+                action=action,
+                target_type=target_type,
+                target_id=target,
+                outcome="refused",
+                detail={"error": str(error.code), "status": error.status_code},
+            )
+        except Exception as e:  # the refusal itself is what the caller must hear
+            log.warning("could not audit a refused %s: %s", action, type(e).__name__)
+
     async def _create(
-        self, session: AsyncSession, name: str, *, key: str | None, limits: Mapping[str, int | None] | None
-    ) -> tuple[Tenant, str]:
-        name = name.strip()
-        if not name:
-            raise Conflict("Tenant name must not be empty", param="name")
-        if await repo.get_by_name(session, name) is not None:
-            raise Conflict(f"A tenant named '{name}' already exists", param="name")
+        self,
+        session: AsyncSession,
+        name: str,
+        *,
+        key: str | None,
+        limits: Mapping[str, int | None] | None,
+        actor: str,
+    ) -> tuple[Tenant, TenantKey, str]:
+        name = _checked_name(name)
+        other = await repo.get_by_name(session, name)
+        if other is not None:
+            raise _name_taken(name, other)
         chosen = self._default_limits if limits is None else {n: limits.get(n) for n in LIMIT_NAMES}
         now = self._clock()
         tenant = Tenant(id=new_id("ten_"), name=name, status="active", created_at=now, updated_at=now, **chosen)
         await repo.insert_tenant(session, tenant)
-        plaintext = key or new_tenant_key()
-        await repo.insert_key(
-            session,
-            TenantKey(
-                id=new_id("key_"),
-                tenant_id=tenant.id,
-                key_hash=self._keys.hash_tenant_key(plaintext),
-                prefix=plaintext[:10],
-                created_at=now,
-            ),
+        key_row, plaintext = await self._insert_key(
+            session, tenant.id, name="", scopes=list(SCOPES), expires_at=None, rotated_from_id=None, now=now, key=key
         )
-        return tenant, plaintext
+        await record_audit(
+            session,
+            actor=actor,
+            action="tenant.create",
+            target_type="tenant",
+            target_id=tenant.id,
+            detail={"name": name, "limits": {n: getattr(tenant, n) for n in LIMIT_NAMES}, "key_id": key_row.id},
+            now=now,
+        )
+        return tenant, key_row, plaintext
+
+    async def _insert_key(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        *,
+        name: str,
+        scopes: Sequence[str],
+        expires_at: dt.datetime | None,
+        rotated_from_id: str | None,
+        now: dt.datetime,
+        key: str | None = None,
+    ) -> tuple[TenantKey, str]:
+        plaintext = key or new_tenant_key()
+        row = TenantKey(
+            id=new_id("key_"),
+            tenant_id=tenant_id,
+            key_hash=self._keys.hash_tenant_key(plaintext),
+            hash_key_id=self._keys.key_id,
+            prefix=plaintext[:10],
+            name=name,
+            scopes=",".join(s for s in SCOPES if s in scopes),
+            created_at=now,
+            expires_at=expires_at,
+            rotated_from_id=rotated_from_id,
+        )
+        await repo.insert_key(session, row)
+        return row, plaintext
 
 
 async def find(session: AsyncSession, tenant_ref: str) -> Tenant:
@@ -114,6 +514,54 @@ async def find(session: AsyncSession, tenant_ref: str) -> Tenant:
     # A NUL cannot be in any id or name, and PostgreSQL refuses it in a text parameter: an unknown tenant.
     valid = "\x00" not in tenant_ref
     tenant = valid and (await repo.get(session, tenant_ref) or await repo.get_by_name(session, tenant_ref))
-    if not tenant:
+    if not tenant or tenant.status == DELETED:
         raise NotFound(f"Tenant {tenant_ref!r} not found", code="tenant_not_found")
     return tenant
+
+
+async def find_key(session: AsyncSession, key_id: str, *, for_update: bool = False) -> TenantKey:
+    """A tenant key by its public id, or 404 `key_not_found`."""
+    found = await repo.get_key(session, key_id, for_update=for_update) if _CURSOR.fullmatch(key_id) else None
+    if found is None or found[1].status == DELETED:  # a deleted tenant's keys are gone with it
+        raise NotFound(f"Key {key_id!r} not found", code="key_not_found")
+    return found[0]
+
+
+def _name_taken(name: str, other: Tenant) -> Conflict:
+    if other.status == DELETED:
+        return Conflict(f"The name '{name}' belongs to a deleted tenant: choose another", param="name")
+    return Conflict(f"A tenant named '{name}' already exists", param="name")
+
+
+def _checked_name(name: str) -> str:
+    stripped = name.strip()
+    problem = name_problem(stripped)
+    if problem is not None:
+        raise InvalidRequest(f"The tenant name {problem}.", param="name")
+    return stripped
+
+
+def _checked_scopes(scopes: Sequence[str] | None) -> list[Scope]:
+    if scopes is None:
+        return list(SCOPES)
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown or not scopes:
+        raise InvalidRequest(f"scopes must be one or more of: {', '.join(SCOPES)}.", param="scopes")
+    return [s for s in SCOPES if s in scopes]
+
+
+def _page_size(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest(f"limit must be 1 to {MAX_PAGE}.", param="limit")
+    return limit
+
+
+def _cursor(cursor: str | None) -> str | None:
+    if cursor is not None and not _CURSOR.fullmatch(cursor):
+        raise InvalidRequest("Invalid cursor: pass the next_cursor of the previous page.", param="cursor")
+    return cursor
+
+
+def _next_cursor(ids: Sequence[str], limit: int) -> str | None:
+    """The cursor of the next page: the last id shown, when one more row than shown was read."""
+    return ids[limit - 1] if len(ids) > limit else None

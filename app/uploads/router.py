@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from app.contract import MAX_UPLOAD_BYTES, ErrorEnvelope, UploadData, UploadResponse
 from app.core.errors import RateLimited
 from app.quotas.deps import UploadRate
-from app.tenants.deps import TenantDep
+from app.tenants.deps import SubmitScope, TenantDep
 from app.uploads.deps import UploadServiceDep
 from app.upstream.base import UploadRefused
 
@@ -55,10 +55,11 @@ _RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"t
     "/images",
     response_model=UploadResponse,
     summary="Upload a reference image for image_urls",
-    dependencies=[UploadRate],
+    dependencies=[SubmitScope, UploadRate],
     responses={
         400: {"model": UploadResponse, "description": "Empty file, or not a JPEG, PNG, WebP or GIF image"},
         401: {"model": ErrorEnvelope, "description": "Missing or invalid API key"},
+        403: {"model": ErrorEnvelope, "description": "The API key lacks the `submit` scope"},
         413: {"model": UploadResponse, "description": "Larger than 10 MB"},
         429: {
             "model": UploadResponse,
