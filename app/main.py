@@ -62,7 +62,9 @@ def create_app(
             invalidator = Invalidator(kernel.sessions, kernel.clock)
             app.state.invalidator = invalidator
             try:
-                upstream = await build_upstream(kernel, adapter=adapter, transport=upstream_transport)
+                upstream = await build_upstream(
+                    kernel, adapter=adapter, transport=upstream_transport, invalidator=invalidator
+                )
             except (OperationalError, ProgrammingError) as e:
                 raise DatabaseNotMigrated() from e
             stack.push_async_callback(upstream.aclose)

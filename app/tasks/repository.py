@@ -81,3 +81,14 @@ async def interrupted_submit_ids(session: AsyncSession, created_before: dt.datet
         .limit(limit)
     )
     return list((await session.execute(stmt)).scalars().all())
+
+
+async def set_upstream_key(session: AsyncSession, task_id: str, upstream_key_id: str) -> None:
+    """Pin a task still being submitted to another upstream key (its first one could not take it)."""
+    stmt = (
+        update(Task)
+        .where(Task.id == task_id)
+        .values(upstream_key_id=upstream_key_id)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(stmt)

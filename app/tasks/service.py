@@ -20,7 +20,7 @@ from app.contract import (
     TaskStatus,
 )
 from app.core.clock import Clock, from_unix, to_unix
-from app.core.errors import GatewayError, NotFound, UpstreamRejected
+from app.core.errors import GatewayError, NotFound, NoUpstreamKey, UpstreamRejected
 from app.core.ids import new_id
 from app.models import Tenant
 from app.models.task import Task
@@ -28,7 +28,7 @@ from app.quotas import service as quotas
 from app.tasks import repository as repo
 from app.tasks.singleflight import SingleFlight
 from app.upstream.base import UpstreamAdapter, UpstreamTask
-from app.upstream.pool import UpstreamKeyPool
+from app.upstream.pool import PoolKey, UpstreamKeyPool
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,12 @@ class TaskService:
         self._inflight: SingleFlight[Task] = SingleFlight()
 
     async def submit(self, tenant: Tenant, request: GenerationRequest) -> Task:
-        """Record the task and reserve its images, send it upstream with a pool key, record the upstream's answer."""
-        key = self._pool.choose()
+        """Record the task, reserve its images and a slot on a pool key, send it upstream, record the answer.
+
+        A refusal that is the key's own (401/403, 429) marks the key for every replica and the task moves to
+        another key before the tenant hears of it; 503 `upstream_unavailable` only when no key can take it.
+        """
+        key = self._pool.choose()  # nothing is written when no key can take the task
         body = request.to_upstream()
         now = self._clock()
         task = Task(
@@ -73,29 +77,59 @@ class TaskService:
             created_at=now,
             updated_at=now,
         )
-        # The row and its reservation are committed before the upstream call, so a crash cannot lose a task the
-        # upstream accepted, nothing is spent upstream that the quota refused, and no transaction (and no lock on
-        # the tenant's hot counter rows) is held open across the network.
+        # The row, its reservation and its slot on the key are committed before the upstream call, so a crash
+        # cannot lose a task the upstream accepted, nothing is spent upstream that the quota refused, and no
+        # transaction (and no lock on the tenant's counters or the key's row) is held open across the network.
+        # The key's slot is taken last: its row is locked only for the commit.
         async with self._sessions.begin() as session:
             await repo.insert(session, task)
             if self._quotas_enabled:
                 await quotas.reserve(session, tenant, task.id, request.max_output_images, now)
-        try:
-            upstream = await self._adapter.create(key.secret, body)
-        except GatewayError as e:
-            log.warning(
-                "task %s of tenant %s not accepted upstream (%s %s): %s",
-                task.id,
-                tenant.id,
-                e.status_code,
-                e.code,
-                e.message,
-            )
-            await self._mark_refused(task.id, e)
-            raise
+            taken = await self._pool.take_slot(session, key)
+            if taken.id != key.id:
+                await repo.set_upstream_key(session, task.id, taken.id)
+        key, tried = taken, {taken.id}
+        while True:
+            try:
+                upstream = await self._adapter.create(key.secret, body)
+                break
+            except GatewayError as e:
+                error: GatewayError = e
+                if await self._pool.report_failure(key, e):
+                    try:
+                        key = await self._move(task.id, key, tried)
+                        tried.add(key.id)
+                        continue
+                    except NoUpstreamKey as none:
+                        error = none
+                log.warning(
+                    "task %s of tenant %s not accepted upstream (%s %s): %s",
+                    task.id,
+                    tenant.id,
+                    error.status_code,
+                    error.code,
+                    error.message,
+                )
+                await self._mark_refused(task.id, error)
+                raise error from None
+        await self._pool.report_success(key)
         values = _values_from_upstream(upstream, self._clock())
         values["upstream_task_id"] = upstream.id
         return await self._record(task.id, values, len(upstream.urls))
+
+    async def _move(self, task_id: str, old: PoolKey, tried: set[str]) -> PoolKey:
+        """Move a task being submitted from a key that refused it to the next key: its slot moves with it."""
+        async with self._sessions.begin() as session:
+            new = self._pool.choose(exclude=tried)
+            # Rows are locked in id order, so two tasks moving between the same two keys cannot deadlock.
+            if old.id < new.id:
+                await self._pool.release_slot(session, old.id)
+                new = await self._pool.take_slot(session, new, tried)
+            else:
+                new = await self._pool.take_slot(session, new, tried)
+                await self._pool.release_slot(session, old.id)
+            await repo.set_upstream_key(session, task_id, new.id)
+        return new
 
     async def status(self, tenant_id: str, task_id: str) -> Task:
         """A terminal task from the ledger; an open one refreshed from the upstream at most once per interval."""
@@ -163,20 +197,28 @@ class TaskService:
         if claimed:
             assert task.upstream_task_id is not None
             try:
-                key = self._pool.get(task.upstream_key_id)
-                upstream = await self._adapter.get(key.secret, task.upstream_task_id)
+                key = self._pool.get(task.upstream_key_id)  # the key that created it, whatever its state now
             except GatewayError as e:
-                # A failed poll changes nothing: the caller sees the last known state and polls again.
                 log.warning("status refresh of %s failed: %s", task.id, e.message)
             else:
-                return await self._record(task.id, _values_from_upstream(upstream, self._clock()), len(upstream.urls))
+                try:
+                    upstream = await self._adapter.get(key.secret, task.upstream_task_id)
+                except GatewayError as e:
+                    # A failed poll changes nothing: the caller sees the last known state and polls again.
+                    log.warning("status refresh of %s failed: %s", task.id, e.message)
+                    await self._pool.report_failure(key, e, call="status")
+                else:
+                    return await self._record(
+                        task.id, _values_from_upstream(upstream, self._clock()), len(upstream.urls)
+                    )
         async with self._sessions() as session:
             fresh = await repo.get(session, task.id)
         assert fresh is not None
         return fresh
 
     async def _record(self, task_id: str, values: dict[str, Any], produced: int) -> Task:
-        """Write the upstream's view of a task; the call that makes it terminal also settles its quota."""
+        """Write the upstream's view of a task; the call that makes it terminal also settles its quota and frees
+        its slot on its upstream key."""
         async with self._sessions.begin() as session:
             stored = await repo.apply_update(session, task_id, values)
             if stored is None:  # already terminal: another caller or replica recorded the end first
@@ -185,6 +227,8 @@ class TaskService:
                 await quotas.settle(
                     session, task_id, produced if stored.status == TaskStatus.COMPLETED else 0, self._clock()
                 )
+                if stored.upstream_key_id is not None:
+                    await self._pool.release_slot(session, stored.upstream_key_id)
         assert stored is not None
         return stored
 

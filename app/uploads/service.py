@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.contract import MAX_UPLOAD_BYTES, UPLOAD_MIME_TYPES, sniff_image_type
+from app.core.errors import UpstreamCredentialsRefused
 from app.upstream.base import UploadedFile, UploadRefused, UpstreamAdapter
 from app.upstream.pool import UpstreamKeyPool
 
@@ -29,5 +30,15 @@ class UploadService:
         content_type = sniff_image_type(content)
         if content_type not in UPLOAD_MIME_TYPES:
             raise UploadRefused(400, NOT_AN_IMAGE)
-        key = self._pool.choose()
-        return await self._adapter.upload(key.secret, filename, content, content_type, purpose)
+        tried: set[str] = set()
+        while True:  # a key the upstream refuses (401/403) or rate-limits (429) is marked, and the next one tried
+            key = self._pool.choose(exclude=tried)  # 503 upstream_unavailable when none is left
+            tried.add(key.id)
+            try:
+                return await self._adapter.upload(key.secret, filename, content, content_type, purpose)
+            except UpstreamCredentialsRefused as e:
+                await self._pool.report_failure(key, e, call="upload")
+            except UploadRefused as e:
+                if e.status_code != 429:
+                    raise
+                await self._pool.cool(key, e.retry_after_s, "rate limited by the upstream (429 on an upload)")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.contract import PublicTaskStatus
+from app.core.errors import UpstreamUnavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,18 +35,28 @@ class UploadedFile:
 
 
 class UploadRefused(Exception):
-    """The upstream refused an upload; `message` is the upstream's own text."""
+    """The upstream refused an upload; `message` is the upstream's own text (`retry_after_s` from a 429's header)."""
 
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(self, status_code: int, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class UpstreamServerError(UpstreamUnavailable):
+    """The upstream answered 5xx (as opposed to not answering at all): counted against the key that got it."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"Upstream answered {status}")
+        self.upstream_status = status
 
 
 class UpstreamAdapter(Protocol):
     """Create and query generation tasks with one upstream API key.
 
-    Errors: `UpstreamRejected` (4xx, passed through), `UpstreamUnavailable` (5xx, network), `UpstreamTimeout`.
+    Errors: `UpstreamRejected` (4xx, passed through), `UpstreamCredentialsRefused` (401/403: the key itself),
+    `UpstreamServerError` (5xx), `UpstreamUnavailable` (network, unusable answer), `UpstreamTimeout`.
     """
 
     async def create(self, api_key: str, body: dict[str, Any]) -> UpstreamTask: ...
@@ -55,3 +68,21 @@ class UpstreamAdapter(Protocol):
     ) -> UploadedFile: ...
 
     async def aclose(self) -> None: ...
+
+
+def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date), or None when absent or unreadable."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - now).total_seconds())

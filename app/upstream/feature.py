@@ -1,16 +1,22 @@
-"""The upstream feature as the lifespan builds it: the adapter (one pooled HTTP client) and the key pool."""
+"""The upstream feature as the lifespan builds it: the adapter (one pooled HTTP client), the key pool (reloaded on
+invalidation events), the prober of refused keys and the ops service."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
 
 import httpx
 
 from app.config import Settings
 from app.core.net import local_host_for
+from app.invalidation import Invalidator
 from app.runtime import Kernel
 from app.upstream.base import UpstreamAdapter
-from app.upstream.pool import UpstreamKeyPool
+from app.upstream.pool import PoolPolicy, UpstreamKeyPool
+from app.upstream.prober import KeyProber
+from app.upstream.service import UpstreamKeyService
 from app.upstream.toapis import ToAPIsAdapter, build_http_client
 
 SANDBOX_MOUNT = "/_sandbox"
@@ -35,14 +41,31 @@ def configured_upstream_keys(settings: Settings) -> list[str]:
 class Upstream:
     adapter: UpstreamAdapter
     pool: UpstreamKeyPool
+    keys: UpstreamKeyService
+    prober: KeyProber
+    _probing: asyncio.Task[None] | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        """Start the prober of refused keys (one loop per process)."""
+        if self._probing is None:
+            self._probing = asyncio.create_task(self.prober.run_forever(), name="upstream-key-prober")
+
+    async def stop(self) -> None:
+        if self._probing is not None:
+            self._probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probing
+            self._probing = None
+        await self.pool.aclose()
 
     async def aclose(self) -> None:
+        await self.stop()
         await self.adapter.aclose()
 
 
-async def load_pool(kernel: Kernel) -> UpstreamKeyPool:
-    """The key pool with the configured keys stored and every active key loaded (SettingsError when unreadable)."""
-    pool = UpstreamKeyPool(kernel.sessions, kernel.keys, kernel.clock)
+async def load_pool(kernel: Kernel, policy: PoolPolicy | None = None) -> UpstreamKeyPool:
+    """The key pool with the configured keys stored and every key loaded (SettingsError when unreadable)."""
+    pool = UpstreamKeyPool(kernel.sessions, kernel.keys, kernel.clock, policy)
     await pool.load(configured_upstream_keys(kernel.settings))
     return pool
 
@@ -52,21 +75,34 @@ async def build_upstream(
     *,
     adapter: UpstreamAdapter | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    invalidator: Invalidator | None = None,
+    policy: PoolPolicy | None = None,
 ) -> Upstream:
-    """Tests inject an adapter or a transport; production builds the ToAPIs adapter from the settings."""
-    pool = await load_pool(kernel)
+    """Tests inject an adapter or a transport; production builds the ToAPIs adapter from the settings.
+
+    With `invalidator` (a serving process), the pool reloads a key whenever any replica changes it (subscribed
+    before the invalidator's first read, so no change is missed) and the prober of refused keys starts; `aclose`
+    stops it."""
+    pool = await load_pool(kernel, policy)
+    if invalidator is not None:
+        pool.subscribe(invalidator)
     settings = kernel.settings
-    return Upstream(
-        adapter=adapter
-        or ToAPIsAdapter(
-            build_http_client(
-                upstream_base_url(settings),
-                user_agent=settings.user_agent,
-                timeout_s=settings.upstream_timeout_s,
-                connect_timeout_s=settings.upstream_connect_timeout_s,
-                max_connections=settings.upstream_max_connections,
-                transport=transport,
-            )
-        ),
-        pool=pool,
+    adapter = adapter or ToAPIsAdapter(
+        build_http_client(
+            upstream_base_url(settings),
+            user_agent=settings.user_agent,
+            timeout_s=settings.upstream_timeout_s,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            max_connections=settings.upstream_max_connections,
+            transport=transport,
+        )
     )
+    upstream = Upstream(
+        adapter=adapter,
+        pool=pool,
+        keys=UpstreamKeyService(kernel.sessions, kernel.keys, kernel.clock, pool),
+        prober=KeyProber(pool, adapter),
+    )
+    if invalidator is not None:
+        upstream.start()
+    return upstream

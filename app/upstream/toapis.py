@@ -10,8 +10,9 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from app.contract import UPSTREAM_STATUS_MAP, PublicTaskStatus, TaskStatus
+from app.core.clock import utcnow
 from app.core.errors import UpstreamCredentialsRefused, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
-from app.upstream.base import UploadedFile, UploadRefused, UpstreamTask
+from app.upstream.base import UploadedFile, UploadRefused, UpstreamServerError, UpstreamTask, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,13 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
+def _credentials_refused(status: int, method: str, path: str) -> UpstreamCredentialsRefused:
+    """The key itself was refused. Logged as a warning here; the key pool raises the alert when it disables a key
+    (one ERROR line per key, not one per call)."""
+    log.warning("upstream refused an upstream key with %s on %s %s", status, method, path)
+    return UpstreamCredentialsRefused(f"The upstream refused the gateway's credentials ({status})")
+
+
 class ToAPIsAdapter:
     """Speaks /v1/images/generations and /v1/uploads/images to a ToAPIs-compatible upstream."""
 
@@ -129,13 +137,18 @@ class ToAPIsAdapter:
         except httpx.HTTPError as e:
             raise UpstreamUnavailable("Upstream unreachable") from e
         if response.status_code >= 500:
-            raise UpstreamUnavailable(f"Upstream answered {response.status_code}")
+            raise UpstreamServerError(response.status_code)
+        if response.status_code in (401, 403):
+            raise _credentials_refused(response.status_code, "POST", "/v1/uploads/images")
         payload = self._json(response, allow_error=response.status_code >= 400)
         data = payload.get("data")
         if response.status_code >= 400 or not payload.get("success") or not isinstance(data, dict):
             raise UploadRefused(
                 response.status_code if response.status_code >= 400 else 400,
                 str(payload.get("message") or "Upload refused by upstream"),
+                retry_after_s=parse_retry_after(response.headers.get("retry-after"), utcnow())
+                if response.status_code == 429
+                else None,
             )
         return UploadedFile(
             id=str(data.get("id")),
@@ -157,11 +170,10 @@ class ToAPIsAdapter:
         except httpx.HTTPError as e:
             raise UpstreamUnavailable(f"Upstream unreachable: {type(e).__name__}") from e
         if response.status_code >= 500:
-            raise UpstreamUnavailable(f"Upstream answered {response.status_code}")
+            raise UpstreamServerError(response.status_code)
         if response.status_code in (401, 403):
             # Passed through, it would tell the tenant that *its* key is wrong.
-            log.error("upstream refused an upstream key with %s on %s %s", response.status_code, method, path)
-            raise UpstreamCredentialsRefused("The upstream refused the gateway's credentials")
+            raise _credentials_refused(response.status_code, method, path)
         if response.status_code >= 400:
             body = self._json(response, allow_error=True)
             headers = {k: v for k, v in response.headers.items() if k.lower() in _PASSTHROUGH_HEADERS}

@@ -227,8 +227,10 @@ async def test_malformed_json_wrong_type_and_oversized_bodies(gw: Harness) -> No
 async def test_upstream_refusals_and_outages(gw: Harness) -> None:
     key = await gw.new_tenant("acme")
     r = await gw.client.post(URL, headers=bearer(key), json={"prompt": "x [fault:429]"})
-    assert r.status_code == 429 and r.headers["retry-after"] == "2"
-    assert_envelope(r.json(), "rate_limit_exceeded")
+    # A 429 refuses the organisation's only upstream key: it cools for the Retry-After, and no key is left.
+    assert r.status_code == 503 and r.headers["retry-after"] == "2"
+    assert_envelope(r.json(), "upstream_unavailable")
+    gw.clock.advance(2)
     r = await gw.client.post(URL, headers=bearer(key), json={"prompt": "x [fault:content_policy]"})
     assert r.status_code == 422
     assert_envelope(r.json(), "content_policy_violation")
@@ -286,14 +288,15 @@ async def test_unknown_route_and_method_use_the_envelope(gw: Harness) -> None:
     assert set(r.json()) == {"error"}
 
 
-async def test_upstream_refusing_the_organisations_key_is_502_not_the_tenants_401(database_url: str) -> None:
+async def test_upstream_refusing_the_organisations_key_is_503_not_the_tenants_401(database_url: str) -> None:
     from app.sandbox.config import SandboxConfig
     from tests.fixtures.gateway import running_gateway
 
     async with running_gateway(database_url, sandbox_config=SandboxConfig(accepted_keys="sk-some-other-key")) as gw:
         key = await gw.new_tenant("acme", daily_images=5)
         r = await gw.client.post(URL, headers=bearer(key), json={"prompt": "a fox", "n": 2})
-        assert r.status_code == 502
-        assert_envelope(r.json(), "upstream_auth_failed")
+        # The only upstream key is disabled (an ERROR alert for ops) and no other key can take the task.
+        assert r.status_code == 503
+        assert_envelope(r.json(), "upstream_unavailable")
         usage = (await gw.client.get("/v1/usage", headers=bearer(key))).json()
         assert usage["day"]["used"] == 0 and usage["in_flight"]["current"] == 0

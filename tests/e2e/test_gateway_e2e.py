@@ -175,23 +175,25 @@ async def test_failure_paths(database_url: str, processes: Processes, sandbox: S
     acme = gateway.tenant(pending)
 
     async with http_client() as client:
+        # Submitted first: the 429 below cools the only upstream key (a task already sent is still polled with it).
+        doomed = await submit(client, gateway, acme, body("[fault:fail] a doomed fox"))
 
         async def failing_task() -> None:
-            task_id = await submit(client, gateway, acme, body("[fault:fail] a doomed fox"))
-            task = await poll_until_terminal(client, gateway.generations, acme, task_id, gateway.process)
+            task = await poll_until_terminal(client, gateway.generations, acme, doomed, gateway.process)
             assert task["status"] == "failed", task
             assert task["error"]["code"] == "generation_failed", task
             assert task["error"]["message"], task
             assert "result" not in task
 
         async def refused_submits() -> None:
-            limited, broken, refused = await asyncio.gather(
-                client.post(gateway.generations, json=body("[fault:429] busy"), headers=acme.headers),
+            broken, refused = await asyncio.gather(
                 client.post(gateway.generations, json=body("[fault:500] broken"), headers=acme.headers),
                 client.post(gateway.generations, json=body("[fault:content_policy] nope"), headers=acme.headers),
             )
-            assert_envelope(limited, 429, "rate_limit_exceeded")
-            assert limited.headers.get("retry-after") == "2", limited.headers  # the sandbox's, passed through
+            # Last: a 429 cools the only upstream key for its Retry-After, so no key can take the task.
+            limited = await client.post(gateway.generations, json=body("[fault:429] busy"), headers=acme.headers)
+            assert_envelope(limited, 503, "upstream_unavailable")
+            assert limited.headers.get("retry-after") == "2", limited.headers  # the sandbox's Retry-After
             assert_envelope(broken, 502)
             error = assert_envelope(refused, 422, "content_policy_violation")
             assert error.get("type") == "invalid_request_error"
