@@ -37,9 +37,13 @@ KEEP_EVENTS = dt.timedelta(minutes=10)
 _BATCH = 1000
 
 
+_RECORDED = "gw_invalidations"  # session.info: what record() wrote in the session, for apply_recorded()
+
+
 async def record(session: AsyncSession, topic: Topic, key: str = ALL, *, now: dt.datetime) -> None:
     """Record that `key` of `topic` changed, in the caller's transaction (services call this, never routers)."""
     await session.execute(insert(InvalidationEvent).values(topic=topic, key=key, created_at=now))
+    session.info.setdefault(_RECORDED, []).append((topic, key))
 
 
 class Invalidator:
@@ -69,6 +73,13 @@ class Invalidator:
     def subscribe(self, topic: Topic, callback: Callback) -> None:
         """Call `callback(key)` for every change of `topic` (`key == ""`: drop everything of the topic)."""
         self._subscribers[topic].append(callback)
+
+    def apply_recorded(self, session: AsyncSession) -> None:
+        """Tell this process's subscribers at once what a committed session recorded (the others learn it from the
+        events): a change made through a replica holds on that replica from the moment it is answered."""
+        for topic, key in session.info.pop(_RECORDED, ()):
+            for callback in self._subscribers.get(topic, ()):
+                callback(key)
 
     async def poll_once(self) -> int:
         """Read and apply the events since the last read; the number applied."""

@@ -73,7 +73,9 @@ def create_app(
             tasks = build_tasks(kernel, upstream)
             app.state.kernel = kernel
             app.state.upstream = upstream
-            tenants = TenantService(kernel.sessions, kernel.keys, kernel.clock, settings.default_limits)
+            tenants = TenantService(
+                kernel.sessions, kernel.keys, kernel.clock, settings.default_limits, invalidator=invalidator
+            )
             app.state.tenants = tenants
             app.state.quotas = quotas.service
             app.state.rate_limits = quotas.rate_limits

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import platform
+import secrets
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
+
+import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy.engine import make_url
 
 # The process plumbing lives in the checkout's tests/support/ (the e2e tests use it too), but running a script puts
 # bench/ on sys.path, not the checkout: add it, after bench/ so that `common` and the scripts' names still come first.
@@ -34,6 +40,8 @@ ROOT = Path(_checkout)
 DEFAULT_OUT = ROOT / "bench" / "RESULTS.md"
 READY_TIMEOUT_S = 30.0
 TAIL_CHARS = 3000
+CLI_TIMEOUT_S = 120.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 T = TypeVar("T")
 
@@ -185,3 +193,108 @@ def write_section(path: Path, name: str, section: str, new_file: str) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+# --- commands, databases and CPU time (moved here to be shared by the benchmarks) ---------------------------
+
+
+def cli_command() -> list[str]:
+    """The console script next to this interpreter (`.venv/bin/seedream-gateway`), else `python -m app.cli`."""
+    script = Path(sys.executable).parent / "seedream-gateway"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
+
+
+def run_cli(args: list[str], env: Mapping[str, str], workdir: Path) -> str:
+    """Run a one-shot command of the command line; its stdout, or BenchError with its stderr."""
+    try:
+        done = subprocess.run(
+            [*cli_command(), *args],
+            env=dict(env),
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"`seedream-gateway {shlex.join(args)}` did not finish in {CLI_TIMEOUT_S:.0f} s") from e
+    if done.returncode != 0:
+        raise BenchError(f"`seedream-gateway {shlex.join(args)}` failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def last_json(stdout: str) -> dict[str, Any]:
+    for line in reversed(stdout.splitlines()):
+        if line.lstrip().startswith("{"):
+            value: dict[str, Any] = json.loads(line)
+            return value
+    raise BenchError(f"no JSON object in the command's output: {stdout!r}")
+
+
+def asyncpg_url(url: str) -> str:
+    return make_url(url).set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+def plain_url(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def shown_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def database_name(url: str) -> str:
+    return make_url(url).database or ""
+
+
+async def pg_execute(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(plain_url(url), timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def create_database(server_url: str, prefix: str) -> str:
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    asyncio.run(pg_execute(server_url, f'CREATE DATABASE "{name}"'))
+    return asyncpg_url(make_url(server_url).set(database=name).render_as_string(hide_password=False))
+
+
+def drop_database(url: str) -> None:
+    parsed = make_url(url)
+    server = parsed.set(database="postgres").render_as_string(hide_password=False)
+    asyncio.run(pg_execute(server, f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
+
+
+def proc_stat(pid: int) -> tuple[int, float, str] | None:
+    """(parent pid, CPU seconds user+system, command name) of a process, None when it is gone or unreadable."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    comm = data[data.index("(") + 1 : data.rindex(")")]
+    rest = data[data.rindex(")") + 2 :].split()
+    return int(rest[1]), (int(rest[11]) + int(rest[12])) / CLOCK_TICKS, comm
+
+
+def all_processes() -> dict[int, tuple[int, float, str]]:
+    found = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                stat = proc_stat(int(entry.name))
+                if stat is not None:
+                    found[int(entry.name)] = stat
+    return found
+
+
+def machine_busy() -> float | None:
+    """CPU seconds spent by all cores outside idle and I/O wait since boot."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS

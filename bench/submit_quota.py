@@ -26,11 +26,9 @@ import json
 import math
 import os
 import secrets
-import shlex
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,24 +47,35 @@ from common import (
     HOST,
     BenchError,
     Server,
+    all_processes,
+    asyncpg_url,
     clean_env,
+    cli_command,
     command_line,
     cores,
+    create_database,
+    database_name,
     display_path,
+    drop_database,
     exit_code,
     free_port,
+    last_json,
     machine,
+    machine_busy,
     markers,
     percentile,
+    plain_url,
+    proc_stat,
     progress,
     run_async,
+    run_cli,
+    shown_url,
     start_server,
     tail,
     versions,
     wait_ready,
     write_section,
 )
-from sqlalchemy.engine import make_url
 
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -83,9 +92,7 @@ SATURATED = 0.85  # gateway core share above which a row is reported as CPU-boun
 BUSY_WARNING = 0.15  # machine share in use before the run above which the report warns of noise
 CONNECTION_MARGIN = 10  # connections of the server left to others (the setup commands, psql, ...)
 
-CLI_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 30.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 SECTION = "submit_quota"
 SECTION_BEGIN, SECTION_END = markers(SECTION)
 INTRO = f"""# Benchmark results
@@ -128,68 +135,7 @@ BASELINE = "off"
 QUOTAS_ON = "quotas"
 
 
-# --- processes --------------------------------------------------------------------------------------------------
-
-
-def cli_command() -> list[str]:
-    """The console script next to this interpreter (`.venv/bin/seedream-gateway`), else `python -m app.cli`."""
-    script = Path(sys.executable).parent / "seedream-gateway"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
-
-
-def run_cli(args: list[str], env: Mapping[str, str], workdir: Path) -> str:
-    """Run a one-shot command of the command line; its stdout, or BenchError with its stderr."""
-    try:
-        done = subprocess.run(
-            [*cli_command(), *args],
-            env=dict(env),
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise BenchError(f"`seedream-gateway {shlex.join(args)}` did not finish in {CLI_TIMEOUT_S:.0f} s") from e
-    if done.returncode != 0:
-        raise BenchError(f"`seedream-gateway {shlex.join(args)}` failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return done.stdout
-
-
-def last_json(stdout: str) -> dict[str, Any]:
-    for line in reversed(stdout.splitlines()):
-        if line.lstrip().startswith("{"):
-            value: dict[str, Any] = json.loads(line)
-            return value
-    raise BenchError(f"no JSON object in the command's output: {stdout!r}")
-
-
 # --- databases --------------------------------------------------------------------------------------------------
-
-
-def asyncpg_url(url: str) -> str:
-    return make_url(url).set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
-
-
-def plain_url(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def shown_url(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def database_name(url: str) -> str:
-    return make_url(url).database or ""
-
-
-async def pg_execute(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(plain_url(url), timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def pg_server_info(server_url: str) -> dict[str, Any]:
@@ -220,18 +166,6 @@ def postmaster_of(backend_pid: int) -> int | None:
     return backend[0] if parent is not None and parent[2] == "postgres" else None
 
 
-def create_database(server_url: str, prefix: str) -> str:
-    name = f"{prefix}_{secrets.token_hex(4)}"
-    asyncio.run(pg_execute(server_url, f'CREATE DATABASE "{name}"'))
-    return asyncpg_url(make_url(server_url).set(database=name).render_as_string(hide_password=False))
-
-
-def drop_database(url: str) -> None:
-    parsed = make_url(url)
-    server = parsed.set(database="postgres").render_as_string(hide_password=False)
-    asyncio.run(pg_execute(server, f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)'))
-
-
 async def redis_version(url: str) -> tuple[str | None, str]:
     """Redis's version, or None and the reason it cannot be used."""
     client = redis.asyncio.from_url(url, socket_connect_timeout=2, socket_timeout=2)
@@ -245,38 +179,6 @@ async def redis_version(url: str) -> tuple[str | None, str]:
 
 
 # --- CPU time from /proc ----------------------------------------------------------------------------------------
-
-
-def proc_stat(pid: int) -> tuple[int, float, str] | None:
-    """(parent pid, CPU seconds user+system, command name) of a process, None when it is gone or unreadable."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    comm = data[data.index("(") + 1 : data.rindex(")")]
-    rest = data[data.rindex(")") + 2 :].split()
-    return int(rest[1]), (int(rest[11]) + int(rest[12])) / CLOCK_TICKS, comm
-
-
-def all_processes() -> dict[int, tuple[int, float, str]]:
-    found = {}
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                stat = proc_stat(int(entry.name))
-                if stat is not None:
-                    found[int(entry.name)] = stat
-    return found
-
-
-def machine_busy() -> float | None:
-    """CPU seconds spent by all cores outside idle and I/O wait since boot."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    except (OSError, ValueError, IndexError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 
 
 @dataclass

@@ -16,7 +16,8 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     status: Mapped[str] = mapped_column(String(16), default="active")
-    # Limits set by ops; NULL means unlimited. Read on every request, so a change applies at once everywhere.
+    # Limits set by ops; NULL means unlimited. Kept in memory with the key (app/tenants/auth_cache.py); a change
+    # applies at once on the replica that made it and within the invalidation bound on every other.
     daily_images: Mapped[int | None] = mapped_column(Integer, default=None)
     monthly_images: Mapped[int | None] = mapped_column(Integer, default=None)
     max_in_flight: Mapped[int | None] = mapped_column(Integer, default=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends, Header, Response
 
 from app.contract import ErrorEnvelope, GenerationRequest, TaskObject
 from app.core.errors import NotFound, UnsupportedMediaType
@@ -53,7 +53,7 @@ _STATUS_ERRORS = _errors(
 _TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,48}")
 
 
-def require_json(content_type: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
+async def require_json(content_type: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
     media = (content_type or "").split(";")[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaType("Content-Type must be application/json.")
@@ -80,8 +80,10 @@ async def create_generation(body: GenerationRequest, tenant: TenantDep, tasks: T
     summary="Task status and result",
     dependencies=[ReadScope, QueryRate],
 )
-async def get_generation(task_id: str, tenant: TenantDep, tasks: TaskServiceDep) -> TaskObject:
+async def get_generation(task_id: str, tenant: TenantDep, tasks: TaskServiceDep, response: Response) -> Response:
     if not _TASK_ID.fullmatch(task_id):
         raise NotFound("Task not found")
-    task = await tasks.status(tenant.id, task_id)
-    return to_task_object(task)
+    # Rendered by the service (and kept rendered while it cannot change): TaskObject, without None fields.
+    answer = Response(await tasks.status_answer(tenant.id, task_id), media_type="application/json")
+    answer.headers.raw.extend(response.headers.raw)  # what the dependencies set (the rate headers)
+    return answer

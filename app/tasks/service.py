@@ -20,12 +20,14 @@ from app.contract import (
     TaskStatus,
 )
 from app.core.clock import Clock, from_unix, to_unix
+from app.core.db.engine import reads_only
 from app.core.errors import GatewayError, NotFound, NoUpstreamKey, UpstreamRejected
 from app.core.ids import new_id
 from app.models import Tenant
 from app.models.task import Task
 from app.quotas import service as quotas
 from app.tasks import repository as repo
+from app.tasks.cache import TaskAnswers
 from app.tasks.singleflight import SingleFlight
 from app.upstream.base import UpstreamAdapter, UpstreamTask
 from app.upstream.pool import PoolKey, UpstreamKeyPool
@@ -54,6 +56,7 @@ class TaskService:
         self._refresh_interval = refresh_interval
         self._quotas_enabled = quotas_enabled
         self._inflight: SingleFlight[Task] = SingleFlight()
+        self._answers = TaskAnswers(refresh_interval)
 
     async def submit(self, tenant: Tenant, request: GenerationRequest) -> Task:
         """Record the task, reserve its images and a slot on a pool key, send it upstream, record the answer.
@@ -134,10 +137,21 @@ class TaskService:
     async def status(self, tenant_id: str, task_id: str) -> Task:
         """A terminal task from the ledger; an open one refreshed from the upstream at most once per interval."""
         async with self._sessions() as session:
+            await reads_only(session)
             task = await repo.get_for_tenant(session, tenant_id, task_id)
         if task is None:
             raise NotFound("Task not found")
         return await self._refresh_if_due(task)
+
+    async def status_answer(self, tenant_id: str, task_id: str) -> bytes:
+        """The status call's JSON answer: from memory while it cannot have changed (app/tasks/cache.py), else as
+        `status` finds it."""
+        body = self._answers.get(tenant_id, task_id, self._clock())
+        if body is None:
+            task = await self.status(tenant_id, task_id)
+            body = render(task)
+            self._answers.put(task, body)
+        return body
 
     async def refresh_stale(self, older_than: dt.timedelta, limit: int) -> int:
         """Refresh open tasks nobody has polled for `older_than`, so they end (and settle) without a caller."""
@@ -268,6 +282,11 @@ def _values_from_upstream(upstream: UpstreamTask, now: dt.datetime) -> dict[str,
             completed_at=from_unix(upstream.completed_at) or now,
         )
     return values
+
+
+def render(task: Task) -> bytes:
+    """The status answer of a ledger row, as JSON (what FastAPI would send for `to_task_object` without Nones)."""
+    return to_task_object(task).model_dump_json(exclude_none=True).encode()
 
 
 def to_task_object(task: Task, *, created: bool = False) -> TaskObject:

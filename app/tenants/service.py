@@ -22,13 +22,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.service import AuditService, record_audit
 from app.core.clock import Clock, from_unix, to_unix
+from app.core.db.engine import reads_only
 from app.core.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from app.core.ids import new_id
 from app.core.limits import LIMIT_NAMES, LimitsUpdate
 from app.core.security import TENANT_KEY_PREFIX, KeyMaterial, bearer_token, new_tenant_key
-from app.invalidation import record
+from app.invalidation import Invalidator, record
 from app.models import Tenant, TenantKey
 from app.tenants import repository as repo
+from app.tenants.auth_cache import AuthCache
 from app.tenants.last_used import DEFAULT_INTERVAL_S, LastUsedRecorder
 from app.tenants.schemas import (
     DEFAULT_GRACE_S,
@@ -77,6 +79,7 @@ class TenantService:
         default_limits: Mapping[str, int | None] | None = None,
         *,
         last_used_interval_s: float = DEFAULT_INTERVAL_S,
+        invalidator: Invalidator | None = None,
     ) -> None:
         self._sessions = sessions
         self._keys = keys
@@ -84,6 +87,8 @@ class TenantService:
         self._default_limits = dict(default_limits or {})
         self._audit = AuditService(sessions, clock)
         self._last_used = LastUsedRecorder(sessions, last_used_interval_s)
+        self._invalidator = invalidator
+        self._known = AuthCache(invalidator)  # without an invalidator (the CLI) nothing is cached
 
     # --- lifecycle of the process ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -107,27 +112,39 @@ class TenantService:
         """The tenant, key and scopes of a `Bearer <key>` header, or Unauthorized (401 `Invalid API key`) when the
         key is unknown, revoked or expired, or its tenant is disabled.
 
-        One read. A key whose stored hash was made under a previous GATEWAY_SECRET_KEY (or before hashes recorded
-        their secret) is re-keyed under the current one on the spot, once. Its use is noted in memory only.
+        A warm key is answered from memory (app/tenants/auth_cache.py: a change made on any replica reaches it within
+        the invalidation bound); a cold one costs one read. A key whose stored hash was made under a previous
+        GATEWAY_SECRET_KEY (or before hashes recorded their secret) is re-keyed under the current one on the spot,
+        once. Its use is noted in memory only.
         """
         token = bearer_token(authorization)
         if token is None:
             raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'")
         if len(token) > _MAX_TOKEN_CHARS:
             raise Unauthorized("Invalid API key")
-        hashes = self._keys.tenant_key_hashes(token)
         now = self._clock()
+        current_id, current_hash = self._keys.key_id, self._keys.hash_tenant_key(token)
+        who = self._known.get(current_hash, now)
+        if who is None:
+            who = await self._look_up(token, current_id, current_hash, now)
+        if note_use:
+            self._last_used.note(who.key_id, now)
+        return who
+
+    async def _look_up(self, token: str, current_id: str, current_hash: str, now: dt.datetime) -> AuthenticatedKey:
+        generation = self._known.generation
+        hashes = self._keys.tenant_key_hashes(token)
         async with self._sessions() as session:
+            await reads_only(session)
             found = await repo.find_usable_key(session, [h for _, h in hashes], now)
         if found is None:
             raise Unauthorized("Invalid API key")
         key, tenant = found
-        current_id, current_hash = hashes[0]
         if key.key_hash != current_hash or key.hash_key_id != current_id:
             await self._rekey(key, current_hash, current_id, now)
-        if note_use:
-            self._last_used.note(key.id, now)
-        return AuthenticatedKey(tenant=tenant, key_id=key.id, scopes=frozenset(parse_scopes(key.scopes)))
+        who = AuthenticatedKey(tenant=tenant, key_id=key.id, scopes=frozenset(parse_scopes(key.scopes)))
+        self._known.put(current_hash, who, key.expires_at, generation)
+        return who
 
     async def _rekey(self, key: TenantKey, new_hash: str, hash_key_id: str, now: dt.datetime) -> None:
         try:
@@ -424,6 +441,7 @@ class TenantService:
         try:
             async with self._sessions.begin() as session:
                 yield session
+            self._committed(session)
         except IntegrityError as e:  # a concurrent change took the name between our check and our write
             error = Conflict("A tenant with this name already exists", param="name")
             await self._refused(actor, action, target_type, target_ref, error)
@@ -431,6 +449,11 @@ class TenantService:
         except (NotFound, Conflict, InvalidRequest) as e:
             await self._refused(actor, action, target_type, target_ref, e)
             raise
+
+    def _committed(self, session: AsyncSession) -> None:
+        """A change committed: this process's caches drop what it changed now, the others within the bound."""
+        if self._invalidator is not None:
+            self._invalidator.apply_recorded(session)
 
     async def _refused(
         self, actor: str, action: str, target_type: str, target_ref: str, error: NotFound | Conflict | InvalidRequest

@@ -1,0 +1,691 @@
+"""The hot path against its references: task status and submit through the gateway, beside the same calls sent
+straight to the sandbox upstream and a minimal FastAPI app, all measured in one run with `wrk`.
+
+    .venv/bin/python bench/hot_path.py                          # ~4-5 minutes on 2 cores; appends to RESULTS.md
+    .venv/bin/python bench/hot_path.py --checkout /tmp/old --label "before"   # the gateway of another checkout
+
+See bench/README.md for what runs, what each column means and how to read the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import httpx
+from common import (
+    DEFAULT_OUT,
+    HOST,
+    ROOT,
+    BenchError,
+    Server,
+    all_processes,
+    clean_env,
+    cli_command,
+    command_line,
+    create_database,
+    drop_database,
+    exit_code,
+    free_port,
+    last_json,
+    machine,
+    machine_busy,
+    plain_url,
+    proc_stat,
+    progress,
+    run_cli,
+    shown_url,
+    start_server,
+    versions,
+    wait_ready,
+)
+from pg_wire import CountingProxy, difference
+from sqlalchemy.engine import make_url
+
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+DATABASE_ENV = ("BENCH_DATABASE_URL", "GATEWAY_TEST_DATABASE_URL")
+UPSTREAM_KEY = "sk-bench-upstream-0123456789"
+SUBMIT_BODY = json.dumps({"model": "doubao-seedream-4-0", "prompt": "bench", "n": 1})
+HIGH = 1_000_000_000
+LIMITS = ["--daily-images", HIGH, "--monthly-images", HIGH, "--max-in-flight", HIGH]
+COUNT_REQUESTS = 300  # requests per operation in the database-work phase
+WRK_TIMEOUT = "10s"
+
+# The Lua script of every wrk run: the request, then one JSON line with what wrk measured.
+LUA = """
+wrk.method = "{method}"
+wrk.headers["Authorization"] = "Bearer {key}"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["User-Agent"] = "wrk-bench/1"
+{body}
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\\nWRK_RESULT {{"requests":%d,"duration_us":%d,"non2xx":%d,"socket_errors":%d,'
+    .. '"p50_us":%d,"p90_us":%d,"p99_us":%d,"mean_us":%.1f}}\\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One request wrk repeats: what it is, where it goes, with which key and body."""
+
+    name: str
+    method: str
+    url: str
+    key: str
+    body: str | None = None
+
+    def script(self, workdir: Path) -> Path:
+        body = f"wrk.body = {json.dumps(self.body)}" if self.body is not None else ""
+        path = workdir / f"wrk-{re.sub(r'[^a-z0-9]+', '-', self.name.lower())}.lua"
+        path.write_text(LUA.format(method=self.method, key=self.key, body=body))
+        return path
+
+
+@dataclass
+class Measured:
+    row: str
+    side: str  # "gateway", "direct", "minimal"
+    concurrency: int
+    requests: int
+    seconds: float
+    errors: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    cpu: dict[str, float] = field(default_factory=dict)  # core-seconds per process family during the run
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def cpu_ms_per_request(self, family: str) -> float | None:
+        if family not in self.cpu or not self.requests:
+            return None
+        return self.cpu[family] * 1000 / self.requests
+
+
+# --- CPU by process family ------------------------------------------------------------------------------------
+
+
+def descendants(roots: Sequence[int], table: Mapping[int, tuple[int, float, str]]) -> set[int]:
+    found = {pid for pid in roots if pid in table}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (parent, _, _) in table.items():
+            if parent in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return found
+
+
+@contextlib.contextmanager
+def cpu_of(families: Mapping[str, Sequence[int]], into: dict[str, float]) -> Iterator[None]:
+    """CPU seconds used by each family of processes (roots and their children) while the block runs."""
+    before = all_processes()
+    busy_before = machine_busy()
+    yield
+    after = all_processes()
+    busy_after = machine_busy()
+    for family, roots in families.items():
+        pids = descendants(roots, after)
+        into[family] = sum(after[p][1] - before.get(p, (0, after[p][1], ""))[1] for p in pids if p in before) + sum(
+            after[p][1] for p in pids if p not in before
+        )
+    if busy_before is not None and busy_after is not None:
+        into["machine"] = busy_after - busy_before
+
+
+def calibrate() -> float:
+    """Milliseconds a fixed pure-Python loop takes here now: the CPU's speed on the day, for comparing runs."""
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i * i % 7
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
+
+
+# --- wrk --------------------------------------------------------------------------------------------------------
+
+
+def wrk(target: Target, concurrency: int, seconds: float, workdir: Path) -> dict[str, Any]:
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{seconds:g}s",
+        f"--timeout={WRK_TIMEOUT}",
+        "-s",
+        str(target.script(workdir)),
+        target.url,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith("WRK_RESULT "):
+            result: dict[str, Any] = json.loads(line.removeprefix("WRK_RESULT "))
+            return result
+    raise BenchError(f"wrk gave no result for {target.name} ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+
+
+def measure(
+    target: Target,
+    side: str,
+    concurrency: int,
+    args: argparse.Namespace,
+    workdir: Path,
+    families: Mapping[str, Sequence[int]],
+) -> Measured:
+    wrk(target, concurrency, args.warmup, workdir)
+    cpu: dict[str, float] = {}
+    with cpu_of(families, cpu):
+        result = wrk(target, concurrency, args.duration, workdir)
+    measured = Measured(
+        row=target.name,
+        side=side,
+        concurrency=concurrency,
+        requests=int(result["requests"]),
+        seconds=result["duration_us"] / 1e6,
+        errors=int(result["non2xx"]) + int(result["socket_errors"]),
+        p50_ms=result["p50_us"] / 1000,
+        p90_ms=result["p90_us"] / 1000,
+        p99_ms=result["p99_us"] / 1000,
+        cpu=cpu,
+    )
+    progress(
+        f"  {side:8} {target.name:28} c={concurrency:<3} {measured.rps:8,.0f} req/s  p50 {measured.p50_ms:7.2f} ms  "
+        f"p99 {measured.p99_ms:7.2f} ms  errors {measured.errors}"
+    )
+    return measured
+
+
+# --- the servers --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    workdir: Path
+    checkout: Path
+    database_url: str
+    sandbox: Server
+    env: dict[str, str]
+    tenant_key: str = ""
+    servers: list[Server] = field(default_factory=list)
+
+    def gateway_env(self, **extra: str) -> dict[str, str]:
+        env = clean_env(**self.env, **extra)
+        if self.checkout != ROOT:
+            env["PYTHONPATH"] = str(self.checkout)
+        return env
+
+    def cli(self, *args: object, database_url: str | None = None) -> str:
+        env = self.gateway_env(GATEWAY_DATABASE_URL=database_url or self.database_url)
+        return run_cli([str(a) for a in args], env, self.workdir)
+
+    def serve(self, name: str, workers: int, database_url: str | None = None) -> Server:
+        command = [*cli_command(), "serve", "--host", HOST]
+        if workers > 1:
+            command += ["--workers", str(workers)]
+        env = self.gateway_env(GATEWAY_DATABASE_URL=database_url or self.database_url)
+        server = start_server(name, command, env, self.workdir, free_port())
+        self.servers.append(server)
+        wait_ready(server, "/healthz")
+        return server
+
+
+def supports_workers(setup: Setup) -> bool:
+    done = subprocess.run(
+        [*cli_command(), "serve", "--help"],
+        env=setup.gateway_env(),
+        cwd=setup.workdir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return "--workers" in done.stdout
+
+
+def submit(client: httpx.Client, base: str, key: str) -> dict[str, Any]:
+    response = client.post(
+        f"{base}/v1/images/generations",
+        content=SUBMIT_BODY,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    if response.status_code != 200:
+        raise BenchError(f"submit answered {response.status_code}: {response.text[:500]}")
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def wait_status(client: httpx.Client, base: str, key: str, task_id: str, wanted: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = client.get(f"{base}/v1/images/generations/{task_id}", headers={"Authorization": f"Bearer {key}"})
+        if response.status_code == 200 and response.json().get("status") == wanted:
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"task {task_id} not {wanted} after {timeout_s:g} s: {response.text[:300]}")
+        time.sleep(0.2)
+
+
+def sandbox_config(setup: Setup, **values: Any) -> None:
+    response = httpx.patch(f"{setup.sandbox.url}/_control/config", json=values, timeout=10, trust_env=False)
+    if response.status_code != 200:
+        raise BenchError(f"sandbox config refused {values}: {response.status_code} {response.text[:300]}")
+
+
+@dataclass
+class Tasks:
+    completed: str
+    open: str
+    upstream_completed: str
+    upstream_open: str
+
+
+def make_tasks(setup: Setup, gateway: Server) -> Tasks:
+    """One completed and one open task of the bench tenant, and the sandbox's own ids of the same two."""
+    with httpx.Client(timeout=30, trust_env=False) as client:
+        sandbox_config(setup, task_seconds=0.2, queue_seconds=0.0)
+        done = submit(client, gateway.url, setup.tenant_key)["id"]
+        wait_status(client, gateway.url, setup.tenant_key, done, "completed")
+        sandbox_config(setup, task_seconds=86400.0, queue_seconds=0.0)
+        still = submit(client, gateway.url, setup.tenant_key)["id"]
+        sandbox_config(setup, task_seconds=3.0, queue_seconds=0.5)  # the sandbox's defaults, for the submit rows
+        up_done = submit(client, setup.sandbox.url, UPSTREAM_KEY)["id"]
+        wait_status(client, setup.sandbox.url, UPSTREAM_KEY, up_done, "completed")
+        sandbox_config(setup, task_seconds=86400.0)
+        up_open = submit(client, setup.sandbox.url, UPSTREAM_KEY)["id"]
+        sandbox_config(setup, task_seconds=3.0)
+    return Tasks(done, still, up_done, up_open)
+
+
+# --- database work per request --------------------------------------------------------------------------------
+
+
+def database_work(setup: Setup, tasks: Tasks, idle_s: float) -> dict[str, dict[str, float]]:
+    """Round trips, statements and transactions per request, counted on the wire by a proxy in front of PostgreSQL.
+
+    A gateway (one worker) is pointed at the proxy. Its background loops talk to the database too, so the counts of
+    an idle stretch of `idle_s` are measured first and subtracted in proportion to each phase's duration."""
+    parsed = make_url(setup.database_url)
+    proxy = CountingProxy(parsed.host or "127.0.0.1", parsed.port or 5432).start()
+    try:
+        url = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        gateway = setup.serve("serve-counted", 1, database_url=url)
+        try:
+            return _count_work(setup, gateway, tasks, proxy, idle_s)
+        finally:
+            gateway.stop()
+    finally:
+        proxy.close()
+
+
+def _count_work(
+    setup: Setup, gateway: Server, tasks: Tasks, proxy: CountingProxy, idle_s: float
+) -> dict[str, dict[str, float]]:
+    auth = {"Authorization": f"Bearer {setup.tenant_key}"}
+    results: dict[str, dict[str, float]] = {}
+    with httpx.Client(timeout=30, trust_env=False) as client:
+        # Warm: the connection pool, prepared statements and whatever the gateway caches.
+        for task_id in (tasks.completed, tasks.open):
+            for _ in range(20):
+                client.get(f"{gateway.url}/v1/images/generations/{task_id}", headers=auth)
+        for _ in range(20):
+            submit(client, gateway.url, setup.tenant_key)
+        before, started = proxy.snapshot(), time.monotonic()
+        time.sleep(idle_s)
+        idle = difference(proxy.snapshot(), before)
+        idle_rate = {k: v / (time.monotonic() - started) for k, v in idle.items()}
+        phases: list[tuple[str, Any]] = [
+            ("status of a completed task", lambda: client.get(_status(gateway, tasks.completed), headers=auth)),
+            ("status of an open task", lambda: client.get(_status(gateway, tasks.open), headers=auth)),
+            ("submit", lambda: submit(client, gateway.url, setup.tenant_key)),
+        ]
+        for name, call in phases:
+            before, started = proxy.snapshot(), time.monotonic()
+            for _ in range(COUNT_REQUESTS):
+                call()
+            elapsed = time.monotonic() - started
+            counted = difference(proxy.snapshot(), before)
+            results[name] = {k: max(0.0, (v - idle_rate[k] * elapsed) / COUNT_REQUESTS) for k, v in counted.items()}
+        results["idle (per second)"] = idle_rate
+    return results
+
+
+def _status(gateway: Server, task_id: str) -> str:
+    return f"{gateway.url}/v1/images/generations/{task_id}"
+
+
+# --- the run ----------------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    if shutil.which("wrk") is None:
+        raise BenchError("wrk is not installed (Debian: apt-get install wrk)")
+    checkout = Path(args.checkout).resolve() if args.checkout else ROOT
+    if not (checkout / "app" / "cli").exists():
+        raise BenchError(f"{checkout} is not a checkout of the gateway (no app/cli)")
+    server_url = args.database_url
+    started = time.monotonic()
+    calibration = calibrate()
+    workdir = Path(tempfile.mkdtemp(prefix="gw-hot-path-"))
+    database_url = create_database(server_url, "gw_bench_hot")
+    sandbox = minimal = None
+    setup: Setup | None = None
+    rows: list[Measured] = []
+    try:
+        sandbox_env = clean_env(SANDBOX_TASK_SECONDS="3", GATEWAY_LOG_LEVEL="warning")
+        sandbox = start_server(
+            "sandbox", [*cli_command(), "sandbox", "--host", HOST], sandbox_env, workdir, free_port()
+        )
+        wait_ready(sandbox, "/")
+        minimal = start_server(
+            "minimal", [sys.executable, str(ROOT / "bench" / "minimal_app.py")], clean_env(), workdir, free_port()
+        )
+        wait_ready(minimal, "/task")
+        env = {
+            "GATEWAY_UPSTREAM_BASE_URL": sandbox.url,
+            "GATEWAY_UPSTREAM_KEYS": UPSTREAM_KEY,
+            "GATEWAY_ADMIN_TOKEN": "adm-bench-" + secrets.token_urlsafe(16),
+            "GATEWAY_SECRET_KEY": secrets.token_urlsafe(32),
+        }
+        setup = Setup(workdir, checkout, database_url, sandbox, env)
+        progress(f"gateway of {checkout}: migrate, tenant, limits")
+        setup.cli("migrate")
+        created = last_json(setup.cli("tenants", "create", "bench", "--json"))
+        setup.tenant_key = created["key"]
+        setup.cli("tenants", "limits", "bench", *LIMITS)
+        worker_counts = [w for w in args.workers if w == 1 or supports_workers(setup)]
+        if worker_counts != args.workers:
+            progress("this checkout's `serve` has no --workers: one worker only")
+        postgres = postgres_pid(server_url)
+        gateway = setup.serve("serve-setup", 1)
+        tasks = make_tasks(setup, gateway)
+        gateway.stop()
+
+        def families(gateway: Server | None) -> dict[str, list[int]]:
+            assert sandbox is not None and minimal is not None
+            found = {"sandbox": [sandbox.popen.pid], "minimal": [minimal.popen.pid]}
+            if gateway is not None:
+                found["gateway"] = [gateway.popen.pid]
+            if postgres is not None:
+                found["postgres"] = [postgres]
+            return found
+
+        progress("references: the minimal app and the sandbox")
+        minimal_get = Target("minimal app, GET", "GET", f"{minimal.url}/task", "-")
+        minimal_post = Target("minimal app, POST", "POST", f"{minimal.url}/task", "-", SUBMIT_BODY)
+        up = f"{sandbox.url}/v1/images/generations"
+        direct = {
+            "status of a completed task": Target(
+                "sandbox status (completed)", "GET", f"{up}/{tasks.upstream_completed}", UPSTREAM_KEY
+            ),
+            "status of an open task": Target(
+                "sandbox status (open)", "GET", f"{up}/{tasks.upstream_open}", UPSTREAM_KEY
+            ),
+            "submit": Target("sandbox create", "POST", up, UPSTREAM_KEY, SUBMIT_BODY),
+        }
+        for c in args.concurrency:
+            rows.append(measure(minimal_get, "minimal", c, args, workdir, families(None)))
+            rows.append(measure(minimal_post, "minimal", c, args, workdir, families(None)))
+        for name, target in direct.items():
+            for c in concurrencies(name, args):
+                rows.append(measure(target, "direct", c, args, workdir, families(None)))
+        for workers in worker_counts:
+            gateway = setup.serve(f"serve-w{workers}", workers)
+            progress(f"gateway, serve --workers {workers}")
+            gw = f"{gateway.url}/v1/images/generations"
+            targets = {
+                "status of a completed task": Target(
+                    "status of a completed task", "GET", f"{gw}/{tasks.completed}", setup.tenant_key
+                ),
+                "status of an open task": Target(
+                    "status of an open task", "GET", f"{gw}/{tasks.open}", setup.tenant_key
+                ),
+                "submit": Target("submit", "POST", gw, setup.tenant_key, SUBMIT_BODY),
+            }
+            try:
+                for name, target in targets.items():
+                    for c in concurrencies(name, args):
+                        measured = measure(target, f"w{workers}", c, args, workdir, families(gateway))
+                        rows.append(measured)
+            finally:
+                gateway.stop()
+        progress("database work per request (through a counting proxy)")
+        work = database_work(setup, tasks, args.idle)
+        tasks_left = asyncio.run(count_tasks(database_url))
+    finally:
+        for server in [*(setup.servers if setup else []), sandbox, minimal]:
+            if server is not None:
+                server.stop()
+        if not args.keep:
+            drop_database(database_url)
+            shutil.rmtree(workdir, ignore_errors=True)
+    report = render(args, checkout, rows, work, calibration, time.monotonic() - started, server_url, tasks_left)
+    print(report)
+    if args.out != "-":
+        out = Path(args.out)
+        out.write_text(out.read_text().rstrip() + "\n\n" + report if out.exists() else report)
+        progress(f"appended to {out}")
+    return 1 if any(row.errors for row in rows) else 0
+
+
+def concurrencies(name: str, args: argparse.Namespace) -> list[int]:
+    return [1] if name == "status of an open task" else args.concurrency
+
+
+def postgres_pid(server_url: str) -> int | None:
+    """PostgreSQL's main process when it runs on this machine (its backends' CPU time is then read from /proc)."""
+
+    async def postmaster() -> int | None:
+        conn = await asyncpg.connect(plain_url(server_url), timeout=5)
+        try:  # read while the backend lives: its parent is the postmaster
+            backend = proc_stat(int(await conn.fetchval("SELECT pg_backend_pid()")))
+        finally:
+            await conn.close()
+        if backend is None or backend[2] != "postgres":
+            return None
+        return backend[0]
+
+    return asyncio.run(postmaster())
+
+
+async def count_tasks(database_url: str) -> int:
+    conn = await asyncpg.connect(plain_url(database_url), timeout=5)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM tasks"))
+    finally:
+        await conn.close()
+
+
+# --- report -----------------------------------------------------------------------------------------------------
+
+
+def git_describe(checkout: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(checkout), "log", "-1", "--format=%h %s"], capture_output=True, text=True, check=False
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    line = done.stdout.strip()[:90] or "?"
+    return line + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def render(
+    args: argparse.Namespace,
+    checkout: Path,
+    rows: list[Measured],
+    work: dict[str, dict[str, float]],
+    calibration: float,
+    elapsed: float,
+    server_url: str,
+    tasks_left: int,
+) -> str:
+    def find(side: str, row: str, c: int) -> Measured | None:
+        return next((m for m in rows if m.side == side and m.row == row and m.concurrency == c), None)
+
+    label = f" ({args.label})" if args.label else ""
+    lines = [
+        f"## Hot path{label}: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"- Command: `{command_line()}` (took {elapsed:.0f} s)",
+        f"- Gateway: {git_describe(checkout)}",
+        f"- Machine: {machine()}; CPU calibration: a fixed Python loop took {calibration:.1f} ms (lower is faster)",
+        f"- Software: wrk {wrk_version()}, PostgreSQL at {shown_url(server_url)}, "
+        + versions("fastapi", "uvicorn", "sqlalchemy", "asyncpg", "httpx", "pydantic"),
+        f"- Each row: {args.warmup:g} s of warm-up, then {args.duration:g} s measured by `wrk -t1 -c<c>`; gateway "
+        "`serve` with default settings (log level info, background polling on) on a fresh PostgreSQL database; "
+        "the sandbox (`seedream-gateway sandbox`) is the upstream; all on the same cores.",
+        "",
+        "### References",
+        "",
+        "| target | c | req/s | p50 ms | p99 ms | errors | its CPU ms/req | machine busy |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for m in rows:
+        if m.side in ("minimal", "direct"):
+            family = "minimal" if m.side == "minimal" else "sandbox"
+            lines.append(
+                f"| {m.row} | {m.concurrency} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.errors} | "
+                f"{_ms(m.cpu_ms_per_request(family))} | {_busy(m)} |"
+            )
+    lines += [
+        "",
+        "### Gateway",
+        "",
+        "Ratios: req/s against the minimal app's GET (status) or POST (submit) at the same concurrency; p50 against "
+        "the minimal app's (status of a completed task) or the sandbox's own call (open task, submit). Added = gateway "
+        "minus the sandbox's own call.",
+        "",
+        "| operation | workers | c | req/s | x minimal req/s | p50 ms | x ref p50 | added p50 ms | added p99 ms "
+        "| errors | gateway CPU ms/req | PostgreSQL CPU ms/req |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for m in rows:
+        if not m.side.startswith("w"):
+            continue
+        ref_minimal = find("minimal", "minimal app, POST" if m.row == "submit" else "minimal app, GET", m.concurrency)
+        direct = find("direct", _direct_row(m.row), m.concurrency)
+        ref_p50 = ref_minimal if m.row == "status of a completed task" else direct
+        minimal_rps = ref_minimal.rps if ref_minimal else None
+        cells = [
+            m.row,
+            m.side[1:],
+            str(m.concurrency),
+            f"{m.rps:,.0f}",
+            _ratio(m.rps, minimal_rps),
+            f"{m.p50_ms:.2f}",
+            _ratio(m.p50_ms, ref_p50.p50_ms if ref_p50 else None),
+            _diff(m.p50_ms, direct.p50_ms if direct else None),
+            _diff(m.p99_ms, direct.p99_ms if direct else None),
+            str(m.errors),
+            _ms(m.cpu_ms_per_request("gateway")),
+            _ms(m.cpu_ms_per_request("postgres")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "### Database work per request",
+        "",
+        f"Counted on the wire by a proxy in front of PostgreSQL (bench/pg_wire.py), {COUNT_REQUESTS} sequential "
+        f"requests each after a warm-up, one worker; the background loops' own traffic (measured idle for "
+        f"{args.idle:g} s) subtracted.",
+        "",
+        "| operation | round trips | statements | transactions |",
+        "|---|--:|--:|--:|",
+    ]
+    for name, counts in work.items():
+        lines.append(
+            f"| {name} | {counts['round_trips']:.1f} | {counts['statements']:.1f} | {counts['transactions']:.1f} |"
+        )
+    lines += ["", f"Tasks in the ledger at the end: {tasks_left:,}.", ""]
+    return "\n".join(lines)
+
+
+def _direct_row(row: str) -> str:
+    return {
+        "status of a completed task": "sandbox status (completed)",
+        "status of an open task": "sandbox status (open)",
+        "submit": "sandbox create",
+    }[row]
+
+
+def _ratio(value: float, reference: float | None) -> str:
+    return f"{value / reference:.2f}x" if reference else "-"
+
+
+def _diff(value: float, reference: float | None) -> str:
+    return f"{value - reference:+.2f}" if reference is not None else "-"
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "-"
+
+
+def _busy(m: Measured) -> str:
+    return f"{m.cpu['machine'] / m.seconds:.2f} cores" if "machine" in m.cpu and m.seconds else "-"
+
+
+def wrk_version() -> str:
+    done = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    match = re.search(r"wrk (\S+)", done.stdout + done.stderr)
+    return match.group(1) if match else "?"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--database-url",
+        default=next((os.environ[n] for n in DATABASE_ENV if os.environ.get(n)), DEFAULT_DATABASE_URL),
+        help="PostgreSQL server; the run creates and drops its own database there",
+    )
+    parser.add_argument("--checkout", help="measure the gateway of another checkout (e.g. a git worktree)")
+    parser.add_argument("--label", default="", help="a word for the report's heading (e.g. before, after)")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per row (default 8)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per row (default 2)")
+    parser.add_argument("--idle", type=float, default=3.0, help="idle seconds for the database-work baseline")
+    parser.add_argument("--concurrency", type=_ints, default=[1, 16], help="comma-separated (default 1,16)")
+    parser.add_argument("--workers", type=_ints, default=[1, 2], help="gateway workers to measure (default 1,2)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="results file to append to, or - for stdout only")
+    parser.add_argument("--keep", action="store_true", help="keep the database and the work directory")
+    return parser.parse_args(argv)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return exit_code("hot_path", lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
