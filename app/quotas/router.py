@@ -5,9 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.contract import ErrorEnvelope
-from app.quotas.deps import QuotaServiceDep
+from app.quotas.deps import QuotaServiceDep, ReadCaller
 from app.quotas.schemas import UsageOut
-from app.tenants.deps import ReadScope, TenantDep
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -15,12 +14,11 @@ router = APIRouter(prefix="/v1", tags=["usage"])
 @router.get(
     "/usage",
     response_model=UsageOut,
-    dependencies=[ReadScope],
     responses={
         401: {"model": ErrorEnvelope, "description": "Missing or invalid API key"},
         403: {"model": ErrorEnvelope, "description": "The API key lacks the `read` scope"},
     },
     summary="Your usage and remaining allowance (gateway extension, not an upstream endpoint)",
 )
-async def my_usage(tenant: TenantDep, quotas: QuotaServiceDep) -> UsageOut:
+async def my_usage(tenant: ReadCaller, quotas: QuotaServiceDep) -> UsageOut:
     return UsageOut.of(await quotas.usage(tenant))

@@ -9,10 +9,9 @@ from fastapi import APIRouter, Depends, Header, Response
 
 from app.contract import ErrorEnvelope, GenerationRequest, TaskObject
 from app.core.errors import NotFound, UnsupportedMediaType
-from app.quotas.deps import QueryRate, SubmitRate
+from app.quotas.deps import QueryCaller, SubmitCaller
 from app.tasks.deps import TaskServiceDep
 from app.tasks.service import to_task_object
-from app.tenants.deps import ReadScope, SubmitScope, TenantDep
 
 router = APIRouter(prefix="/v1/images", tags=["generations"])
 
@@ -64,10 +63,10 @@ async def require_json(content_type: Annotated[str | None, Header(include_in_sch
     response_model=TaskObject,
     response_model_exclude_none=True,
     responses=_CREATE_ERRORS,
-    dependencies=[Depends(require_json), SubmitScope, SubmitRate],
+    dependencies=[Depends(require_json)],
     summary="Create an image generation task",
 )
-async def create_generation(body: GenerationRequest, tenant: TenantDep, tasks: TaskServiceDep) -> TaskObject:
+async def create_generation(body: GenerationRequest, tenant: SubmitCaller, tasks: TaskServiceDep) -> TaskObject:
     task = await tasks.submit(tenant, body)
     return to_task_object(task, created=True)
 
@@ -78,9 +77,8 @@ async def create_generation(body: GenerationRequest, tenant: TenantDep, tasks: T
     response_model_exclude_none=True,
     responses=_STATUS_ERRORS,
     summary="Task status and result",
-    dependencies=[ReadScope, QueryRate],
 )
-async def get_generation(task_id: str, tenant: TenantDep, tasks: TaskServiceDep, response: Response) -> Response:
+async def get_generation(task_id: str, tenant: QueryCaller, tasks: TaskServiceDep, response: Response) -> Response:
     if not _TASK_ID.fullmatch(task_id):
         raise NotFound("Task not found")
     # Rendered by the service (and kept rendered while it cannot change): TaskObject, without None fields.

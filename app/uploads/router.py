@@ -12,8 +12,7 @@ from starlette.exceptions import HTTPException
 
 from app.contract import MAX_UPLOAD_BYTES, ErrorEnvelope, UploadData, UploadResponse
 from app.core.errors import RateLimited
-from app.quotas.deps import UploadRate
-from app.tenants.deps import SubmitScope, TenantDep
+from app.quotas.deps import UploadCaller
 from app.uploads.deps import UploadServiceDep
 from app.upstream.base import UploadRefused
 
@@ -55,7 +54,6 @@ _RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"t
     "/images",
     response_model=UploadResponse,
     summary="Upload a reference image for image_urls",
-    dependencies=[SubmitScope, UploadRate],
     responses={
         400: {"model": UploadResponse, "description": "Empty file, or not a JPEG, PNG, WebP or GIF image"},
         401: {"model": ErrorEnvelope, "description": "Missing or invalid API key"},
@@ -87,7 +85,7 @@ async def upload_image(
             json_schema_extra={"minLength": 1},
         ),
     ],
-    tenant: TenantDep,
+    tenant: UploadCaller,
     uploads: UploadServiceDep,
     purpose: Annotated[str, Form()] = "generation",
 ) -> UploadResponse | JSONResponse:
