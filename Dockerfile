@@ -56,5 +56,6 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"]
 # tini as PID 1: signals reach uvicorn (graceful shutdown on docker stop) and zombies are reaped.
+# GATEWAY_WORKERS=N (or `serve --workers N`) runs N worker processes under the one `serve` process.
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["seedream-gateway", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+    workers: int = Field(
+        1, ge=1, description="Worker processes of `serve` (--workers overrides); each has its own pools and loops."
+    )
+    shutdown_grace_s: int = Field(
+        30, ge=0, description="On SIGTERM, requests in flight get this long to finish before they are cancelled."
+    )
     log_level: str = "info"
     auto_migrate: bool | None = Field(
         None, description="Apply migrations at start; default: only for the embedded SQLite database."

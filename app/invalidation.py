@@ -82,20 +82,30 @@ class Invalidator:
                 callback(key)
 
     async def poll_once(self) -> int:
-        """Read and apply the events since the last read; the number applied."""
-        async with self._sessions() as session:
-            await session.connection(execution_options={READ_ONLY: True})
-            if self._last_id is None:  # start from now: nothing was cached before
-                self._last_id = (await session.execute(select(func.max(InvalidationEvent.id)))).scalar() or 0
-                rows = []
-            else:
-                stmt = (
-                    select(InvalidationEvent.id, InvalidationEvent.topic, InvalidationEvent.key)
-                    .where(InvalidationEvent.id > self._last_id)
-                    .order_by(InvalidationEvent.id)
-                    .limit(_BATCH)
-                )
-                rows = list((await session.execute(stmt)).all())
+        """Read and apply the events since the last read; the number applied.
+
+        After a failed read (database away, or replaced: a restored backup restarts the event ids) nothing read
+        before can be trusted: the first read that works starts again from the newest event and tells every
+        subscriber to drop everything, as at start. Until then `fresh` is false, so caches are bypassed.
+        """
+        try:
+            async with self._sessions() as session:
+                await session.connection(execution_options={READ_ONLY: True})
+                if self._last_id is None:  # start from now: nothing cached before is trusted
+                    self._last_id = (await session.execute(select(func.max(InvalidationEvent.id)))).scalar() or 0
+                    rows = []
+                else:
+                    stmt = (
+                        select(InvalidationEvent.id, InvalidationEvent.topic, InvalidationEvent.key)
+                        .where(InvalidationEvent.id > self._last_id)
+                        .order_by(InvalidationEvent.id)
+                        .limit(_BATCH)
+                    )
+                    rows = list((await session.execute(stmt)).all())
+        except BaseException:
+            self._last_read = None  # not fresh from now on
+            self._last_id = None
+            raise
         was_fresh = self._last_read is not None and self.fresh
         self._last_read = asyncio.get_running_loop().time()
         if not was_fresh:  # events may have been missed: everything cached is suspect

@@ -16,6 +16,7 @@ from app.core.body_limit import BodySizeLimit
 from app.core.clock import Clock, utcnow
 from app.core.db.migrate import DatabaseNotMigrated, is_at_head
 from app.core.error_handlers import install_error_handlers
+from app.core.logs import setup_logging
 from app.core.openapi import install_openapi
 from app.health import router as health
 from app.invalidation import Invalidator
@@ -24,6 +25,7 @@ from app.quotas import router as usage
 from app.quotas.feature import build_quotas
 from app.runtime import build_kernel, kernel_for_command
 from app.tasks import router as generations
+from app.tasks.fast_path import StatusFastPath
 from app.tasks.feature import build_tasks
 from app.tenants import admin_router as admin_tenants
 from app.tenants.service import TenantService
@@ -41,6 +43,15 @@ async def preflight(settings: Settings) -> None:
         raise DatabaseNotMigrated()
     async with kernel_for_command(settings) as kernel:
         await load_pool(kernel)
+
+
+def app_from_environment() -> FastAPI:
+    """The gateway as each worker of `serve --workers N` builds it (`app.main:app_from_environment`, a uvicorn
+    factory): settings from the environment and `.env`, where the parent process put its command-line options
+    before spawning the workers. The parent did the once-only work (migrations, preflight) before."""
+    settings = Settings()
+    setup_logging(settings.log_level)  # a spawned worker starts with Python's default logging
+    return create_app(settings)
 
 
 def create_app(
@@ -106,6 +117,8 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         max_concurrent_uploads=settings.max_concurrent_uploads,
     )
+    # Outermost: a warm status call is answered before routing (app/tasks/fast_path.py); the rest goes on.
+    app.add_middleware(StatusFastPath, state=app.state)
     for router in (generations, uploads, usage, health, admin_tenants, admin_quota, admin_upstream, audit):
         app.include_router(router.router)
     if settings.zero_config:

@@ -2,4 +2,5 @@
 
 from app.cli import main
 
-main()
+if __name__ == "__main__":  # not when a `serve --workers N` worker process is spawned from this module
+    main()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -32,11 +31,6 @@ def fail(message: str) -> NoReturn:
     """Print `seedream-gateway: message` on stderr and exit 2."""
     typer.echo(f"seedream-gateway: {message}", err=True)
     raise typer.Exit(code=2)
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def run_with_kernel(settings: Settings, call: Callable[[Kernel], Awaitable[T]]) -> T:

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+from typing import Annotated, Any
 
 import typer
 
-from app.cli.common import HostOpt, PortOpt, fail, run_with_kernel, settings_with, setup_logging
+from app.cli.common import HostOpt, PortOpt, fail, run_with_kernel, settings_with
 from app.config import Settings
 from app.core.db.errors import describe, is_database_unavailable
 from app.core.errors import SettingsError
 from app.core.files import write_private
+from app.core.logs import setup_logging
 from app.core.net import local_host_for
 from app.runtime import Kernel
 from app.tenants.service import TenantService
 
 SANDBOX_DEFAULT_PORT = 8100
+# What each worker of `serve --workers N` imports and calls to build its own app (a uvicorn factory).
+WORKER_APP = "app.main:app_from_environment"
+
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="Worker processes, each with its own pools and loops (default: GATEWAY_WORKERS or 1)."),
+]
 
 
 def register(cli: typer.Typer) -> None:
@@ -25,15 +35,21 @@ def register(cli: typer.Typer) -> None:
     cli.command()(migrate)
 
 
-def serve(host: HostOpt = None, port: PortOpt = None) -> None:
+def serve(host: HostOpt = None, port: PortOpt = None, workers: WorkersOpt = None) -> None:
     """Run the gateway. With no configuration: SQLite ledger, built-in sandbox upstream, a demo tenant."""
     import uvicorn
 
     from app.core.db.migrate import upgrade
     from app.main import create_app, preflight
 
-    settings = settings_with(host=host, port=port)
+    settings = settings_with(host=host, port=port, workers=workers)
     setup_logging(settings.log_level)
+    if settings.workers > 1 and settings.zero_config:
+        fail(
+            f"{settings.workers} workers need an upstream of their own (GATEWAY_UPSTREAM_BASE_URL): the built-in "
+            "sandbox keeps its tasks in one process's memory (run `seedream-gateway sandbox` apart and point at it)"
+        )
+    # Everything up to the banner is done once, here, whatever the number of workers.
     try:
         resolved = settings.secrets
         if settings.should_auto_migrate:
@@ -45,23 +61,54 @@ def serve(host: HostOpt = None, port: PortOpt = None) -> None:
             if not is_database_unavailable(e):
                 raise
             fail(f"database unavailable: {describe(e)}")
-        app = create_app(settings)
+        app = create_app(settings)  # with several workers, only a check: each of them builds its own
     except SettingsError as e:
         fail(str(e))
     if settings.zero_config:
         key = _ensure_demo_key(settings)
         _print_banner(settings, key, resolved.admin_token)
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level.lower(),
+        "proxy_headers": True,
+        "server_header": False,
+        # On SIGTERM uvicorn stops accepting, lets the requests in flight finish (cancelled after this long), then
+        # runs the lifespan's shutdown, which stops the background loops and closes the pools.
+        "timeout_graceful_shutdown": settings.shutdown_grace_s,
+    }
+    if settings.workers > 1:
+        _serve_workers(settings, options)
+        return
     try:
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level.lower(),
-            proxy_headers=True,
-            server_header=False,
-        )
+        uvicorn.run(app, **options)
     except SettingsError as e:  # raised by the lifespan, e.g. an unmigrated database
         fail(str(e))
+
+
+def _serve_workers(settings: Settings, options: dict[str, Any]) -> None:
+    """Serve with settings.workers processes, as `uvicorn.run(WORKER_APP, factory=True, workers=N)` would.
+
+    uvicorn's supervisor (this process) binds the port once and spawns the workers; each imports WORKER_APP and
+    builds its own app, kernel and background loops from the environment. The supervisor replaces a worker that
+    dies, and on SIGTERM or SIGINT passes SIGTERM on to every worker and waits for them (each shuts down as one
+    process does), then exits 0. Unlike uvicorn.run, a worker that cannot start is an exit code 2 here, not 0.
+    """
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    # Spawned processes start with this environment: the command line's options go there, so every worker (and
+    # any worker the supervisor starts later) reads the settings this process runs with. Nothing else needs
+    # passing on: outside the zero-config mode (refused above) the secrets come from the environment or .env.
+    os.environ["GATEWAY_HOST"] = settings.host
+    os.environ["GATEWAY_PORT"] = str(settings.port)
+    os.environ["GATEWAY_WORKERS"] = str(settings.workers)
+    config = uvicorn.Config(WORKER_APP, factory=True, workers=settings.workers, **options)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        fail("a worker process could not start (its log lines are above)")
 
 
 def sandbox(host: HostOpt = None, port: PortOpt = None) -> None:

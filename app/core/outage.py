@@ -47,6 +47,7 @@ class OutageTracker:
         self._since: float | None = None
         self._failures = 0
         self._reason = ""
+        self._latest = ""
 
     @property
     def is_down(self) -> bool:
@@ -71,10 +72,17 @@ class OutageTracker:
         """What the first failure of the current outage was ("" when up)."""
         return self._reason
 
+    @property
+    def latest_reason(self) -> str:
+        """What the latest failure of the current outage was ("" when up): the cause can change during one outage
+        (a connection cut first, then the database missing when reconnecting)."""
+        return self._latest
+
     def failed(self, reason: BaseException | str, *, source: str = "") -> bool:
         """Report one failure; True (and one WARNING logged) when it starts an outage."""
         with self._lock:
             self._failures += 1
+            self._latest = _one_line(reason)
             if self._since is not None:
                 return False
             self._since = self._clock()
@@ -96,7 +104,7 @@ class OutageTracker:
             failures = self._failures
             self._since = None
             self._failures = 0
-            self._reason = ""
+            self._reason = self._latest = ""
         self._log.info("%s available again after %.1f s (%d failed operations meanwhile)", self.name, lasted, failures)
         return True
 
@@ -105,7 +113,7 @@ class OutageTracker:
         with self._lock:
             self._since = None
             self._failures = 0
-            self._reason = ""
+            self._reason = self._latest = ""
 
 
 def _one_line(reason: BaseException | str) -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Response
 
 from app.contract import ErrorEnvelope, GenerationRequest, TaskObject
 from app.core.errors import NotFound, UnsupportedMediaType
+from app.core.ids import is_task_id
 from app.quotas.deps import QueryCaller, SubmitCaller
 from app.tasks.deps import TaskServiceDep
 from app.tasks.service import to_task_object
@@ -46,12 +46,6 @@ _STATUS_ERRORS = _errors(
 )
 
 
-# Every id the gateway mints (`task_img_` + hex, app/core/ids.py) fits this, and so does the String(48) column; any
-# other id names no task. Answering those without a query keeps what PostgreSQL refuses in a text parameter (NUL,
-# lone surrogates) away from it, so `%00` is the same plain 404 on every database.
-_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,48}")
-
-
 async def require_json(content_type: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
     media = (content_type or "").split(";")[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
@@ -79,7 +73,7 @@ async def create_generation(body: GenerationRequest, tenant: SubmitCaller, tasks
     summary="Task status and result",
 )
 async def get_generation(task_id: str, tenant: QueryCaller, tasks: TaskServiceDep, response: Response) -> Response:
-    if not _TASK_ID.fullmatch(task_id):
+    if not is_task_id(task_id):
         raise NotFound("Task not found")
     # Rendered by the service (and kept rendered while it cannot change): TaskObject, without None fields.
     answer = Response(await tasks.status_answer(tenant.id, task_id), media_type="application/json")

@@ -143,6 +143,10 @@ class TaskService:
             raise NotFound("Task not found")
         return await self._refresh_if_due(task)
 
+    def cached_answer(self, tenant_id: str, task_id: str) -> bytes | None:
+        """The status call's JSON answer if memory holds one that cannot have changed, else None."""
+        return self._answers.get(tenant_id, task_id, self._clock())
+
     async def status_answer(self, tenant_id: str, task_id: str) -> bytes:
         """The status call's JSON answer: from memory while it cannot have changed (app/tasks/cache.py), else as
         `status` finds it."""

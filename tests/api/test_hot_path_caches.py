@@ -7,7 +7,6 @@ own timers whatever the requests do.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,7 +18,6 @@ from tests.fixtures.gateway import ADMIN_TOKEN, Harness, running_gateway
 
 URL = "/v1/images/generations"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-FRESH_TIMEOUT_S = 30.0  # the invalidator's first read, on a busy machine
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -44,10 +42,9 @@ def statements(gw: Harness) -> Iterator[list[str]]:
 
 
 async def until_fresh(gw: Harness) -> None:
-    """Wait for the invalidator's first read: before it, caches are not trusted (and not used)."""
-    async with asyncio.timeout(FRESH_TIMEOUT_S):
-        while not gw.app.state.invalidator.fresh:
-            await asyncio.sleep(0.02)
+    """Make the invalidator read now (its loop does it every 0.25 s): before a first read, caches are not trusted."""
+    await gw.app.state.invalidator.poll_once()
+    assert gw.app.state.invalidator.fresh
 
 
 async def completed_task(gw: Harness, key: str) -> str:
@@ -116,9 +113,7 @@ async def test_another_tenants_cached_task_stays_a_404(gw: Harness) -> None:
 
 
 @pytest.mark.parametrize("change", ["revoke", "rotate", "disable", "limits"])
-async def test_a_change_holds_at_once_on_the_replica_that_made_it_with_caches_warm(
-    gw: Harness, change: str
-) -> None:
+async def test_a_change_holds_at_once_on_the_replica_that_made_it_with_caches_warm(gw: Harness, change: str) -> None:
     key = await gw.new_tenant("acme", query_rpm=None)
     tenant_id = await gw.tenant_id(key)
     task_id = await completed_task(gw, key)
@@ -163,3 +158,62 @@ async def test_a_revocation_on_one_replica_reaches_a_warm_other_within_the_bound
         # One read of B's invalidator that starts after the commit (its loop also reads on its own timer).
         await b.app.state.invalidator.poll_once()
         assert (await b.client.get(f"{URL}/{task_id}", headers=bearer(key))).status_code == 401
+
+
+async def test_the_fast_path_answers_byte_for_byte_as_the_route_does(
+    gw: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = await gw.new_tenant("acme")
+    task_id = await completed_task(gw, key)
+    await until_fresh(gw)
+    routed = await gw.client.get(f"{URL}/{task_id}", headers=bearer(key))  # the route, which fills the cache
+
+    async def not_routed(*_: Any) -> bytes:
+        raise AssertionError("a warm status call reached the route")
+
+    monkeypatch.setattr(gw.tasks, "status_answer", not_routed)
+    fast = await gw.client.get(f"{URL}/{task_id}", headers=bearer(key))
+    assert fast.status_code == routed.status_code == 200
+    assert fast.content == routed.content
+    assert dict(fast.headers) == dict(routed.headers)
+
+
+@pytest.mark.parametrize("case", ["query limit", "no read scope", "query string", "unknown key", "other tenant"])
+async def test_what_the_fast_path_leaves_to_the_route(gw: Harness, case: str) -> None:
+    """Each of these goes the usual way (and gets the usual answer): the fast path adds no rule of its own."""
+    key = await gw.new_tenant("acme")
+    task_id = await completed_task(gw, key)
+    tenant_id = await gw.tenant_id(key)
+    await until_fresh(gw)
+    await gw.client.get(f"{URL}/{task_id}", headers=bearer(key))  # key and answer warm
+    url, caller, expected = f"{URL}/{task_id}", key, 200
+    if case == "query limit":
+        r = await gw.client.put(f"/admin/v1/tenants/{tenant_id}/limits", headers=ADMIN, json={"query_rpm": 100})
+        assert r.status_code == 200
+    elif case == "no read scope":
+        r = await gw.client.post(
+            f"/admin/v1/tenants/{tenant_id}/keys", headers=ADMIN, json={"name": "w", "scopes": ["submit"]}
+        )
+        caller, expected = r.json()["key"], 403
+        await gw.client.get(f"{URL}/{task_id}", headers=bearer(caller))  # known now, still without the scope
+    elif case == "query string":
+        url = f"{URL}/{task_id}?x=1"
+    elif case == "unknown key":
+        caller, expected = "sk-gw-" + "0" * 43, 401
+    else:
+        caller, expected = await gw.new_tenant("globex"), 404
+    calls = 0
+    route = gw.tasks.status_answer
+
+    async def counted(*args: Any) -> bytes:
+        nonlocal calls
+        calls += 1
+        return await route(*args)
+
+    gw.tasks.status_answer = counted  # type: ignore[method-assign]
+    r = await gw.client.get(url, headers=bearer(caller))
+    assert r.status_code == expected, r.text
+    if case == "query limit":
+        assert r.headers["X-RateLimit-Limit"] == "100" and calls == 1
+    elif case in ("query string", "other tenant"):
+        assert calls == 1

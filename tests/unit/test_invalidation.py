@@ -64,3 +64,28 @@ async def test_events_before_start_are_not_replayed_and_a_stale_reader_drops_eve
     assert seen == [ALL]  # never read before: whatever was cached is dropped, the old event is not replayed
     await reader.poll_once()
     assert seen.count(ALL) >= 1 and "old" not in seen
+
+
+async def test_one_failed_read_stops_trust_at_once_and_the_next_read_drops_everything(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """However short the outage (a database replaced under the gateway restarts its event ids): after one failed
+    read the caches are bypassed, and the first read that works drops everything and starts from the newest event."""
+    reader = Invalidator(sessions, utcnow)
+    seen: list[str] = []
+    reader.subscribe("tenant", seen.append)
+    await reader.poll_once()
+    seen.clear()
+    assert reader.fresh
+
+    class Broken:
+        def __call__(self) -> AsyncSession:
+            raise ConnectionRefusedError("database away")
+
+    working, reader._sessions = reader._sessions, Broken()  # type: ignore[assignment]
+    with pytest.raises(ConnectionRefusedError):
+        await reader.poll_once()
+    assert not reader.fresh  # at once, not after the bound
+    reader._sessions = working
+    await reader.poll_once()
+    assert seen == [ALL] and reader.fresh
