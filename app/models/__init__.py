@@ -6,6 +6,7 @@ from app.models.quota import QuotaCounter, QuotaEntry, RateWindow
 from app.models.task import Task
 from app.models.tenant import Tenant, TenantKey
 from app.models.upstream_key import UpstreamKey
+from app.models.webhook import WebhookDelivery
 
 __all__ = [
     "AuditEvent",
@@ -17,4 +18,5 @@ __all__ = [
     "Tenant",
     "TenantKey",
     "UpstreamKey",
+    "WebhookDelivery",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db.base import Base, UTCDateTime
@@ -17,6 +17,11 @@ class Task(Base):
         Index("ix_tasks_tenant_id_created_at", "tenant_id", "created_at"),
         Index("ix_tasks_upstream_task_id", "upstream_task_id"),
         Index("ix_tasks_status_updated_at", "status", "updated_at"),
+        # The reconciler's and the dispatcher's "what is due": open tasks by their next look (terminal rows have
+        # NULL there, and stay out of the way).
+        Index("ix_tasks_next_check_at", "next_check_at"),
+        # One task per tenant and Idempotency-Key (NULLs do not collide).
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_tasks_tenant_id_idempotency_key"),
     )
 
     id: Mapped[str] = mapped_column(String(48), primary_key=True)
@@ -39,3 +44,22 @@ class Task(Base):
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     refreshed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # --- the task lifecycle (issue 9) ---
+    # The caller's Idempotency-Key and the SHA-256 of the request it came with (same key + other body = refused).
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    # When the task is next due: for a task waiting to be sent (`waiting`), its next create attempt; for one the
+    # upstream has, its next status check. NULL once terminal.
+    next_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # A process working on the task holds it until lease_until (FOR UPDATE SKIP LOCKED claims on PostgreSQL).
+    lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))  # create calls made
+    # The last moment the task may still be sent (waiting) or may stay open (after that: a final check, then
+    # failed and refunded).
+    deadline_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # A create call that timed out after the request was sent: the upstream may have the task (and bill it).
+    outcome_unknown: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)  # why the last attempt or check failed
+    # Where the task's end is delivered besides the tenant's webhook (an origin the tenant allows).
+    callback_url: Mapped[str | None] = mapped_column(Text, default=None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Index, Integer, String, text
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db.base import Base, UTCDateTime
@@ -25,6 +25,14 @@ class Tenant(Base):
     query_rpm: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # Webhooks (issue 9): the endpoint and its signing secrets, encrypted with GATEWAY_SECRET_KEY (KeyMaterial).
+    # During a secret rotation the previous secret signs too, until webhook_previous_until.
+    webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
+    webhook_secret: Mapped[str | None] = mapped_column(Text, default=None)
+    webhook_previous_secret: Mapped[str | None] = mapped_column(Text, default=None)
+    webhook_previous_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # Origins (scheme://host[:port]) a request's callback_url may point at; JSON list, NULL = none.
+    callback_origins: Mapped[list[str] | None] = mapped_column(JSON, default=None)
 
 
 class TenantKey(Base):

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -35,6 +36,9 @@ from app.upstream.pool import PoolKey, UpstreamKeyPool
 log = logging.getLogger(__name__)
 
 RESULT_TTL = dt.timedelta(hours=24)
+# Called in the transaction that makes a task terminal, once per task (webhooks enqueue their event there, so the
+# end and its delivery commit together).
+EndHook = Callable[[AsyncSession, Task], Awaitable[None]]
 SWEEP_CONCURRENCY = 10
 
 
@@ -57,6 +61,11 @@ class TaskService:
         self._quotas_enabled = quotas_enabled
         self._inflight: SingleFlight[Task] = SingleFlight()
         self._answers = TaskAnswers(refresh_interval)
+        self._end_hooks: list[EndHook] = []
+
+    def on_end(self, hook: EndHook) -> None:
+        """Run `hook(session, task)` in the transaction that makes a task terminal (completed or failed)."""
+        self._end_hooks.append(hook)
 
     async def submit(self, tenant: Tenant, request: GenerationRequest) -> Task:
         """Record the task, reserve its images and a slot on a pool key, send it upstream, record the answer.
@@ -247,6 +256,8 @@ class TaskService:
                 )
                 if stored.upstream_key_id is not None:
                     await self._pool.release_slot(session, stored.upstream_key_id)
+                for hook in self._end_hooks:
+                    await hook(session, stored)
         assert stored is not None
         return stored
 
