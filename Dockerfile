@@ -2,7 +2,8 @@
 # Seedream Gateway: a builder stage fills /venv, a slim runtime stage runs it as a non-root user under tini.
 #   docker build -t seedream-gateway .
 #   docker run --rm -p 8000:8000 seedream-gateway        # zero-config demo (SQLite, built-in sandbox)
-# docker-compose.yml runs it for real: PostgreSQL, Redis, a one-shot migration, the sandbox, the gateway.
+# docker-compose.yml runs it for real: PostgreSQL, Redis, a one-shot migration, the sandbox, the gateway;
+# deploy/kubernetes/ runs it on a cluster (README.md "Deploying on Kubernetes").
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -50,7 +51,9 @@ RUN python -m compileall -q app migrations \
     && mkdir -p /app/data \
     && chown gateway:gateway /app/data
 
-USER gateway
+# Numeric, so that Kubernetes' runAsNonRoot can check it without a passwd lookup (deploy/kubernetes runs it as
+# 10001 with a read-only root file system: only /tmp, an emptyDir there, is writable).
+USER 10001:10001
 EXPOSE 8000
 # The slim image has no curl: probe /healthz with the interpreter already there.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \

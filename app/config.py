@@ -55,12 +55,31 @@ class Settings(BaseSettings):
     status_refresh_interval_s: float = Field(
         1.0, description="A non-terminal task is re-fetched from the upstream at most this often."
     )
+    queue_deadline_s: float = Field(
+        600.0, gt=0, description="A task the upstream cannot take (429, 5xx, unreachable) waits this long at most."
+    )
+    task_deadline_s: float = Field(
+        1800.0, gt=0, description="A task open this long gets one final upstream check, then fails and is refunded."
+    )
     poll_interval_s: float = Field(
-        5.0, description="Open tasks no caller polled for this long are refreshed in the background; 0 = off."
+        1.0,
+        ge=0,
+        description="How often each process's reconciler looks for due tasks (waiting ones to send, open ones to "
+        "check with the upstream, deadlines); 0 = off (tests).",
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest JSON request body accepted (413 above).")
     max_concurrent_uploads: int = Field(
         8, ge=1, description="Upload bodies (up to 10 MB each) buffered at once per process; 429 beyond."
+    )
+    events_poll_interval_s: float = Field(
+        1.0, gt=0, le=60, description="How often a task's event stream looks at its status (the status call)."
+    )
+    events_heartbeat_s: float = Field(
+        15.0, gt=0, le=300, description="A `: keep-alive` comment after this long without an event on a stream."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated browser origins allowed to call the API (`*` = any); empty = CORS off.",
     )
     db_pool_size: int = 20
     redis_url: str = Field("", description="Rate windows in Redis when set; PostgreSQL/SQLite otherwise.")
@@ -72,8 +91,24 @@ class Settings(BaseSettings):
     default_max_in_flight: DefaultLimit = Field(None, description="Tasks in flight at once for new tenants.")
     default_submit_rpm: DefaultLimit = Field(None, description="Submits per minute for new tenants.")
     default_query_rpm: DefaultLimit = Field(None, description="Status queries per minute for new tenants.")
+    webhook_allow_private: bool = Field(
+        False, description="Let webhooks reach loopback, private and link-local addresses (tests, closed networks)."
+    )
+    webhook_retry_schedule_s: Annotated[list[Annotated[float, Field(ge=0)]], NoDecode] = Field(
+        default_factory=lambda: [10.0, 30.0, 120.0, 600.0, 3600.0, 21600.0, 86400.0],
+        min_length=1,
+        description="Comma-separated pauses (s) before each retry of a failed webhook delivery; then it is dead.",
+    )
+    webhook_poll_interval_s: float = Field(
+        2.0, gt=0, le=60, description="How often each process looks for webhook deliveries due (retries, others')."
+    )
 
-    @field_validator("upstream_keys", "previous_secret_keys", mode="before")
+    @field_validator("webhook_retry_schedule_s", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: object) -> object:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("upstream_keys", "previous_secret_keys", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

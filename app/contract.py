@@ -34,9 +34,10 @@ Resolution = Literal["1K", "2K", "4K"]
 
 
 class TaskStatus(StrEnum):
-    """Every status of a task, in one place: the contract's four, and the ledger's own `submitting`."""
+    """Every status of a task, in one place: the contract's four, and the ledger's own `submitting` and `waiting`."""
 
     SUBMITTING = "submitting"  # ledger only: the create call has not been answered yet; shown as `queued`
+    WAITING = "waiting"  # ledger only: the upstream could not take it yet, the dispatcher will; shown as `queued`
     QUEUED = "queued"
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
@@ -45,7 +46,7 @@ class TaskStatus(StrEnum):
     @property
     def public(self) -> TaskStatus:
         """The status a caller sees."""
-        return TaskStatus.QUEUED if self is TaskStatus.SUBMITTING else self
+        return TaskStatus.QUEUED if self in (TaskStatus.SUBMITTING, TaskStatus.WAITING) else self
 
 
 # The statuses the contract documents (what callers see and the upstream's answers are read as).

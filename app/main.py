@@ -8,12 +8,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import httpx
 from fastapi import FastAPI
 from sqlalchemy.exc import OperationalError, ProgrammingError
+from starlette.middleware.cors import CORSMiddleware
 
 from app.audit import router as audit
 from app.config import Settings
 from app.contract import ErrorEnvelope
 from app.core.body_limit import BodySizeLimit
 from app.core.clock import Clock, utcnow
+from app.core.cors import cors_options
 from app.core.db.migrate import DatabaseNotMigrated, is_at_head
 from app.core.error_handlers import install_error_handlers
 from app.core.logs import setup_logging
@@ -24,7 +26,9 @@ from app.quotas import admin_router as admin_quota
 from app.quotas import router as usage
 from app.quotas.feature import build_quotas
 from app.runtime import build_kernel, kernel_for_command
+from app.tasks import events_router as generation_events
 from app.tasks import router as generations
+from app.tasks.events import TaskEvents
 from app.tasks.fast_path import StatusFastPath
 from app.tasks.feature import build_tasks
 from app.tenants import admin_router as admin_tenants
@@ -34,6 +38,8 @@ from app.uploads.service import UploadService
 from app.upstream import admin_router as admin_upstream
 from app.upstream.base import UpstreamAdapter
 from app.upstream.feature import SANDBOX_MOUNT, build_upstream, load_pool
+from app.webhooks import admin_router as admin_webhooks
+from app.webhooks.feature import build_webhooks
 
 
 async def preflight(settings: Settings) -> None:
@@ -82,6 +88,9 @@ def create_app(
             quotas = build_quotas(kernel)
             stack.push_async_callback(quotas.aclose)
             tasks = build_tasks(kernel, upstream)
+            webhooks = build_webhooks(kernel, invalidator=invalidator)
+            tasks.service.on_end(webhooks.service.task_ended)  # a task's end enqueues its events, in its transaction
+            app.state.webhooks = webhooks.service
             app.state.kernel = kernel
             app.state.upstream = upstream
             tenants = TenantService(
@@ -91,6 +100,11 @@ def create_app(
             app.state.quotas = quotas.service
             app.state.rate_limits = quotas.rate_limits
             app.state.tasks = tasks.service
+            app.state.task_events = TaskEvents(
+                tasks.service,
+                poll_interval_s=settings.events_poll_interval_s,
+                heartbeat_s=settings.events_heartbeat_s,
+            )
             app.state.uploads = UploadService(upstream.adapter, upstream.pool)
             invalidator.start()
             stack.push_async_callback(invalidator.stop)
@@ -98,6 +112,8 @@ def create_app(
             stack.push_async_callback(tenants.aclose)  # and what is left at shutdown, before the engine closes
             tasks.start()
             stack.push_async_callback(tasks.stop)
+            webhooks.start()
+            stack.push_async_callback(webhooks.stop)
             yield
 
     app = FastAPI(
@@ -117,10 +133,14 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         max_concurrent_uploads=settings.max_concurrent_uploads,
     )
-    # Outermost: a warm status call is answered before routing (app/tasks/fast_path.py); the rest goes on.
+    # A warm status call is answered before routing (app/tasks/fast_path.py); the rest goes on.
     app.add_middleware(StatusFastPath, state=app.state)
+    if settings.cors_origins:  # added last, so outermost: the fast path's answers get CORS headers too
+        app.add_middleware(CORSMiddleware, **cors_options(settings.cors_origins))
     for router in (generations, uploads, usage, health, admin_tenants, admin_quota, admin_upstream, audit):
         app.include_router(router.router)
+    app.include_router(admin_webhooks.router)
+    app.include_router(generation_events.router)
     if settings.zero_config:
         from app.sandbox.app import create_sandbox_app
 

@@ -1,4 +1,5 @@
-"""Dockerfile, docker-compose.yml and .env.example against the code they deploy (no container engine needed).
+"""Dockerfile, docker-compose.yml, .env.example and deploy/ (Kubernetes, Grafana, Prometheus) against the code they
+deploy, offline (no container engine, no cluster, no network).
 
 Settings names come from `app.config.Settings`, commands and options from the typer app `app.cli.cli`: a renamed
 setting, command or option breaks these tests before it breaks a deployment.
@@ -456,3 +457,438 @@ def test_parse_cli_reads_nested_commands_and_options() -> None:
         {"name": "team-a", "as_json": True},
     )
     assert parse_cli(["seedream-gateway", "serve", "--port", "9000"])[1]["port"] == 9000
+
+
+# --- Kubernetes, Grafana, Prometheus (deploy/) ------------------------------------------------------------------
+# Offline: the Kubernetes JSON schemas come with the kubernetes-validate package (pinned in pyproject.toml), the app's
+# routes from building it (no database, no lifespan), commands from the typer app.
+
+DEPLOY = ROOT / "deploy"
+K8S_DIR = DEPLOY / "kubernetes"
+KUSTOMIZATION = K8S_DIR / "kustomization.yaml"
+SECRET_EXAMPLE = K8S_DIR / "secret.example.yaml"
+DASHBOARD = DEPLOY / "grafana" / "seedream-gateway.json"
+ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
+README = ROOT / "README.md"
+# The oldest Kubernetes the manifests must fit (the schemas kubernetes-validate bundles for it, strict: unknown
+# fields are errors).
+K8S_VERSION = "1.30"
+SECRET_NAME = "seedream-gateway-secrets"
+REQUIRED_SECRETS = {"GATEWAY_DATABASE_URL", "GATEWAY_SECRET_KEY", "GATEWAY_ADMIN_TOKEN", "GATEWAY_UPSTREAM_KEYS"}
+OPTIONAL_SECRETS = {"GATEWAY_PREVIOUS_SECRET_KEYS", "GATEWAY_REDIS_URL", "GATEWAY_METRICS_TOKEN"}
+# Settings a URL with a password may hide in, besides every SecretStr field.
+SECRET_URL_SETTINGS = {"GATEWAY_DATABASE_URL", "GATEWAY_REDIS_URL"}
+# Named by the manifests before the code has them (the metrics work): accepted while they do not exist yet, and then
+# checked like every other name.
+PENDING_SETTINGS = {"GATEWAY_METRICS_TOKEN"}
+PENDING_PATHS = {"/metrics"}
+
+# The gateway's metrics (name -> labels), as the dashboard and the alerts use them; the metrics code must match.
+METRICS: dict[str, set[str]] = {
+    "gateway_http_requests_total": {"route", "method", "status"},
+    "gateway_http_request_duration_seconds_bucket": {"route", "method", "le"},
+    "gateway_upstream_calls_total": {"key_id", "operation", "outcome"},
+    "gateway_upstream_call_duration_seconds_bucket": {"operation", "le"},
+    "gateway_tasks_ended_total": {"tenant", "status"},
+    "gateway_tasks_waiting": set(),
+    "gateway_refusals_total": {"tenant", "kind"},
+    "gateway_webhook_deliveries_total": {"outcome"},
+    "gateway_upstream_keys": {"state"},
+    "gateway_db_pool_in_use": set(),
+}
+# kube-state-metrics, for the readiness alerts.
+EXTERNAL_METRICS: dict[str, set[str]] = {
+    "kube_deployment_status_replicas_unavailable": {"deployment", "namespace"},
+    "kube_deployment_status_replicas_available": {"deployment", "namespace"},
+}
+# Added by the scrape itself, on every series.
+TARGET_LABELS = {"instance", "job", "namespace", "pod"}
+EXPECTED_ALERTS = {
+    "SeedreamGatewayHigh5xxRate",
+    "SeedreamGatewayUpstreamKeyDisabled",
+    "SeedreamGatewayNoUsableUpstreamKey",
+    "SeedreamGatewayWaitingQueueGrowing",
+    "SeedreamGatewayWebhookDeadLetters",
+    "SeedreamGatewayReplicasNotReady",
+    "SeedreamGatewayDown",
+}
+
+SETTING_REFERENCE = re.compile(r"\bGATEWAY_[A-Z0-9_]+\b")
+METRIC_NAME = re.compile(r"\b((?:gateway|kube)_[a-z0-9_]+)\b")
+GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+SELECTOR = re.compile(r"\{([^{}]*)\}")
+MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
+
+
+def k8s_documents() -> list[tuple[str, dict[str, Any]]]:
+    """(file name, resource) of every manifest under deploy/kubernetes/, the kustomization aside."""
+    found = []
+    for path in sorted(K8S_DIR.glob("*.yaml")):
+        if path == KUSTOMIZATION:
+            continue
+        found += [(path.name, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return found
+
+
+def resource(kind: str, name: str | None = None) -> dict[str, Any]:
+    matches = [d for _, d in k8s_documents() if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(matches) == 1, f"expected one {kind} {name or ''} in deploy/kubernetes/, found {len(matches)}"
+    return matches[0]
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def only_container(workload: dict[str, Any]) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = pod_spec(workload)["containers"]
+    assert len(containers) == 1, f"{workload['metadata']['name']}: one container expected"
+    return containers[0]
+
+
+def container_port(container: dict[str, Any], port: int | str) -> int:
+    """A probe's or Service's port (a number or a port name) as the container's port number."""
+    for declared in container.get("ports", []):
+        if port in (declared["containerPort"], declared.get("name")):
+            return int(declared["containerPort"])
+    raise AssertionError(f"port {port!r} is not a port of container {container['name']}")
+
+
+def env_vars(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def quantity(value: str | int) -> float:
+    """A Kubernetes quantity (500m, 2, 512Mi, 1G) as a number."""
+    text = str(value)
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 1e3, "M": 1e6, "G": 1e9}
+    for suffix, factor in sorted(units.items(), key=lambda item: -len(item[0])):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def readme_anchors() -> set[str]:
+    anchors, fenced = set(), False
+    for line in README.read_text().splitlines():
+        fenced ^= line.startswith("```")
+        if not fenced and line.startswith("#"):
+            anchors.add(github_anchor(line.lstrip("#")))
+    return anchors
+
+
+def promql_problems(expr: str) -> list[str]:
+    """Unknown metric names, and labels no metric of the expression has."""
+    known = {**METRICS, **EXTERNAL_METRICS}
+    names = set(METRIC_NAME.findall(expr))
+    problems = [f"unknown metric {n}" for n in sorted(names - set(known))]
+    if not names & set(known):
+        return [*problems, f"no known metric in {expr!r}"]
+    labels = set(TARGET_LABELS).union(*(known[n] for n in names if n in known))
+    used = {label.strip() for group in GROUPING.findall(expr) for label in group.split(",") if label.strip()}
+    used |= {label for selector in SELECTOR.findall(expr) for label in MATCHER.findall(selector)}
+    return problems + [f"label {label!r} is on none of {sorted(names)}" for label in sorted(used - labels)]
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    panels: list[dict[str, Any]] = []
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        panels += [panel, *panel.get("panels", [])]
+    return panels
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+
+
+@pytest.fixture(scope="module")
+def served() -> Any:
+    """Whether the gateway app answers GET <path> (route matching only: no database, no lifespan)."""
+    from starlette.routing import Match
+
+    from app.main import create_app
+
+    app = create_app(
+        Settings(_env_file=None, upstream_base_url="http://upstream.invalid", secret_key="s" * 32, admin_token="a" * 32)
+    )
+
+    def answers(path: str) -> bool:
+        scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": [], "query_string": b""}
+        return any(route.matches(scope)[0] == Match.FULL for route in app.router.routes)
+
+    return answers
+
+
+@pytest.fixture(scope="module")
+def deployment() -> dict[str, Any]:
+    return resource("Deployment")
+
+
+@pytest.fixture(scope="module")
+def configmap() -> dict[str, str]:
+    data: dict[str, str] = resource("ConfigMap")["data"]
+    return data
+
+
+def test_kustomization_lists_every_manifest_but_the_secret_example() -> None:
+    kustomization = yaml.safe_load(KUSTOMIZATION.read_text())
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in K8S_DIR.glob("*.yaml")} - {KUSTOMIZATION.name}
+    assert SECRET_EXAMPLE.name not in listed, "secret.example.yaml must not be deployed by the kustomization"
+    assert listed == on_disk - {SECRET_EXAMPLE.name}, f"kustomization resources {sorted(listed)} != {sorted(on_disk)}"
+    images = {image["name"] for image in kustomization.get("images", [])}
+    for name, doc in k8s_documents():
+        if doc["kind"] in ("Deployment", "Job"):
+            assert only_container(doc)["image"] in images, f"{name}: its image is not set by the kustomization"
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == kustomization["namespace"], f"{name}: namespace"
+
+
+@pytest.mark.parametrize(("name", "doc"), k8s_documents(), ids=lambda v: v if isinstance(v, str) else v["kind"])
+def test_manifest_is_valid_kubernetes(name: str, doc: dict[str, Any]) -> None:
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        where = ".".join(map(str, e.path))
+        message = f"{name}: {doc['kind']} invalid for Kubernetes {K8S_VERSION} at {where}: {e.message}"
+        raise AssertionError(message) from None
+
+
+def test_the_schema_check_catches_a_typo() -> None:
+    import kubernetes_validate
+
+    broken = json.loads(json.dumps(resource("Deployment")))
+    only_container(broken)["readinesProbe"] = only_container(broken).pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="readinesProbe"):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_workloads_run_real_cli_commands(dockerfile: list[tuple[str, str]]) -> None:
+    from typer.testing import CliRunner
+
+    expected = {"Deployment": ("serve",), "Job": ("migrate",)}
+    for kind, want in expected.items():
+        container = only_container(resource(kind))
+        # Only args: the image's ENTRYPOINT (tini, PID 1) stays in front of them.
+        assert "command" not in container, f"{kind}: set args, not command (tini must stay PID 1)"
+        path, _ = parse_cli(container["args"])
+        assert path == want, f"{kind} runs {path}, expected {want}"
+    commands = {parse_cli(only_container(resource(kind))["args"])[0] for kind in expected}
+    commands.add(parse_cli(exec_form(next(a for k, a in final_stage(dockerfile) if k == "CMD"), "CMD"))[0])
+    for path in sorted(commands):
+        result = CliRunner().invoke(cli, [*path, "--help"])
+        assert result.exit_code == 0, f"seedream-gateway {' '.join(path)} --help: {result.output}"
+
+
+def test_ports_and_probes_line_up(deployment: dict[str, Any], served: Any, dockerfile: list[tuple[str, str]]) -> None:
+    container = only_container(deployment)
+    _, params = parse_cli(container["args"])
+    assert params["host"] == "0.0.0.0", "serve must bind 0.0.0.0 in a pod"
+    port = params["port"]
+    assert container_port(container, "http") == port, f"containerPort http != serve --port {port}"
+    probes = {name: container.get(name) for name in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert all(probes.values()), f"missing probes: {[n for n, p in probes.items() if not p]}"
+    assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for name, probe in probes.items():
+        assert container_port(container, probe["httpGet"]["port"]) == port, f"{name} probes another port"
+        assert served(probe["httpGet"]["path"]), f"{name}: the app does not serve {probe['httpGet']['path']}"
+    service = resource("Service")
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["port"] == 80 and container_port(container, service_port["targetPort"]) == port
+    runtime = final_stage(dockerfile)
+    exposed = {int(p.split("/")[0]) for k, a in runtime if k == "EXPOSE" for p in a.split()}
+    assert port in exposed, f"the image EXPOSEs {exposed}, the pod serves {port}"
+    healthcheck = next(a for k, a in runtime if k == "HEALTHCHECK")
+    assert f":{port}{probes['livenessProbe']['httpGet']['path']}" in healthcheck, "HEALTHCHECK != the liveness probe"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == port, "prometheus.io/port is not the gateway's port"
+
+
+def test_metrics_path_is_served(deployment: dict[str, Any], served: Any) -> None:
+    path = deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"]
+    if not served(path) and path in PENDING_PATHS:
+        pytest.skip(f"the app does not serve {path} yet (the metrics work adds it)")
+    assert served(path), f"prometheus.io/path {path} is not served by the app"
+
+
+def test_deploy_files_name_only_real_settings() -> None:
+    texts = {p.relative_to(ROOT).as_posix(): p.read_text() for p in sorted(DEPLOY.rglob("*")) if p.is_file()}
+    texts["Dockerfile"] = DOCKERFILE.read_text()
+    unknown = sorted(
+        f"{where}: {name}"
+        for where, text in texts.items()
+        for name in set(SETTING_REFERENCE.findall(text))
+        if name not in SETTING_NAMES and name not in PENDING_SETTINGS
+    )
+    assert not unknown, f"names that are no Settings field: {unknown}"
+    for name in PENDING_SETTINGS - set(SETTING_NAMES):  # not a setting yet: only ever an optional secret
+        assert name in OPTIONAL_SECRETS, f"{name} is not a setting yet: reference it as an optional secret only"
+
+
+def test_every_secret_comes_from_the_secret(deployment: dict[str, Any], configmap: dict[str, str]) -> None:
+    fields = Settings.model_fields.items()
+    secret_fields = {f"{PREFIX}{name.upper()}" for name, field in fields if "SecretStr" in str(field.annotation)}
+    secrets = REQUIRED_SECRETS | OPTIONAL_SECRETS
+    assert secret_fields | SECRET_URL_SETTINGS <= secrets, f"not deployed as secrets: {secret_fields - secrets}"
+    env = env_vars(only_container(deployment))
+    for name in sorted(secrets):
+        assert name in env, f"the Deployment does not set {name}"
+        ref = env[name].get("valueFrom", {}).get("secretKeyRef")
+        assert ref and ref["name"] == SECRET_NAME and ref["key"] == name, f"{name}: expected secretKeyRef {SECRET_NAME}"
+        optional = name in OPTIONAL_SECRETS
+        assert bool(ref.get("optional")) == optional, f"{name}: secretKeyRef.optional should be {optional}"
+    assert not secrets & set(configmap), f"secrets in the ConfigMap: {sorted(secrets & set(configmap))}"
+    for workload in (deployment, resource("Job")):
+        for name, var in env_vars(only_container(workload)).items():
+            assert name not in secrets or "value" not in var, f"{workload['kind']}: {name} has a literal value"
+    example = resource("Secret", SECRET_NAME)
+    assert set(example["stringData"]) == secrets, f"secret.example.yaml keys: {sorted(example['stringData'])}"
+
+
+def test_secret_example_holds_refused_placeholders(clean_env: pytest.MonkeyPatch, configmap: dict[str, str]) -> None:
+    values = {k: v for k, v in resource("Secret", SECRET_NAME)["stringData"].items() if k in SETTING_NAMES}
+    for name, value in {**configmap, **values}.items():
+        clean_env.setenv(name, value)
+    with pytest.raises(SettingsError):
+        resolve_secrets(Settings(_env_file=None))
+
+
+def test_configmap_is_valid_settings(clean_env: pytest.MonkeyPatch, configmap: dict[str, str]) -> None:
+    for name, value in configmap.items():
+        clean_env.setenv(name, value)
+    settings = Settings(_env_file=None, secret_key="s" * 32, admin_token="a" * 32)
+    assert not settings.zero_config, "GATEWAY_UPSTREAM_BASE_URL must be set: empty is the zero-config demo"
+    assert settings.auto_migrate is False, "migrations run in the Job, not at pod start (replicas would race)"
+    assert "GATEWAY_WORKERS" in configmap, "GATEWAY_WORKERS comes from the ConfigMap"
+
+
+def test_graceful_shutdown_fits_the_grace_period(deployment: dict[str, Any], configmap: dict[str, str]) -> None:
+    grace = int(configmap.get("GATEWAY_SHUTDOWN_GRACE_S", Settings.model_fields["shutdown_grace_s"].default))
+    pre_stop = only_container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep", f"preStop should pause (sleep N), got {pre_stop}"
+    pause = int(pre_stop[1])
+    termination = pod_spec(deployment)["terminationGracePeriodSeconds"]
+    assert termination > pause + grace, f"terminationGracePeriodSeconds {termination} <= preStop {pause} + {grace}"
+
+
+def test_pods_run_unprivileged(dockerfile: list[tuple[str, str]]) -> None:
+    runtime = final_stage(dockerfile)
+    image_user = [a for k, a in runtime if k == "USER"][-1].split(":")[0]
+    assert image_user.isdigit(), f"USER {image_user}: numeric, so runAsNonRoot can check it"
+    assert any(k == "RUN" and f"--uid {image_user}" in a for k, a in runtime), "USER is not the user the image adds"
+    for kind in ("Deployment", "Job"):
+        spec = pod_spec(resource(kind))
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and str(pod["runAsUser"]) == image_user, f"{kind}: pod securityContext"
+        assert pod["seccompProfile"]["type"] == "RuntimeDefault", f"{kind}: seccomp"
+        assert spec["automountServiceAccountToken"] is False, f"{kind}: no API token needed"
+        assert spec["enableServiceLinks"] is False, f"{kind}: service links could inject GATEWAY_PORT"
+        container = only_container(resource(kind))
+        sc = container["securityContext"]
+        assert sc["runAsNonRoot"] is True and str(sc["runAsUser"]) == image_user, f"{kind}: container user"
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, kind
+        assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add"), kind
+        assert sc["seccompProfile"]["type"] == "RuntimeDefault", kind
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        tmp = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+        assert tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{kind}: /tmp must be a writable emptyDir"
+        resources = container["resources"]
+        for what in ("cpu", "memory"):
+            request, limit = resources["requests"][what], resources["limits"][what]
+            assert quantity(request) <= quantity(limit), f"{kind}: {what} request {request} > limit {limit}"
+
+
+def test_selectors_line_up(deployment: dict[str, Any]) -> None:
+    pods = deployment["spec"]["template"]["metadata"]["labels"]
+    assert selects(deployment["spec"]["selector"]["matchLabels"], pods)
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count (apply would reset it)"
+    assert selects(resource("Service")["spec"]["selector"], pods), "the Service does not select the gateway pods"
+    pdb = resource("PodDisruptionBudget")
+    assert selects(pdb["spec"]["selector"]["matchLabels"], pods), "the PDB does not select the gateway pods"
+    job_pods = resource("Job")["spec"]["template"]["metadata"]["labels"]
+    assert not selects(resource("Service")["spec"]["selector"], job_pods), "the Service would route to the Job"
+    assert not selects(deployment["spec"]["selector"]["matchLabels"], job_pods), "the Deployment selects the Job"
+    hpa = resource("HorizontalPodAutoscaler")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+    assert hpa["spec"]["minReplicas"] > pdb["spec"]["minAvailable"] >= 1, "a drain must be able to evict a pod"
+
+
+def test_migration_job_runs_before_the_rollout(deployment: dict[str, Any]) -> None:
+    job = resource("Job")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["argocd.argoproj.io/hook"] == "PreSync"
+    assert "pre-upgrade" in annotations["helm.sh/hook"] and "pre-install" in annotations["helm.sh/hook"]
+    assert pod_spec(job)["restartPolicy"] in ("Never", "OnFailure")
+    container = only_container(job)
+    assert container["image"] == only_container(deployment)["image"], "the Job migrates with the Deployment's image"
+    # A PreSync hook runs before the sync creates the ConfigMap: the Job needs the Secret only.
+    assert "envFrom" not in container, "the migration Job should not depend on the ConfigMap"
+    want = env_vars(only_container(deployment))["GATEWAY_DATABASE_URL"]["valueFrom"]
+    assert env_vars(container)["GATEWAY_DATABASE_URL"]["valueFrom"] == want, "the Job migrates another database"
+
+
+def test_dashboard_structure() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert 36 <= dashboard["schemaVersion"] <= 41
+    assert [i["name"] for i in dashboard["__inputs"]] == ["DS_PROMETHEUS"]
+    ids = [p["id"] for p in dashboard_panels()]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    for panel in dashboard_panels():
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, f"panel {panel['title']!r} is wider than the grid"
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+        assert panel["targets"], f"panel {panel['title']!r} has no query"
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
+
+
+def test_dashboard_and_alerts_use_known_metrics_and_labels() -> None:
+    exprs = {f"dashboard {p['title']!r}": t["expr"] for p in dashboard_panels() for t in p.get("targets", [])}
+    exprs |= {f"alert {rule['alert']}": rule["expr"] for rule in alert_rules()}
+    problems = [f"{where}: {problem}" for where, expr in exprs.items() for problem in promql_problems(expr)]
+    assert not problems, "\n".join(problems)
+    shown = {name for p in dashboard_panels() for t in p.get("targets", []) for name in METRIC_NAME.findall(t["expr"])}
+    assert set(METRICS) <= shown, f"metrics without a panel: {sorted(set(METRICS) - shown)}"
+
+
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        ("sum(rate(gateway_http_request_total[5m]))", "unknown metric gateway_http_request_total"),
+        ("sum by (tenant) (rate(gateway_http_requests_total[5m]))", "label 'tenant'"),
+        ('gateway_upstream_keys{status="disabled"}', "label 'status'"),
+    ],
+)
+def test_promql_check_rejects(expr: str, problem: str) -> None:
+    assert any(problem in p for p in promql_problems(expr)), promql_problems(expr)
+
+
+def test_alerts_have_a_summary_and_a_runbook_entry() -> None:
+    rules = alert_rules()
+    assert {rule["alert"] for rule in rules} == EXPECTED_ALERTS
+    anchors = readme_anchors()
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+        assert rule["annotations"]["summary"].strip(), f"{rule['alert']} has no summary"
+        url = rule["annotations"]["runbook_url"]
+        assert url.startswith("README.md#"), f"{rule['alert']}: runbook_url {url}"
+        assert url.split("#", 1)[1] in anchors, f"{rule['alert']}: README.md has no heading for {url}"

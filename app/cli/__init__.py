@@ -11,6 +11,7 @@ from app.cli.keys import keys_cli
 from app.cli.quota import quota_cli
 from app.cli.tenants import tenants_cli
 from app.cli.upstream_keys import secrets_cli, upstream_keys_cli
+from app.cli.webhooks import webhooks_cli
 from app.core.errors import SettingsError
 
 cli = typer.Typer(
@@ -24,6 +25,7 @@ cli.add_typer(quota_cli, name="quota")
 cli.add_typer(keys_cli, name="keys")
 cli.add_typer(upstream_keys_cli, name="upstream-keys")
 cli.add_typer(secrets_cli, name="secrets")
+cli.add_typer(webhooks_cli, name="webhooks")
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The task service as a dependency."""
+"""The task service, and the event streams, as dependencies."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.tasks.events import TaskEvents
 from app.tasks.service import TaskService
 
 
@@ -15,3 +16,11 @@ async def get_task_service(request: Request) -> TaskService:
 
 
 TaskServiceDep = Annotated[TaskService, Depends(get_task_service)]
+
+
+async def get_task_events(request: Request) -> TaskEvents:
+    events: TaskEvents = request.app.state.task_events
+    return events
+
+
+TaskEventsDep = Annotated[TaskEvents, Depends(get_task_events)]

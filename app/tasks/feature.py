@@ -8,21 +8,21 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from app.runtime import Kernel
+from app.tasks.reconciler import Reconciler
 from app.tasks.service import TaskService
-from app.tasks.worker import TaskPoller
 from app.upstream.feature import Upstream
 
 
 @dataclass
 class Tasks:
     service: TaskService
-    worker: TaskPoller | None
+    worker: Reconciler | None
     _running: asyncio.Task[None] | None = field(default=None, init=False)
 
     def start(self) -> None:
-        """Start the background worker (if polling is on)."""
+        """Start the reconciler (unless GATEWAY_POLL_INTERVAL_S is 0)."""
         if self.worker is not None and self._running is None:
-            self._running = asyncio.create_task(self.worker.run_forever(), name="task-poller")
+            self._running = asyncio.create_task(self.worker.run_forever(), name="task-reconciler")
 
     async def stop(self) -> None:
         """Stop the background worker; a sweep in progress is cancelled (every step of it is idempotent)."""
@@ -42,8 +42,12 @@ def build_tasks(kernel: Kernel, upstream: Upstream) -> Tasks:
         kernel.clock,
         dt.timedelta(seconds=settings.status_refresh_interval_s),
         quotas_enabled=settings.quotas_enabled,
+        queue_deadline=dt.timedelta(seconds=settings.queue_deadline_s),
+        task_deadline=dt.timedelta(seconds=settings.task_deadline_s),
+        submit_deadline=dt.timedelta(seconds=settings.submit_deadline_s),
     )
     worker = None
     if settings.poll_interval_s > 0:
-        worker = TaskPoller(service, settings.poll_interval_s, settings.submit_deadline_s)
+        worker = Reconciler(service, settings.poll_interval_s)
+        service.on_waiting = worker.wake
     return Tasks(service=service, worker=worker)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.contract import OPEN_STATUSES, TaskStatus
+from app.contract import OPEN_STATUSES
+from app.core.db.dialect import is_postgresql
 from app.models.task import Task
+
+_PER_TENANT = 5  # tasks of one tenant per claim
 
 
 async def insert(session: AsyncSession, task: Task) -> None:
@@ -26,8 +29,16 @@ async def get(session: AsyncSession, task_id: str) -> Task | None:
     return (await session.execute(select(Task).where(Task.id == task_id))).scalar_one_or_none()
 
 
-async def claim_refresh(session: AsyncSession, task_id: str, now: dt.datetime, interval: dt.timedelta) -> bool:
-    """Take the right to refresh a task from the upstream: at most one claimant per interval, across replicas."""
+async def claim_refresh(
+    session: AsyncSession,
+    task_id: str,
+    now: dt.datetime,
+    interval: dt.timedelta,
+    *,
+    next_check_at: dt.datetime | None = None,
+) -> bool:
+    """Take the right to refresh a task from the upstream: at most one claimant per interval, across replicas.
+    The reconciler's next look moves to `next_check_at` (a look now makes the scheduled one unnecessary)."""
     stmt = (
         update(Task)
         .where(
@@ -36,7 +47,7 @@ async def claim_refresh(session: AsyncSession, task_id: str, now: dt.datetime, i
             Task.upstream_task_id.is_not(None),
             or_(Task.refreshed_at.is_(None), Task.refreshed_at <= now - interval),
         )
-        .values(refreshed_at=now)
+        .values(refreshed_at=now, **({"next_check_at": next_check_at} if next_check_at is not None else {}))
     )
     result = await session.execute(stmt)
     return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -57,30 +68,74 @@ async def apply_update(session: AsyncSession, task_id: str, values: dict[str, An
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
-async def stale_open_task_ids(session: AsyncSession, refreshed_before: dt.datetime, limit: int) -> list[str]:
-    """Open tasks the upstream was last asked about before `refreshed_before`, least recently asked first."""
-    stmt = (
-        select(Task.id)
-        .where(
-            Task.status.in_(OPEN_STATUSES),
-            Task.upstream_task_id.is_not(None),
-            or_(Task.refreshed_at.is_(None), Task.refreshed_at < refreshed_before),
+async def claim_due(
+    session: AsyncSession, now: dt.datetime, lease_until: dt.datetime, owner: str, limit: int
+) -> list[str]:
+    """Lease up to `limit` open tasks whose next look is due and that nobody holds, most overdue first, at most
+    a few per tenant per claim (one tenant's burst cannot starve the others' waiting tasks).
+
+    PostgreSQL: candidates are locked with FOR UPDATE SKIP LOCKED, so concurrent claimants (every replica runs
+    one) never wait for each other nor take the same task. SQLite has one writer at a time: the conditional UPDATE
+    suffices there.
+    """
+    due = (
+        select(
+            Task.id,
+            func.row_number().over(partition_by=Task.tenant_id, order_by=Task.next_check_at).label("rank"),
         )
-        .order_by(Task.refreshed_at.is_not(None), Task.refreshed_at)
-        .limit(limit)
+        .where(
+            Task.next_check_at <= now,
+            Task.status.in_(OPEN_STATUSES),
+            or_(Task.lease_until.is_(None), Task.lease_until <= now),
+        )
+        .order_by(Task.next_check_at)
+        .limit(limit * 10)
+        .subquery()
     )
-    return list((await session.execute(stmt)).scalars().all())
-
-
-async def interrupted_submit_ids(session: AsyncSession, created_before: dt.datetime, limit: int) -> list[str]:
-    """Tasks still waiting for the upstream's answer to their create call long after any call could last."""
+    fair = select(due.c.id).where(due.c.rank <= _PER_TENANT).order_by(due.c.rank).limit(limit)
+    candidates = list((await session.execute(fair)).scalars().all())
+    if not candidates:
+        return []
+    lockable = select(Task.id).where(Task.id.in_(candidates), or_(Task.lease_until.is_(None), Task.lease_until <= now))
+    if is_postgresql(session):
+        lockable = lockable.with_for_update(skip_locked=True)
+    locked = list((await session.execute(lockable)).scalars().all())
+    if not locked:
+        return []
     stmt = (
-        select(Task.id)
-        .where(Task.status == TaskStatus.SUBMITTING, Task.upstream_task_id.is_(None), Task.created_at < created_before)
-        .order_by(Task.created_at)
-        .limit(limit)
+        update(Task)
+        .where(Task.id.in_(locked), or_(Task.lease_until.is_(None), Task.lease_until <= now))
+        .values(lease_owner=owner, lease_until=lease_until)
+        .returning(Task.id)
+        .execution_options(synchronize_session=False)
     )
     return list((await session.execute(stmt)).scalars().all())
+
+
+async def release_leases(session: AsyncSession, task_ids: list[str], owner: str) -> None:
+    """Give back the leases `owner` holds on these tasks (their next look is due at their next_check_at)."""
+    stmt = (
+        update(Task)
+        .where(Task.id.in_(task_ids), Task.lease_owner == owner)
+        .values(lease_owner=None, lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(stmt)
+
+
+async def update_task(session: AsyncSession, task_id: str, **values: Any) -> None:
+    stmt = update(Task).where(Task.id == task_id).values(**values).execution_options(synchronize_session=False)
+    await session.execute(stmt)
+
+
+async def get_by_idempotency_key(session: AsyncSession, tenant_id: str, key: str) -> Task | None:
+    stmt = select(Task).where(Task.tenant_id == tenant_id, Task.idempotency_key == key)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def release_idempotency_key(session: AsyncSession, task_id: str) -> None:
+    """Free an expired Idempotency-Key for reuse (the task keeps everything else)."""
+    await update_task(session, task_id, idempotency_key=None)
 
 
 async def set_upstream_key(session: AsyncSession, task_id: str, upstream_key_id: str) -> None:

@@ -26,9 +26,10 @@ _CREATE_ERRORS = _errors(
         400: "Invalid request",
         401: "Missing or invalid API key",
         402: "Quota exhausted",
-        403: "The API key lacks the `submit` scope",
+        403: "The API key lacks the `submit` scope, or `callback_url` is not at an origin the tenant allows",
         413: "Body too large",
         415: "Not JSON",
+        409: "The Idempotency-Key was used with another request body",
         429: "Rate limited (per-minute submits, or tasks in flight), with `Retry-After`",
         502: "Upstream error",
         503: "No upstream key available",
@@ -60,8 +61,24 @@ async def require_json(content_type: Annotated[str | None, Header(include_in_sch
     dependencies=[Depends(require_json)],
     summary="Create an image generation task",
 )
-async def create_generation(body: GenerationRequest, tenant: SubmitCaller, tasks: TaskServiceDep) -> TaskObject:
-    task = await tasks.submit(tenant, body)
+async def create_generation(
+    body: GenerationRequest,
+    tenant: SubmitCaller,
+    tasks: TaskServiceDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Makes a retried create safe: the same key with the same body within 24 h answers the task "
+            "it made, charging nothing more; with another body, 409 `idempotency_key_reused`. Printable ASCII, "
+            "1-255 characters, unique per tenant.",
+        ),
+    ] = None,
+) -> TaskObject:
+    task = await tasks.submit(tenant, body, idempotency_key=idempotency_key)
     return to_task_object(task, created=True)
 
 

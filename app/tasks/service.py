@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
+import hashlib
+import json
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.contract import (
@@ -22,7 +27,15 @@ from app.contract import (
 )
 from app.core.clock import Clock, from_unix, to_unix
 from app.core.db.engine import reads_only
-from app.core.errors import GatewayError, NotFound, NoUpstreamKey, UpstreamRejected
+from app.core.errors import (
+    Conflict,
+    GatewayError,
+    NotFound,
+    NoUpstreamKey,
+    UpstreamCredentialsRefused,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
 from app.core.ids import new_id
 from app.models import Tenant
 from app.models.task import Task
@@ -30,8 +43,9 @@ from app.quotas import service as quotas
 from app.tasks import repository as repo
 from app.tasks.cache import TaskAnswers
 from app.tasks.singleflight import SingleFlight
-from app.upstream.base import UpstreamAdapter, UpstreamTask
+from app.upstream.base import UpstreamAdapter, UpstreamTask, parse_retry_after
 from app.upstream.pool import PoolKey, UpstreamKeyPool
+from app.webhooks.callbacks import check_callback_url
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +53,40 @@ RESULT_TTL = dt.timedelta(hours=24)
 # Called in the transaction that makes a task terminal, once per task (webhooks enqueue their event there, so the
 # end and its delivery commit together).
 EndHook = Callable[[AsyncSession, Task], Awaitable[None]]
-SWEEP_CONCURRENCY = 10
+IDEMPOTENCY_TTL = dt.timedelta(hours=24)
+FIRST_LOOK = dt.timedelta(seconds=5)  # the reconciler's first look at a new task (the upstream's advice)
+_LOOK_EVERY_S = (5.0, 10.0)  # then every 5-10 s, with jitter
+_BACKOFF_S = (2.0, 5.0, 15.0, 30.0, 60.0)  # between create attempts of a waiting task (or Retry-After if longer)
+_OUTCOME_UNKNOWN = (
+    "The create call was sent but never answered, so the upstream may have made and billed the task; its "
+    "reservation is charged. Ops can see such tasks in the admin API."
+)
+_DEADLINE_EXCEEDED = "The task did not finish upstream in time; nothing was charged."
+
+
+def _next_look() -> dt.timedelta:
+    return dt.timedelta(seconds=random.uniform(*_LOOK_EVERY_S))
+
+
+def _backoff(attempts: int) -> dt.timedelta:
+    base = _BACKOFF_S[min(max(attempts - 1, 0), len(_BACKOFF_S) - 1)]
+    return dt.timedelta(seconds=base * random.uniform(1.0, 1.25))
+
+
+def _retry_after(error: GatewayError, now: dt.datetime) -> dt.datetime:
+    value = next((v for k, v in (error.headers or {}).items() if k.lower() == "retry-after"), None)
+    seconds = parse_retry_after(value, now)
+    return now + dt.timedelta(seconds=seconds) if seconds else now
+
+
+def _queue_expired(error: GatewayError | None) -> str:
+    why = f" (last: {error.status_code} {error.code})" if error is not None else ""
+    return f"The upstream could not take the task before its queue deadline{why}; nothing was charged."
+
+
+def _request_hash(body: dict[str, Any]) -> str:
+    """What an Idempotency-Key is bound to: the request as the gateway reads it (key order and spacing aside)."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class TaskService:
@@ -52,7 +99,17 @@ class TaskService:
         refresh_interval: dt.timedelta,
         *,
         quotas_enabled: bool = True,
+        queue_deadline: dt.timedelta = dt.timedelta(minutes=10),
+        task_deadline: dt.timedelta = dt.timedelta(minutes=30),
+        submit_deadline: dt.timedelta = dt.timedelta(seconds=70),
+        query_rps: float = 40.0,
     ) -> None:
+        self._query_spacing = 1.0 / query_rps if query_rps > 0 else 0.0
+        self._next_query: dict[str, float] = {}  # per upstream key: when this process's next scheduled look may go
+        self._queue_deadline = queue_deadline
+        self._task_deadline = task_deadline
+        self._submit_deadline = submit_deadline  # longer than any create call can take
+        self.on_waiting: Callable[[], None] | None = None  # the reconciler's wake-up: a task started waiting
         self._sessions = sessions
         self._adapter = adapter
         self._pool = pool
@@ -67,67 +124,221 @@ class TaskService:
         """Run `hook(session, task)` in the transaction that makes a task terminal (completed or failed)."""
         self._end_hooks.append(hook)
 
-    async def submit(self, tenant: Tenant, request: GenerationRequest) -> Task:
+    async def submit(
+        self,
+        tenant: Tenant,
+        request: GenerationRequest,
+        *,
+        idempotency_key: str | None = None,
+        callback_url: str | None = None,
+    ) -> Task:
         """Record the task, reserve its images and a slot on a pool key, send it upstream, record the answer.
 
-        A refusal that is the key's own (401/403, 429) marks the key for every replica and the task moves to
-        another key before the tenant hears of it; 503 `upstream_unavailable` only when no key can take it.
+        - The same `idempotency_key` with the same body within IDEMPOTENCY_TTL answers the task it made (nothing
+          charged again); with another body, 409 `idempotency_key_reused`. Race-safe across replicas (a unique key).
+        - A refusal that is the key's own (401/403, 429), a 5xx or an unreachable upstream moves the task to the
+          next usable key; when none is left the task waits in the ledger (`waiting`, shown as `queued`) and the
+          reconciler sends it later, until `queue_deadline`. Only the caller's own faults (4xx) fail at once.
+        - A create that timed out after it was sent may exist upstream: it is kept (reservation included),
+          flagged `outcome_unknown`, never resent and never silently refunded.
+        - 503 `upstream_unavailable` (nothing written) only when no key at all can take a task.
         """
-        key = self._pool.choose()  # nothing is written when no key can take the task
+        callback_url = callback_url if callback_url is not None else request.callback_url
+        check_callback_url(tenant, callback_url)  # 400 unless at an origin the tenant allows (app/webhooks)
         body = request.to_upstream()
         now = self._clock()
+        request_hash = _request_hash(body) if idempotency_key is not None else None
+        if idempotency_key is not None:
+            replay = await self._replay(tenant.id, idempotency_key, request_hash, now)
+            if replay is not None:
+                return replay
+        try:
+            key: PoolKey | None = self._pool.choose()
+        except NoUpstreamKey:
+            if not self._pool.recovers_by_itself():
+                raise  # 503, nothing written: no key can take a task until ops act
+            key = None  # every key cools down (429s) or is full: the task waits for one
         task = Task(
             id=new_id("task_img_"),
             tenant_id=tenant.id,
-            upstream_key_id=key.id,
+            upstream_key_id=key.id if key is not None else None,
             model=request.model,
             request=body,
             n=request.n,
-            status=TaskStatus.SUBMITTING,
+            status=TaskStatus.SUBMITTING if key is not None else TaskStatus.WAITING,
             progress=0,
             client_business_id=request.client_business_id,
             created_at=now,
             updated_at=now,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            attempts=1 if key is not None else 0,
+            deadline_at=now + self._queue_deadline,
+            # SUBMITTING: found by the reconciler if this process dies before the create call is answered.
+            next_check_at=now
+            + (self._submit_deadline if key is not None else dt.timedelta(seconds=self._pool.retry_after_s())),
+            callback_url=callback_url,
         )
         # The row, its reservation and its slot on the key are committed before the upstream call, so a crash
         # cannot lose a task the upstream accepted, nothing is spent upstream that the quota refused, and no
         # transaction (and no lock on the tenant's counters or the key's row) is held open across the network.
         # The key's slot is taken last: its row is locked only for the commit.
-        async with self._sessions.begin() as session:
-            await repo.insert(session, task)
-            if self._quotas_enabled:
-                await quotas.reserve(session, tenant, task.id, request.max_output_images, now)
-            taken = await self._pool.take_slot(session, key)
-            if taken.id != key.id:
-                await repo.set_upstream_key(session, task.id, taken.id)
-        key, tried = taken, {taken.id}
+        taken: PoolKey | None = None
+        try:
+            async with self._sessions.begin() as session:
+                await repo.insert(session, task)
+                if self._quotas_enabled:
+                    await quotas.reserve(session, tenant, task.id, request.max_output_images, now)
+                if key is not None:
+                    try:
+                        taken = await self._pool.take_slot(session, key)
+                    except NoUpstreamKey:  # another replica cooled or filled the keys meanwhile
+                        if not self._pool.recovers_by_itself():
+                            raise
+                        await repo.update_task(
+                            session,
+                            task.id,
+                            status=TaskStatus.WAITING,
+                            upstream_key_id=None,
+                            attempts=0,
+                            next_check_at=now + dt.timedelta(seconds=self._pool.retry_after_s()),
+                        )
+                        task.status = TaskStatus.WAITING
+                    else:
+                        if taken.id != key.id:
+                            await repo.set_upstream_key(session, task.id, taken.id)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            replay = await self._replay(tenant.id, idempotency_key, request_hash, now)
+            if replay is None:
+                raise
+            return replay  # another request with the same key won the race
+        if taken is None:
+            log.info("task %s waits for an upstream key (every key cools down or is full)", task.id)
+            if self.on_waiting is not None:
+                self.on_waiting()
+            return task
+        return await self._send(task.id, taken, body)
+
+    async def _replay(self, tenant_id: str, key: str, request_hash: str | None, now: dt.datetime) -> Task | None:
+        """The task an earlier request with this Idempotency-Key made, if it is recent; Conflict if its body differs.
+        A key older than IDEMPOTENCY_TTL is released (the new request makes a new task)."""
+        async with self._sessions() as session:
+            await reads_only(session)
+            found = await repo.get_by_idempotency_key(session, tenant_id, key)
+        if found is None:
+            return None
+        if found.created_at < now - IDEMPOTENCY_TTL:
+            async with self._sessions.begin() as session:
+                await repo.release_idempotency_key(session, found.id)
+            return None
+        if found.request_hash != request_hash:
+            raise Conflict(
+                "This Idempotency-Key was used with a different request body; use a new key for a new request.",
+                code="idempotency_key_reused",
+                param="Idempotency-Key",
+            )
+        return found
+
+    async def _send(self, task_id: str, key: PoolKey, body: dict[str, Any]) -> Task:
+        """Make the create call for a task that holds a slot on `key`; see `submit` for what each failure does."""
+        tried = {key.id}
         while True:
             try:
                 upstream = await self._adapter.create(key.secret, body)
                 break
             except GatewayError as e:
-                error: GatewayError = e
-                if await self._pool.report_failure(key, e):
-                    try:
-                        key = await self._move(task.id, key, tried)
-                        tried.add(key.id)
-                        continue
-                    except NoUpstreamKey as none:
-                        error = none
-                log.warning(
-                    "task %s of tenant %s not accepted upstream (%s %s): %s",
-                    task.id,
-                    tenant.id,
-                    error.status_code,
-                    error.code,
-                    error.message,
-                )
-                await self._mark_refused(task.id, error)
-                raise error from None
+                own = await self._pool.report_failure(key, e)
+                if isinstance(e, UpstreamRejected) and e.status_code != 429 and not own:
+                    log.warning("task %s refused upstream (%s %s): %s", task_id, e.status_code, e.code, e.message)
+                    await self._mark_refused(task_id, e)
+                    raise
+                if isinstance(e, UpstreamTimeout):
+                    return await self._mark_outcome_unknown(task_id, e)
+                try:
+                    key = await self._move(task_id, key, tried)
+                    tried.add(key.id)
+                    continue
+                except NoUpstreamKey as none:
+                    if isinstance(e, UpstreamCredentialsRefused):  # no key the upstream accepts: nothing to wait for
+                        await self._mark_refused(task_id, none)
+                        raise none from None
+                    return await self._wait(task_id, key, e)
         await self._pool.report_success(key)
-        values = _values_from_upstream(upstream, self._clock())
-        values["upstream_task_id"] = upstream.id
-        return await self._record(task.id, values, len(upstream.urls))
+        now = self._clock()
+        values = _values_from_upstream(upstream, now)
+        values.update(upstream_task_id=upstream.id, upstream_key_id=key.id, last_error=None)
+        values["next_check_at"] = now + FIRST_LOOK if upstream.status not in TERMINAL_STATUSES else None
+        return await self._record(task_id, values, len(upstream.urls))
+
+    async def _wait(self, task_id: str, key: PoolKey, error: GatewayError) -> Task:
+        """No key can take the task now: it waits in the ledger (slot freed) until the reconciler sends it, or fails
+        and is refunded once its queue deadline has passed."""
+        now = self._clock()
+        retry = _retry_after(error, now)
+        async with self._sessions.begin() as session:
+            task = await repo.get(session, task_id)
+            assert task is not None
+            if task.deadline_at is not None and max(now, retry) >= task.deadline_at:
+                expired = True
+            else:
+                expired = False
+                await self._pool.release_slot(session, key.id)
+                attempt_delay = _backoff(task.attempts)
+                await repo.update_task(
+                    session,
+                    task_id,
+                    status=TaskStatus.WAITING,
+                    upstream_key_id=None,
+                    next_check_at=max(retry, now + attempt_delay),
+                    last_error=_text(f"{error.status_code} {error.code}: {error.message}")[:500],
+                    lease_until=None,
+                    updated_at=now,
+                )
+        if expired:
+            return await self._fail(task_id, "upstream_unavailable", _queue_expired(error), produced=0)
+        log.info("task %s waits for the upstream (%s %s)", task_id, error.status_code, error.code)
+        if self.on_waiting is not None:
+            self.on_waiting()
+        async with self._sessions() as session:
+            stored = await repo.get(session, task_id)
+        assert stored is not None
+        return stored
+
+    async def _mark_outcome_unknown(self, task_id: str, error: GatewayError) -> Task:
+        """The create call was sent and never answered: the upstream may have made (and will bill) the task. It is
+        not resent (that could make it twice) nor refunded; it stays open, flagged, until its deadline, when it
+        fails with its reservation charged, or until ops resolve it (the admin API lists such tasks)."""
+        now = self._clock()
+        async with self._sessions.begin() as session:
+            task = await repo.get(session, task_id)
+            assert task is not None
+            await repo.update_task(
+                session,
+                task_id,
+                outcome_unknown=True,
+                last_error=_text(f"{error.status_code} {error.code}: {error.message}")[:500],
+                next_check_at=task.created_at + self._task_deadline,
+                updated_at=now,
+            )
+            task = await repo.get(session, task_id)
+        log.warning("task %s: create call timed out after it was sent; outcome unknown, reservation kept", task_id)
+        assert task is not None
+        return task
+
+    async def _fail(self, task_id: str, code: str, message: str, *, produced: int) -> Task:
+        now = self._clock()
+        values: dict[str, Any] = {
+            "status": TaskStatus.FAILED,
+            "progress": 0,
+            "error_code": code,
+            "error_message": message,
+            "updated_at": now,
+            "completed_at": now,
+            "next_check_at": None,
+        }
+        return await self._record(task_id, values, produced)
 
     async def _move(self, task_id: str, old: PoolKey, tried: set[str]) -> PoolKey:
         """Move a task being submitted from a key that refused it to the next key: its slot moves with it."""
@@ -166,46 +377,75 @@ class TaskService:
             self._answers.put(task, body)
         return body
 
-    async def refresh_stale(self, older_than: dt.timedelta, limit: int) -> int:
-        """Refresh open tasks nobody has polled for `older_than`, so they end (and settle) without a caller."""
+    # --- the reconciler's work (app/tasks/reconciler.py claims, this does) -------------------------------------------
+    async def claim_due(self, owner: str, limit: int, lease: dt.timedelta) -> list[str]:
+        """Lease up to `limit` open tasks whose next look is due (across replicas: each goes to one claimant)."""
+        now = self._clock()
+        async with self._sessions.begin() as session:
+            return await repo.claim_due(session, now, now + lease, owner, limit)
+
+    async def release_leases(self, task_ids: list[str], owner: str) -> None:
+        """The claimant is done with these tasks: each is due again at its own next_check_at."""
+        async with self._sessions.begin() as session:
+            await repo.release_leases(session, task_ids, owner)
+
+    async def reconcile(self, task_id: str) -> None:
+        """Do what a due task needs: send a waiting one, check an open one with the upstream (its pinned key),
+        resolve a create that never got an answer, end one past its deadline."""
         async with self._sessions() as session:
-            ids = await repo.stale_open_task_ids(session, self._clock() - older_than, limit)
-        gate = asyncio.Semaphore(SWEEP_CONCURRENCY)
+            task = await repo.get(session, task_id)
+        if task is None or task.status in TERMINAL_STATUSES:
+            return
+        now = self._clock()
+        if task.status == TaskStatus.WAITING:
+            await self._dispatch(task, now)
+        elif task.upstream_task_id is not None:
+            await self._check(task, now)
+        elif task.outcome_unknown:
+            if task.next_check_at is not None and task.next_check_at <= now:
+                await self._fail(task.id, "submit_outcome_unknown", _OUTCOME_UNKNOWN, produced=task.n)
+        else:  # `submitting` long after any create call could last: the process making it died mid-call
+            log.warning("task %s: create call never answered (process stopped?); outcome unknown", task.id)
+            await self._mark_outcome_unknown(task.id, UpstreamTimeout("The gateway stopped during the create call"))
 
-        async def one(task_id: str) -> None:
-            async with gate:
-                async with self._sessions() as session:
-                    task = await repo.get(session, task_id)
-                if task is not None:
-                    await self._refresh_if_due(task)
-
-        await asyncio.gather(*(one(task_id) for task_id in ids))
-        return len(ids)
-
-    async def fail_interrupted_submits(self, older_than: dt.timedelta, limit: int) -> int:
-        """Fail and refund tasks whose create call never got an answer recorded (the process died mid-call).
-
-        Without this their reservation and in-flight slot would stay taken for good. `older_than` must exceed
-        the longest a create call can take, so a submit still in progress elsewhere is never touched.
-        """
-        async with self._sessions() as session:
-            ids = await repo.interrupted_submit_ids(session, self._clock() - older_than, limit)
-        for task_id in ids:
-            now = self._clock()
-            log.warning("task %s: create call never answered (process stopped?); failed and refunded", task_id)
-            await self._record(
-                task_id,
-                {
-                    "status": TaskStatus.FAILED,
-                    "progress": 0,
-                    "error_code": "submit_interrupted",
-                    "error_message": "The gateway stopped before the upstream answered; nothing was charged.",
-                    "updated_at": now,
-                    "completed_at": now,
-                },
-                0,
+    async def _dispatch(self, task: Task, now: dt.datetime) -> None:
+        if task.deadline_at is not None and now >= task.deadline_at:
+            await self._fail(task.id, "upstream_unavailable", _queue_expired(None), produced=0)
+            return
+        try:
+            key = self._pool.choose()
+        except NoUpstreamKey as e:
+            async with self._sessions.begin() as session:
+                await repo.update_task(
+                    session,
+                    task.id,
+                    next_check_at=now + _backoff(task.attempts),
+                    last_error=e.message,
+                    lease_until=None,
+                )
+            return
+        async with self._sessions.begin() as session:
+            taken = await self._pool.take_slot(session, key)
+            await repo.update_task(
+                session,
+                task.id,
+                status=TaskStatus.SUBMITTING,
+                upstream_key_id=taken.id,
+                attempts=task.attempts + 1,
+                next_check_at=now + self._submit_deadline,
+                updated_at=now,
             )
-        return len(ids)
+        with contextlib.suppress(GatewayError):  # refused for the caller's own fault: failed and refunded by _send
+            await self._send(task.id, taken, task.request)
+
+    async def _check(self, task: Task, now: dt.datetime) -> None:
+        past_deadline = now >= task.created_at + self._task_deadline
+        ended = await self._refresh(task, force=True)
+        if ended.status in TERMINAL_STATUSES:
+            return
+        if past_deadline:
+            log.warning("task %s still open after %s: failed and refunded", task.id, self._task_deadline)
+            await self._fail(task.id, "task_deadline_exceeded", _DEADLINE_EXCEEDED, produced=0)
 
     async def _refresh_if_due(self, task: Task) -> Task:
         if not self._needs_refresh(task):
@@ -217,10 +457,13 @@ class TaskService:
             return False
         return task.refreshed_at is None or self._clock() - task.refreshed_at >= self._refresh_interval
 
-    async def _refresh(self, task: Task) -> Task:
+    async def _refresh(self, task: Task, *, force: bool = False) -> Task:
+        """Ask the upstream about an open task, at most once per refresh interval across callers and replicas
+        (`force`: the reconciler's scheduled look, which holds the task's lease, always asks)."""
         now = self._clock()
         async with self._sessions.begin() as session:
-            claimed = await repo.claim_refresh(session, task.id, now, self._refresh_interval)
+            interval = dt.timedelta(0) if force else self._refresh_interval
+            claimed = await repo.claim_refresh(session, task.id, now, interval, next_check_at=now + _next_look())
         if claimed:
             assert task.upstream_task_id is not None
             try:
@@ -228,12 +471,16 @@ class TaskService:
             except GatewayError as e:
                 log.warning("status refresh of %s failed: %s", task.id, e.message)
             else:
+                if force:
+                    await self._pace(key.id)
                 try:
                     upstream = await self._adapter.get(key.secret, task.upstream_task_id)
                 except GatewayError as e:
                     # A failed poll changes nothing: the caller sees the last known state and polls again.
                     log.warning("status refresh of %s failed: %s", task.id, e.message)
                     await self._pool.report_failure(key, e, call="status")
+                    async with self._sessions.begin() as session:
+                        await repo.update_task(session, task.id, last_error=_text(e.message)[:500])
                 else:
                     return await self._record(
                         task.id, _values_from_upstream(upstream, self._clock()), len(upstream.urls)
@@ -243,17 +490,28 @@ class TaskService:
         assert fresh is not None
         return fresh
 
+    async def _pace(self, key_id: str) -> None:
+        """Keep the reconciler's looks within the key's query budget (the upstream counts queries per key)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        slot = max(now, self._next_query.get(key_id, now))
+        self._next_query[key_id] = slot + self._query_spacing
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
     async def _record(self, task_id: str, values: dict[str, Any], produced: int) -> Task:
-        """Write the upstream's view of a task; the call that makes it terminal also settles its quota and frees
-        its slot on its upstream key."""
+        """Write the upstream's view of a task; the call that makes it terminal also settles its quota (charging
+        `produced` images: what a completed task made, 0 for a failed one unless its create may have been billed)
+        and frees its slot on its upstream key."""
+        if values.get("status") in TERMINAL_STATUSES:
+            values = {**values, "next_check_at": None, "lease_until": None}
         async with self._sessions.begin() as session:
             stored = await repo.apply_update(session, task_id, values)
             if stored is None:  # already terminal: another caller or replica recorded the end first
                 stored = await repo.get(session, task_id)
             elif stored.status in TERMINAL_STATUSES:
-                await quotas.settle(
-                    session, task_id, produced if stored.status == TaskStatus.COMPLETED else 0, self._clock()
-                )
+                charged = produced if stored.status == TaskStatus.COMPLETED or stored.outcome_unknown else 0
+                await quotas.settle(session, task_id, charged, self._clock())
                 if stored.upstream_key_id is not None:
                     await self._pool.release_slot(session, stored.upstream_key_id)
                 for hook in self._end_hooks:

@@ -289,6 +289,11 @@ class UpstreamKeyPool:
             return self.policy.full_retry_after_s
         return max(1, math.ceil(self.policy.probe_interval_s))
 
+    def recovers_by_itself(self) -> bool:
+        """Whether a key that takes no task now will by itself (it cools down, or a task on it ends), as opposed to
+        none left that can (disabled, draining, retired, or no key at all: ops must act)."""
+        return any(k.status in TAKES_NEW for k in self._keys.values())
+
     def unavailable(self) -> NoUpstreamKey:
         retry = self.retry_after_s()
         return NoUpstreamKey(

@@ -165,7 +165,9 @@ class ToAPIsAdapter:
             response = await self._client.request(
                 method, path, headers={"Authorization": f"Bearer {api_key}"}, **kwargs
             )
-        except httpx.TimeoutException as e:
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as e:  # nothing was sent: certainly not created
+            raise UpstreamUnavailable(f"Upstream unreachable: {type(e).__name__}") from e
+        except httpx.TimeoutException as e:  # sent, no answer: the upstream may have the task
             raise UpstreamTimeout("Upstream timed out") from e
         except httpx.HTTPError as e:
             raise UpstreamUnavailable(f"Upstream unreachable: {type(e).__name__}") from e

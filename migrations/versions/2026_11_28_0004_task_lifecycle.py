@@ -64,6 +64,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('callback_origins', sa.JSON(), nullable=True))
 
     # ### end Alembic commands ###
+    # Open tasks of earlier versions get a due time, or the reconciler would never look at them.
+    op.execute("UPDATE tasks SET next_check_at = updated_at WHERE status NOT IN ('completed', 'failed')")
 
 
 def downgrade() -> None:

@@ -1,13 +1,15 @@
-"""Open tasks that nobody polls are refreshed in the background and settle their quota by themselves."""
+"""The reconciler: open tasks that nobody polls end and settle by themselves; interrupted submits are kept."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 from app.contract import TaskStatus
 from app.core.ids import new_id
 from app.models import Task
 from app.quotas import service as quotas
 from app.tasks import repository as tasks_repo
-from app.tasks.worker import TaskPoller
+from app.tasks.reconciler import Reconciler
 from tests.fixtures.gateway import ADMIN_TOKEN, Harness
 
 URL = "/v1/images/generations"
@@ -20,7 +22,7 @@ async def test_unpolled_tasks_end_and_free_the_in_flight_slot(gw: Harness) -> No
     failing = await gw.client.post(URL, headers=auth, json={"prompt": "a fox [fault:fail]", "n": 3})
     assert ok.status_code == failing.status_code == 200
     assert (await gw.client.post(URL, headers=auth, json={"prompt": "third"})).status_code == 429
-    poller = TaskPoller(gw.tasks, interval_s=5, submit_deadline_s=80)
+    poller = Reconciler(gw.tasks, interval_s=5)
     gw.clock.advance(11)
     assert await poller.run_once() == 2
     assert gw.sandbox_stats()["status"] == 2
@@ -40,10 +42,10 @@ async def test_recently_polled_tasks_are_left_alone(gw: Harness) -> None:
     await gw.client.get(f"{URL}/{task['id']}", headers=auth)
     calls = gw.sandbox_stats()["status"]
     gw.clock.advance(2)
-    assert await TaskPoller(gw.tasks, interval_s=5, submit_deadline_s=80).run_once() == 0
+    assert await Reconciler(gw.tasks, interval_s=5).run_once() == 0
     assert gw.sandbox_stats()["status"] == calls
-    gw.clock.advance(4)
-    assert await TaskPoller(gw.tasks, interval_s=5, submit_deadline_s=80).run_once() == 1
+    gw.clock.advance(8)  # the next look is 5-10 s after the caller's
+    assert await Reconciler(gw.tasks, interval_s=5).run_once() == 1
     assert gw.sandbox_stats()["status"] == calls + 1
 
 
@@ -62,26 +64,46 @@ async def _interrupted_submit(gw: Harness, key: str) -> str:
             progress=0,
             created_at=now,
             updated_at=now,
+            next_check_at=now + dt.timedelta(seconds=70),  # what submit sets: longer than any create call lasts
         )
         await tasks_repo.insert(session, task)
         await quotas.reserve(session, tenant, task.id, 3, now)
     return task.id
 
 
-async def test_interrupted_submits_are_failed_and_refunded_after_the_deadline(gw: Harness) -> None:
+async def test_an_interrupted_submit_is_never_refunded_silently(gw: Harness) -> None:
+    """A process that died during the create call may have made (and been billed for) the task upstream: after the
+    submit deadline the task is flagged outcome-unknown with its reservation kept, never resent; at the task
+    deadline it fails with the reservation charged, and ops see it all along."""
     key = await gw.new_tenant("acme", max_in_flight=1, daily_images=3)
     auth = {"Authorization": f"Bearer {key}"}
     task_id = await _interrupted_submit(gw, key)
     assert (await gw.client.post(URL, headers=auth, json={"prompt": "blocked"})).status_code == 402
-    poller = TaskPoller(gw.tasks, interval_s=5, submit_deadline_s=80)
-    gw.clock.advance(79)
-    assert await poller.run_once() == 0  # may still be in flight on another replica
+    reconciler = Reconciler(gw.tasks, interval_s=5)
+    gw.clock.advance(69)
+    assert await reconciler.run_once() == 0  # may still be in flight on another replica
     gw.clock.advance(2)
-    assert await poller.run_once() == 1
+    assert await reconciler.run_once() == 1
+    row = await _row(gw, task_id)
+    assert row.outcome_unknown and row.status == TaskStatus.SUBMITTING
     body = (await gw.client.get(f"{URL}/{task_id}", headers=auth)).json()
-    assert body["status"] == "failed" and body["error"]["code"] == "submit_interrupted"
+    assert body["status"] == "queued"
+    creates = gw.sandbox_stats()["create"]
+    gw.clock.advance(60)
+    assert await reconciler.run_once() == 0  # nothing to do before the deadline: never resent
+    assert gw.sandbox_stats()["create"] == creates
+    gw.clock.advance(30 * 60)
+    assert await reconciler.run_once() == 1
+    body = (await gw.client.get(f"{URL}/{task_id}", headers=auth)).json()
+    assert body["status"] == "failed" and body["error"]["code"] == "submit_outcome_unknown"
     usage = (await gw.client.get("/v1/usage", headers=auth)).json()
-    assert usage["day"]["used"] == 0 and usage["in_flight"]["current"] == 0
+    assert usage["day"]["used"] == 3 and usage["in_flight"]["current"] == 0  # charged, slot free
     drift = await gw.client.get("/admin/v1/quota/drift", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert drift.json() == {"ok": True, "drift": []}
-    assert (await gw.client.post(URL, headers=auth, json={"prompt": "free again"})).status_code == 200
+
+
+async def _row(gw: Harness, task_id: str) -> Task:
+    async with gw.sessions() as session:
+        row = await tasks_repo.get(session, task_id)
+    assert row is not None
+    return row

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.fixtures.gateway import ADMIN_TOKEN, Harness
 
@@ -131,13 +132,33 @@ async def test_failed_task_is_refunded_once_however_often_polled(gw: Harness) ->
 
 async def test_upstream_refusal_is_refunded(gw: Harness) -> None:
     key = await gw.new_tenant("acme", daily_images=2, max_in_flight=1)
-    for marker in ("[fault:429]", "[fault:500]", "[fault:content_policy]"):
-        r = await post(gw, key, f"x {marker}", n=2)
-        assert r.status_code in (503, 502, 422)
-        gw.clock.advance(2)  # a 429 cools the only upstream key for its Retry-After
+    r = await post(gw, key, "x [fault:content_policy]", n=2)  # the caller's own fault: failed and refunded at once
+    assert r.status_code == 422
     body = await usage(gw, key)
     assert body["day"]["used"] == 0 and body["in_flight"]["current"] == 0
     assert (await post(gw, key, n=2)).status_code == 200
+    assert (await drift(gw))["ok"] is True
+
+
+@pytest.mark.parametrize("fault", ["429", "500"])
+async def test_a_task_the_upstream_never_takes_is_refunded_at_its_queue_deadline(gw: Harness, fault: str) -> None:
+    from app.tasks.reconciler import Reconciler
+
+    key = await gw.new_tenant("acme", daily_images=2, max_in_flight=1)
+    gw.sandbox_config(error_rate=1.0) if fault == "500" else gw.sandbox_config(rate_limit_rate=1.0)
+    r = await post(gw, key, "x", n=2)
+    assert r.status_code == 200 and r.json()["status"] == "queued"
+    assert (await usage(gw, key))["day"]["used"] == 2  # reserved while it waits
+    reconciler = Reconciler(gw.tasks, interval_s=1)
+    for _ in range(12):  # the dispatcher keeps trying, with backoff, for ten minutes
+        gw.clock.advance(60)
+        await reconciler.run_once()
+    task = (
+        await gw.client.get(f"/v1/images/generations/{r.json()['id']}", headers={"Authorization": f"Bearer {key}"})
+    ).json()
+    assert task["status"] == "failed" and task["error"]["code"] == "upstream_unavailable"
+    body = await usage(gw, key)
+    assert body["day"]["used"] == 0 and body["in_flight"]["current"] == 0
     assert (await drift(gw))["ok"] is True
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import event, func, select
 from app.core.errors import Unauthorized
 from app.core.security import KeyMaterial
 from app.models import InvalidationEvent, TenantKey
-from app.tasks.worker import TaskPoller
+from app.tasks.reconciler import Reconciler
 from app.tenants.service import TenantService
 from tests.fixtures.gateway import ADMIN_TOKEN, SECRET_KEY, Harness, running_gateway
 
@@ -273,7 +273,7 @@ async def test_disabling_a_tenant_refuses_its_keys_and_lets_its_tasks_settle(gw:
     assert disabled["status"] == "disabled"
     assert [await status_with(gw, k) for k in (key, spare)] == [401, 401]
     gw.clock.advance(3600)
-    assert await TaskPoller(gw.tasks, interval_s=5, submit_deadline_s=80).run_once() == 1  # settles all the same
+    assert await Reconciler(gw.tasks, interval_s=5).run_once() == 1  # settles all the same
 
     enabled = await ok(gw, "PATCH", "/tenants/acme", json={"status": "active"})
     assert enabled["status"] == "active"
@@ -318,7 +318,7 @@ async def test_deleting_a_tenant_keeps_its_ledger_and_hides_it(gw: Harness) -> N
     assert_error(r, 409, "conflict")
     assert "deleted" in r.json()["error"]["message"]
     gw.clock.advance(3600)
-    assert await TaskPoller(gw.tasks, interval_s=5, submit_deadline_s=80).run_once() == 1  # its task still settles
+    assert await Reconciler(gw.tasks, interval_s=5).run_once() == 1  # its task still settles
 
 
 async def test_every_change_records_an_invalidation_event(gw: Harness) -> None:

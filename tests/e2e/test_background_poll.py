@@ -49,20 +49,22 @@ async def test_unpolled_task_settles_in_the_background(
         assert sandbox.stats()["status_by_task"] == before  # the ledger already knew
 
 
-async def test_a_gateway_killed_mid_submit_leaves_no_phantom_reservation(
+async def test_a_gateway_killed_mid_submit_never_refunds_silently(
     clean_sqlite: str, sandbox: Sandbox, processes: Processes
 ) -> None:
     # The doomed replica waits long for the upstream (it must still be waiting when it is killed, however slow the
-    # machine); the survivor's short timeouts make its "no create call can still be running" deadline a few
-    # seconds (2 x (1 + 2 x 0.5) s), so the test does not wait a minute for it.
+    # machine).
     survivor_env = gateway_env(
         clean_sqlite,
         sandbox.url,
         GATEWAY_POLL_INTERVAL_S="0.3",
         GATEWAY_UPSTREAM_TIMEOUT_S="1",
         GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S="0.5",
+        GATEWAY_TASK_DEADLINE_S="8",
     )
-    env = {**survivor_env, "GATEWAY_UPSTREAM_TIMEOUT_S": "300"}
+    # 10 s: far longer than the test takes to kill it; the task row's "no create call can still be running" deadline
+    # is then 2 x (10 + 2 x 0.5) s = 22 s, after which the survivor looks at it.
+    env = {**survivor_env, "GATEWAY_UPSTREAM_TIMEOUT_S": "10"}
     sandbox.configure(timeout_seconds=600)  # the create call hangs until the gateway dies
     first = start_gateway(processes, env, name="doomed")
     tenant = first.tenant(first.spawn_tenant("crash"))
@@ -82,8 +84,11 @@ async def test_a_gateway_killed_mid_submit_leaves_no_phantom_reservation(
         with pytest.raises(httpx.HTTPError):
             await pending
 
+        # The upstream got the create (and may bill it): the survivor never resends it nor refunds it silently; it
+        # is flagged outcome-unknown and, at the task deadline, fails with its reservation charged.
         second = start_gateway(processes, survivor_env, name="survivor")
-        usage = await _until_nothing_in_flight(client, second, tenant, admin, deadline_s=20)
-        assert usage["day"]["used"] == 0
+        usage = await _until_nothing_in_flight(client, second, tenant, admin, deadline_s=150)
+        assert usage["day"]["used"] == 1
+        assert sandbox.stats()["create"] == 1
         r = await client.post(second.generations, headers=tenant.headers, json={"prompt": "after the crash"})
         assert r.status_code == 200, r.text

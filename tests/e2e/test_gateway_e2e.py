@@ -190,11 +190,12 @@ async def test_failure_paths(database_url: str, processes: Processes, sandbox: S
                 client.post(gateway.generations, json=body("[fault:500] broken"), headers=acme.headers),
                 client.post(gateway.generations, json=body("[fault:content_policy] nope"), headers=acme.headers),
             )
-            # Last: a 429 cools the only upstream key for its Retry-After, so no key can take the task.
+            # Last: a 429 cools the only upstream key for its Retry-After. Neither it nor the 500 is the caller's
+            # fault: both tasks wait in the ledger (`queued`) for the reconciler to send them again.
             limited = await client.post(gateway.generations, json=body("[fault:429] busy"), headers=acme.headers)
-            assert_envelope(limited, 503, "upstream_unavailable")
-            assert limited.headers.get("retry-after") == "2", limited.headers  # the sandbox's Retry-After
-            assert_envelope(broken, 502)
+            for waiting in (limited, broken):
+                assert waiting.status_code == 200, waiting.text
+                assert waiting.json()["status"] == "queued", waiting.text
             error = assert_envelope(refused, 422, "content_policy_violation")
             assert error.get("type") == "invalid_request_error"
             for response in (limited, broken, refused):
@@ -203,8 +204,9 @@ async def test_failure_paths(database_url: str, processes: Processes, sandbox: S
         await asyncio.gather(failing_task(), refused_submits())
 
     stats = sandbox.stats()
-    assert stats["create"] == 4, stats
-    assert stats["faults"] == {"fail": 1, "429": 1, "500": 1, "content_policy": 1}, stats
+    assert stats["create"] >= 4, stats  # the waiting two may have been tried again already
+    faults = stats["faults"]
+    assert faults["fail"] == 1 and faults["content_policy"] == 1 and faults["429"] >= 1 and faults["500"] >= 1, stats
 
 
 # --- 3. many pollers, one upstream call ---------------------------------------------------------------------

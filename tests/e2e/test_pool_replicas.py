@@ -54,7 +54,8 @@ async def test_replicas_share_cooldowns_and_new_keys(
     clean_postgres: str, processes: Processes, sandbox: Sandbox
 ) -> None:
     sandbox.configure(retry_after_seconds=COOLDOWN_S)
-    env = gateway_env(clean_postgres, sandbox.url, GATEWAY_UPSTREAM_KEYS=KEY_X)
+    # No reconciler: the tasks that wait here would be sent again and blur the per-key counts this test is about.
+    env = gateway_env(clean_postgres, sandbox.url, GATEWAY_UPSTREAM_KEYS=KEY_X, GATEWAY_POLL_INTERVAL_S="0")
     pending = processes.spawn(["tenants", "create", "acme", "--json"], env)
     a = start_gateway(processes, env, name="serve-a")
     b = start_gateway(processes, env, name="serve-b")
@@ -65,28 +66,23 @@ async def test_replicas_share_cooldowns_and_new_keys(
         async def submit_on_b(prompt: str = "a fox") -> httpx.Response:
             return await client.post(b.generations, json={"prompt": prompt}, headers=acme.headers)
 
-        # 1. The only key answers 429 on A: A cools it for the Retry-After and answers 503 with it.
+        # 1. The only key answers 429 on A: A cools it for the Retry-After; the task waits (`queued`).
         refused = await client.post(a.generations, json={"prompt": "busy [fault:429]"}, headers=acme.headers)
-        assert refused.status_code == 503, refused.text
-        assert refused.json()["error"]["code"] == "upstream_unavailable"
-        assert int(refused.headers["Retry-After"]) > COOLDOWN_S - 10
+        assert refused.status_code == 200 and refused.json()["status"] == "queued", refused.text
         assert creates(sandbox, KEY_X) == 1
 
-        # 2. B learns of the cooldown: its 503 names the time left (before, the database already kept B off X).
-        answer, _ = await until(
-            client,
-            submit_on_b,
-            lambda r: r.status_code == 503 and int(r.headers.get("Retry-After", "0")) > COOLDOWN_S - 10,
-            "B answers with X's cooldown",
-        )
-        assert answer.json()["error"]["code"] == "upstream_unavailable"
+        # 2. B learns of the cooldown (its own view within the bound, the database's at once): its submits wait too,
+        # and nothing is sent with the cooling key.
+        for _ in range(3):
+            answer = await submit_on_b()
+            assert answer.status_code == 200 and answer.json()["status"] == "queued", answer.text
         assert creates(sandbox, KEY_X) == 1  # B never sent anything with the cooling key
 
         # 3. A key added through A's ops API is used by B: B's next submits go to it, never to X.
         added = await client.post(f"{a.url}/admin/v1/upstream-keys", headers=admin(a), json={"name": "y", "key": KEY_Y})
         assert added.status_code == 201, added.text
         assert KEY_Y not in added.text
-        answer, took = await until(client, submit_on_b, lambda r: r.status_code == 200, "B uses the new key")
+        answer, took = await until(client, submit_on_b, lambda r: creates(sandbox, KEY_Y) >= 1, "B uses the new key")
         assert creates(sandbox, KEY_Y) == 1 and creates(sandbox, KEY_X) == 1
         print(f"B used the key added on A {took:.2f} s after it was added")
 

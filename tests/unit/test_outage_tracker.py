@@ -12,7 +12,7 @@ from sqlalchemy import text
 from app.core import outage
 from app.core.db.engine import create_engine, create_session_factory
 from app.core.outage import OutageTracker
-from app.tasks.worker import TaskPoller, max_backoff
+from app.tasks.reconciler import Reconciler, max_backoff
 
 LOGGER = "tests.outage"
 
@@ -97,14 +97,11 @@ class _DeadDatabaseTasks:
         self.alive = False
         self.sweeps = 0
 
-    async def fail_interrupted_submits(self, *_: Any) -> int:
+    async def claim_due(self, *_: Any) -> list[str]:
         self.sweeps += 1
         async with create_session_factory(self.live if self.alive else self.dead)() as session:
             await session.execute(text("SELECT 1"))
-        return 0
-
-    async def refresh_stale(self, *_: Any) -> int:
-        return 0
+        return []
 
     async def aclose(self) -> None:
         await self.dead.dispose()
@@ -130,7 +127,7 @@ async def test_poller_backs_off_while_the_database_is_down_and_logs_once(
         if len(delays) == 10:
             raise _Stop
 
-    poller = TaskPoller(tasks, 5.0, 60.0, tracker=tracker, sleep=sleep)  # type: ignore[arg-type]
+    poller = Reconciler(tasks, 5.0, tracker=tracker, sleep=sleep)  # type: ignore[arg-type]
     caplog.set_level(logging.DEBUG)
     try:
         with pytest.raises(_Stop):
@@ -142,7 +139,7 @@ async def test_poller_backs_off_while_the_database_is_down_and_logs_once(
     outage_lines = [r for r in _records(caplog) if r.levelno >= logging.INFO]
     assert [r.levelno for r in outage_lines] == [logging.WARNING, logging.INFO]
     assert "ConnectionRefusedError" in outage_lines[0].getMessage()
-    assert "task poller" in outage_lines[0].getMessage()
+    assert "task reconciler" in outage_lines[0].getMessage()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
@@ -150,7 +147,7 @@ async def test_poller_logs_other_failures_with_a_traceback_and_backs_off_too(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     class Broken:
-        async def fail_interrupted_submits(self, *_: Any) -> int:
+        async def claim_due(self, *_: Any) -> list[str]:
             raise KeyError("bug")
 
     delays: list[float] = []
@@ -161,7 +158,7 @@ async def test_poller_logs_other_failures_with_a_traceback_and_backs_off_too(
             raise _Stop
 
     tracker = OutageTracker("database", logger=logging.getLogger(LOGGER))
-    poller = TaskPoller(Broken(), 1.0, 60.0, tracker=tracker, sleep=sleep)  # type: ignore[arg-type]
+    poller = Reconciler(Broken(), 1.0, tracker=tracker, sleep=sleep)  # type: ignore[arg-type]
     caplog.set_level(logging.DEBUG)
     with pytest.raises(_Stop):
         await poller.run_forever()

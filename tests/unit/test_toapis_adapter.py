@@ -210,8 +210,8 @@ async def test_5xx_is_upstream_unavailable(mock: respx.MockRouter, adapter: ToAP
     assert str(status) in info.value.message
 
 
-@pytest.mark.parametrize("exc", [httpx.ReadTimeout, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteTimeout])
-async def test_timeouts_are_upstream_timeout(
+@pytest.mark.parametrize("exc", [httpx.ReadTimeout, httpx.WriteTimeout])
+async def test_timeouts_after_sending_are_upstream_timeout(
     mock: respx.MockRouter, adapter: ToAPIsAdapter, exc: type[httpx.TimeoutException]
 ) -> None:
     mock.get("/v1/images/generations/img_1").mock(side_effect=exc)
@@ -223,7 +223,9 @@ async def test_timeouts_are_upstream_timeout(
     assert info.value.code == "upstream_timeout"
 
 
-@pytest.mark.parametrize("exc", [httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError])
+@pytest.mark.parametrize(
+    "exc", [httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectTimeout, httpx.PoolTimeout]
+)
 async def test_network_errors_are_upstream_unavailable(
     mock: respx.MockRouter, adapter: ToAPIsAdapter, exc: type[httpx.TransportError]
 ) -> None:

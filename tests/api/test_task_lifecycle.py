@@ -1,0 +1,122 @@
+"""The task lifecycle (issue 9) in-process, on SQLite and PostgreSQL: idempotent submits, tasks that wait for the
+upstream and are sent later by the reconciler (once, whatever the replicas), and their deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import func, select
+
+from app.models import Task
+from app.tasks.reconciler import Reconciler
+from tests.fixtures.gateway import ADMIN_TOKEN, Harness, running_gateway
+
+URL = "/v1/images/generations"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def headers(key: str, idempotency_key: str | None = None) -> dict[str, str]:
+    found = {"Authorization": f"Bearer {key}"}
+    if idempotency_key is not None:
+        found["Idempotency-Key"] = idempotency_key
+    return found
+
+
+async def usage(gw: Harness, key: str) -> dict[str, Any]:
+    body: dict[str, Any] = (await gw.client.get("/v1/usage", headers=headers(key))).json()
+    return body
+
+
+async def task_count(gw: Harness) -> int:
+    async with gw.sessions() as session:
+        return int((await session.execute(select(func.count()).select_from(Task))).scalar_one())
+
+
+async def test_the_same_key_and_body_answer_the_same_task_and_charge_once(gw: Harness) -> None:
+    key = await gw.new_tenant("acme", daily_images=10)
+    first = await gw.client.post(URL, headers=headers(key, "order-1"), json={"prompt": "a fox", "n": 2})
+    again = await gw.client.post(URL, headers=headers(key, "order-1"), json={"n": 2, "prompt": "a fox"})
+    assert first.status_code == again.status_code == 200, again.text
+    assert again.json()["id"] == first.json()["id"]
+    assert gw.sandbox_stats()["create"] == 1
+    assert (await usage(gw, key))["day"]["used"] == 2
+    other = await gw.client.post(URL, headers=headers(key, "order-2"), json={"prompt": "a fox", "n": 2})
+    assert other.json()["id"] != first.json()["id"]
+
+
+async def test_the_same_key_with_another_body_is_409(gw: Harness) -> None:
+    key = await gw.new_tenant("acme")
+    assert (await gw.client.post(URL, headers=headers(key, "k"), json={"prompt": "a fox"})).status_code == 200
+    r = await gw.client.post(URL, headers=headers(key, "k"), json={"prompt": "a cat"})
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["code"] == "idempotency_key_reused"
+    assert r.json()["error"]["param"] == "Idempotency-Key"
+    assert gw.sandbox_stats()["create"] == 1
+
+
+async def test_keys_are_per_tenant_and_expire_after_a_day(gw: Harness) -> None:
+    acme, globex = await gw.new_tenant("acme"), await gw.new_tenant("globex")
+    a = await gw.client.post(URL, headers=headers(acme, "shared"), json={"prompt": "a fox"})
+    b = await gw.client.post(URL, headers=headers(globex, "shared"), json={"prompt": "a fox"})
+    assert a.json()["id"] != b.json()["id"]
+    gw.clock.advance(24 * 3600 + 1)
+    c = await gw.client.post(URL, headers=headers(acme, "shared"), json={"prompt": "a cat"})
+    assert c.status_code == 200 and c.json()["id"] != a.json()["id"]
+
+
+async def test_a_bad_idempotency_key_is_400(gw: Harness) -> None:
+    key = await gw.new_tenant("acme")
+    for bad in ("", "x" * 256, "with space"):
+        r = await gw.client.post(URL, headers=headers(key, bad), json={"prompt": "a fox"})
+        assert r.status_code == 400, (bad, r.text)
+    assert gw.sandbox_stats()["create"] == 0
+
+
+async def test_twenty_concurrent_submits_with_one_key_on_two_replicas_make_one_task(database_url: str) -> None:
+    async with running_gateway(database_url) as a, running_gateway(database_url) as b:
+        key = await a.new_tenant("acme", daily_images=100)
+        body = {"prompt": "a fox", "n": 3}
+        answers = await asyncio.gather(
+            *[(a if i % 2 else b).client.post(URL, headers=headers(key, "once"), json=body) for i in range(20)]
+        )
+        assert {r.status_code for r in answers} == {200}, [r.text for r in answers if r.status_code != 200]
+        assert len({r.json()["id"] for r in answers}) == 1
+        assert await task_count(a) == 1
+        assert (await usage(a, key))["day"]["used"] == 3
+        creates = a.sandbox_stats()["create"] + b.sandbox_stats()["create"]
+        assert creates == 1
+
+
+async def test_a_waiting_task_is_sent_once_by_the_reconcilers_of_two_replicas(database_url: str) -> None:
+    async with running_gateway(database_url) as a, running_gateway(database_url) as b:
+        key = await a.new_tenant("acme", daily_images=100)
+        a.sandbox_config(rate_limit_rate=1.0)  # A's upstream refuses everything for now
+        waiting = [await a.client.post(URL, headers=headers(key), json={"prompt": f"t{i}"}) for i in range(6)]
+        assert {r.json()["status"] for r in waiting} == {"queued"}
+        a.sandbox_config(rate_limit_rate=0.0)
+        # Both replicas' upstream transports reach the same kind of sandbox; each counts its own creates.
+        a.clock.advance(120)
+        b.clock.advance(120)
+        handled = await asyncio.gather(Reconciler(a.tasks, 1).run_once(), Reconciler(b.tasks, 1).run_once())
+        assert sum(handled) == 6  # every waiting task leased by exactly one of them
+        # One create was refused at submit time (429; the key then cooled, so the other five were not sent), and
+        # each task was then created once, by one replica.
+        creates = a.sandbox_stats()["create"] + b.sandbox_stats()["create"]
+        assert creates == 1 + 6
+        statuses = {
+            (await a.client.get(f"{URL}/{r.json()['id']}", headers=headers(key))).json()["status"] for r in waiting
+        }
+        assert statuses <= {"queued", "in_progress"}
+        async with a.sessions() as session:
+            rows = (await session.execute(select(Task))).scalars().all()
+        assert all(row.upstream_task_id is not None and row.status != "waiting" for row in rows)
+
+
+async def test_a_retry_after_beyond_the_queue_deadline_fails_and_refunds_at_once(gw: Harness) -> None:
+    key = await gw.new_tenant("acme", daily_images=5)
+    gw.sandbox_config(retry_after_seconds=3600, rate_limit_rate=1.0)
+    r = await gw.client.post(URL, headers=headers(key), json={"prompt": "a fox"})
+    assert r.status_code == 200 and r.json()["status"] == "failed", r.text
+    assert r.json()["error"]["code"] == "upstream_unavailable"
+    assert (await usage(gw, key))["day"]["used"] == 0
