@@ -120,3 +120,29 @@ async def test_a_retry_after_beyond_the_queue_deadline_fails_and_refunds_at_once
     assert r.status_code == 200 and r.json()["status"] == "failed", r.text
     assert r.json()["error"]["code"] == "upstream_unavailable"
     assert (await usage(gw, key))["day"]["used"] == 0
+
+
+async def test_an_upstream_down_for_a_while_then_back_completes_every_task_charged_once(gw: Harness) -> None:
+    key = await gw.new_tenant("acme", daily_images=10)
+    gw.sandbox_config(error_rate=1.0)  # every create answers 500 for now
+    ids = [(await gw.client.post(URL, headers=headers(key), json={"prompt": f"t{i}"})).json()["id"] for i in range(3)]
+    reconciler = Reconciler(gw.tasks, 1)
+    for _ in range(3):  # still down: the reconciler tries, with backoff, and the tasks keep waiting
+        gw.clock.advance(20)
+        await reconciler.run_once()
+    answers = [(await gw.client.get(f"{URL}/{i}", headers=headers(key))).json() for i in ids]
+    assert {a["status"] for a in answers} == {"queued"}
+    gw.sandbox_config(error_rate=0.0)  # back
+    gw.clock.advance(60)
+    await reconciler.run_once()  # sent
+    gw.clock.advance(15)
+    await reconciler.run_once()  # checked: done upstream
+    answers = [(await gw.client.get(f"{URL}/{i}", headers=headers(key))).json() for i in ids]
+    assert {a["status"] for a in answers} == {"completed"}
+    body = await usage(gw, key)
+    assert body["day"]["used"] == 3 and body["in_flight"]["current"] == 0
+    drift = await gw.client.get("/admin/v1/quota/drift", headers=ADMIN)
+    assert drift.json() == {"ok": True, "drift": []}
+    async with gw.sessions() as session:
+        rows = (await session.execute(select(Task))).scalars().all()
+    assert len({row.upstream_task_id for row in rows}) == 3 and all(row.attempts >= 2 for row in rows)

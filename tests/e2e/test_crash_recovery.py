@@ -1,10 +1,11 @@
 """A gateway killed with SIGKILL while tasks are in flight upstream and waiting in its queue, started again: every
-task reaches a terminal state with nobody polling, each is created upstream exactly once, and the tenant is charged
-exactly the images produced (real processes, PostgreSQL)."""
+task reaches a terminal state with nobody polling, each is created upstream exactly once, each task's webhook is
+delivered (signed), and the tenant is charged exactly the images produced (real processes, PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -15,6 +16,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.e2e.conftest import Processes, Sandbox, gateway_env, http_client, start_gateway
+from tests.fixtures.webhook_receiver import receiving, signed_by
 
 pytestmark = pytest.mark.e2e
 
@@ -36,12 +38,21 @@ async def _ledger(database_url: str) -> list[dict[str, Any]]:
 async def test_a_gateway_killed_with_tasks_in_flight_and_waiting_loses_nothing(
     clean_postgres: str, sandbox: Sandbox, processes: Processes
 ) -> None:
-    env = gateway_env(clean_postgres, sandbox.url, GATEWAY_POLL_INTERVAL_S="0.3")
+    env = gateway_env(
+        clean_postgres,
+        sandbox.url,
+        GATEWAY_POLL_INTERVAL_S="0.3",
+        GATEWAY_WEBHOOK_ALLOW_PRIVATE="true",  # the receiver is on 127.0.0.1
+        GATEWAY_WEBHOOK_POLL_INTERVAL_S="0.3",
+    )
     first = start_gateway(processes, env, name="doomed")
     tenant = first.tenant(first.spawn_tenant("crash"))
     admin = {"Authorization": f"Bearer {env['GATEWAY_ADMIN_TOKEN']}"}
     sandbox.configure(hold=True, task_seconds=1.0, queue_seconds=0.2)  # accepted tasks stay open upstream
-    async with http_client() as client:
+    async with receiving() as endpoint, http_client() as client:
+        configured = processes.run(["webhooks", "set", tenant.id, "--url", endpoint.url, "--json"], env)
+        assert configured.returncode == 0, configured.stderr
+        secret = configured.json()["secret"]
         accepted = []
         for i in range(IN_FLIGHT):
             r = await client.post(first.generations, headers=tenant.headers, json={"prompt": f"in flight {i}"})
@@ -78,3 +89,10 @@ async def test_a_gateway_killed_with_tasks_in_flight_and_waiting_loses_nothing(
         assert usage["in_flight"]["current"] == 0
         drift = (await client.get(f"{second.url}/admin/v1/quota/drift", headers=admin)).json()
         assert drift["ok"] is True, drift
+
+        # Each task's end was delivered to the tenant's endpoint, signed (at least once: dedupe on the event id).
+        delivered = await endpoint.wait_for(IN_FLIGHT + WAITING, timeout_s=DEADLINE_S)
+        assert all(signed_by(request, secret) for request in delivered)
+        events = {request.headers["x-toapis-webhook-id"]: json.loads(request.body) for request in endpoint.requests}
+        assert {event["data"]["task_id"] for event in events.values()} == set(accepted) | set(waiting)
+        assert {event["type"] for event in events.values()} == {"generation.completed"}
