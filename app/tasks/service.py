@@ -393,6 +393,7 @@ class TaskService:
         """Do what a due task needs: send a waiting one, check an open one with the upstream (its pinned key),
         resolve a create that never got an answer, end one past its deadline."""
         async with self._sessions() as session:
+            await reads_only(session)
             task = await repo.get(session, task_id)
         if task is None or task.status in TERMINAL_STATUSES:
             return
