@@ -66,6 +66,7 @@ HIGH = 1_000_000_000
 LIMITS = ["--daily-images", HIGH, "--monthly-images", HIGH, "--max-in-flight", HIGH]
 COUNT_REQUESTS = 300  # requests per operation in the database-work phase
 WRK_TIMEOUT = "10s"
+SETTLE_TIMEOUT_S = 240.0
 
 # The Lua script of every wrk run: the request, then one JSON line with what wrk measured.
 LUA = """
@@ -472,6 +473,10 @@ def run(args: argparse.Namespace) -> int:
                     for c in concurrencies(name, args):
                         measured = measure(target, f"w{workers}", c, args, workdir, families(gateway))
                         rows.append(measured)
+                # The submit rows leave tasks that the gateway's background loop ends over the next seconds: let it
+                # (while it runs), so that the next configuration's rows do not pay for this one's backlog.
+                settled = asyncio.run(settle(database_url, tasks.open, SETTLE_TIMEOUT_S))
+                progress(f"  backlog settled in {settled:.0f} s" if settled >= 0 else "  backlog did not settle")
             finally:
                 gateway.stop()
         progress("database work per request (through a counting proxy)")
@@ -511,6 +516,23 @@ def postgres_pid(server_url: str) -> int | None:
         return backend[0]
 
     return asyncio.run(postmaster())
+
+
+async def settle(database_url: str, keep_open: str, timeout_s: float) -> float:
+    """Seconds until no task but `keep_open` is open in the ledger; -1 after `timeout_s`."""
+    conn = await asyncpg.connect(plain_url(database_url), timeout=5)
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < timeout_s:
+            left = await conn.fetchval(
+                "SELECT count(*) FROM tasks WHERE status NOT IN ('completed', 'failed') AND id <> $1", keep_open
+            )
+            if not left:
+                return time.monotonic() - started
+            await asyncio.sleep(1.0)
+        return -1.0
+    finally:
+        await conn.close()
 
 
 async def count_tasks(database_url: str) -> int:
