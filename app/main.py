@@ -26,6 +26,7 @@ from app.quotas import admin_router as admin_quota
 from app.quotas import router as usage
 from app.quotas.feature import build_quotas
 from app.runtime import build_kernel, kernel_for_command
+from app.tasks import admin_router as admin_tasks
 from app.tasks import events_router as generation_events
 from app.tasks import router as generations
 from app.tasks.events import TaskEvents
@@ -137,7 +138,7 @@ def create_app(
     app.add_middleware(StatusFastPath, state=app.state)
     if settings.cors_origins:  # added last, so outermost: the fast path's answers get CORS headers too
         app.add_middleware(CORSMiddleware, **cors_options(settings.cors_origins))
-    for router in (generations, uploads, usage, health, admin_tenants, admin_quota, admin_upstream, audit):
+    for router in (generations, uploads, usage, health, admin_tenants, admin_quota, admin_upstream, admin_tasks, audit):
         app.include_router(router.router)
     app.include_router(admin_webhooks.router)
     app.include_router(generation_events.router)

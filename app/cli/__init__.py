@@ -9,6 +9,7 @@ import typer
 from app.cli import server
 from app.cli.keys import keys_cli
 from app.cli.quota import quota_cli
+from app.cli.tasks import tasks_cli
 from app.cli.tenants import tenants_cli
 from app.cli.upstream_keys import secrets_cli, upstream_keys_cli
 from app.cli.webhooks import webhooks_cli
@@ -26,6 +27,7 @@ cli.add_typer(keys_cli, name="keys")
 cli.add_typer(upstream_keys_cli, name="upstream-keys")
 cli.add_typer(secrets_cli, name="secrets")
 cli.add_typer(webhooks_cli, name="webhooks")
+cli.add_typer(tasks_cli, name="tasks")
 
 
 def main() -> None:

@@ -86,6 +86,12 @@ async def test_an_interrupted_submit_is_never_refunded_silently(gw: Harness) -> 
     assert await reconciler.run_once() == 1
     row = await _row(gw, task_id)
     assert row.outcome_unknown and row.status == TaskStatus.SUBMITTING
+    # Ops see what stays unresolved, and what it may cost.
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    listed = (await gw.client.get("/admin/v1/tasks", headers=admin, params={"outcome_unknown": "true"})).json()
+    assert [t["id"] for t in listed["data"]] == [task_id]
+    assert listed["data"][0]["may_cost_images"] == 3
+    assert listed["unresolved"] == 1 and listed["unresolved_images"] == 3
     body = (await gw.client.get(f"{URL}/{task_id}", headers=auth)).json()
     assert body["status"] == "queued"
     creates = gw.sandbox_stats()["create"]
@@ -98,6 +104,8 @@ async def test_an_interrupted_submit_is_never_refunded_silently(gw: Harness) -> 
     assert body["status"] == "failed" and body["error"]["code"] == "submit_outcome_unknown"
     usage = (await gw.client.get("/v1/usage", headers=auth)).json()
     assert usage["day"]["used"] == 3 and usage["in_flight"]["current"] == 0  # charged, slot free
+    failed = (await gw.client.get("/admin/v1/tasks", headers=admin, params={"status": "failed"})).json()
+    assert [t["id"] for t in failed["data"]] == [task_id] and failed["unresolved"] == 0
     drift = await gw.client.get("/admin/v1/quota/drift", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert drift.json() == {"ok": True, "drift": []}
 

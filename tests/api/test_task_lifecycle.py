@@ -146,3 +146,23 @@ async def test_an_upstream_down_for_a_while_then_back_completes_every_task_charg
     async with gw.sessions() as session:
         rows = (await session.execute(select(Task))).scalars().all()
     assert len({row.upstream_task_id for row in rows}) == 3 and all(row.attempts >= 2 for row in rows)
+
+
+async def test_ops_list_a_tenants_tasks_by_status_page_by_page(gw: Harness) -> None:
+    key = await gw.new_tenant("acme")
+    other = await gw.new_tenant("globex")
+    tenant_id = await gw.tenant_id(key)
+    ids = [(await gw.client.post(URL, headers=headers(key), json={"prompt": f"t{i}"})).json()["id"] for i in range(3)]
+    await gw.client.post(URL, headers=headers(other), json={"prompt": "theirs"})
+    first = await gw.client.get("/admin/v1/tasks", headers=ADMIN, params={"tenant_id": tenant_id, "limit": 2})
+    assert first.status_code == 200, first.text
+    page = first.json()
+    assert [t["id"] for t in page["data"]] == ids[::-1][:2] and page["next_cursor"]
+    rest = await gw.client.get(
+        "/admin/v1/tasks", headers=ADMIN, params={"tenant_id": tenant_id, "cursor": page["next_cursor"]}
+    )
+    assert [t["id"] for t in rest.json()["data"]] == [ids[0]] and rest.json()["next_cursor"] is None
+    opened = await gw.client.get("/admin/v1/tasks", headers=ADMIN, params={"status": "open", "tenant_id": tenant_id})
+    assert len(opened.json()["data"]) == 3
+    assert (await gw.client.get("/admin/v1/tasks", headers=headers(key))).status_code == 401
+    assert (await gw.client.get("/admin/v1/tasks", headers=ADMIN, params={"cursor": "x"})).status_code == 400

@@ -79,3 +79,19 @@ def test_unknown_tenant_and_duplicate_name_are_one_line_errors(env: dict[str, st
     assert run(env, "tenants", "create", "team-a")[0] == 0
     code, _, err = run(env, "tenants", "create", "team-a")
     assert code == 2 and "already exists" in err and "Traceback" not in err
+
+
+def test_tasks_list_reads_the_ledger(env: dict[str, str]) -> None:
+    code, out, err = run(env, "tenants", "create", "team-a", "--json")
+    assert code == 0, err
+    tenant_id = json.loads(out)["tenant_id"]
+    code, out, err = run(env, "tasks", "list", "--tenant", tenant_id, "--status", "failed", "--json")
+    assert code == 0, err
+    page = json.loads(out)
+    assert page["data"] == [] and page["unresolved"] == 0 and page["next_cursor"] is None
+    code, out, err = run(env, "tasks", "list", "--outcome-unknown")
+    assert code == 0, err
+    assert out.splitlines()[0].split() == ["ID", "TENANT", "STATUS", "N", "UNKNOWN", "ERROR", "CREATED"]
+    assert "unresolved (unknown create outcome): 0 task(s)" in out
+    code, _, err = run(env, "tasks", "list", "--status", "nonsense")
+    assert code == 2 and "nonsense" in err

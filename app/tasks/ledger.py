@@ -1,0 +1,117 @@
+"""The ledger as ops read it: tasks by tenant, status, and whether their create's outcome is unknown.
+
+A read-only service on the kernel's sessions (the admin API and the CLI share it); no upstream is involved. A task
+flagged `outcome_unknown` had its create call sent and never answered: the upstream may have made and billed it. It
+keeps its reservation (`may_cost_images`) and fails charged at its deadline unless it resolves before.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.contract import OPEN_STATUSES, TaskStatus
+from app.core.clock import to_unix
+from app.core.db.engine import reads_only
+from app.core.errors import InvalidRequest
+from app.models.task import Task
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 200
+_CURSOR = re.compile(r"task_img_[0-9a-f]{1,40}")
+StatusFilter = Literal["open", "waiting", "queued", "in_progress", "completed", "failed"]
+
+
+class LedgerTask(BaseModel):
+    id: str
+    tenant_id: str
+    status: str = Field(description="The ledger's status (`waiting`/`submitting` are shown to callers as `queued`).")
+    n: int
+    outcome_unknown: bool = Field(description="The create call was sent and never answered (see the README).")
+    may_cost_images: int = Field(description="Images the upstream may bill for it (its reservation) while unresolved.")
+    attempts: int
+    error_code: str | None
+    last_error: str | None
+    upstream_key_id: str | None
+    created_at: int
+    completed_at: int | None
+    deadline_at: int | None
+
+    @classmethod
+    def of(cls, task: Task) -> LedgerTask:
+        open_ = task.status not in (TaskStatus.COMPLETED, TaskStatus.FAILED)
+        return cls(
+            id=task.id,
+            tenant_id=task.tenant_id,
+            status=task.status,
+            n=task.n,
+            outcome_unknown=task.outcome_unknown,
+            may_cost_images=task.n if task.outcome_unknown and open_ else 0,
+            attempts=task.attempts,
+            error_code=task.error_code,
+            last_error=task.last_error,
+            upstream_key_id=task.upstream_key_id,
+            created_at=to_unix(task.created_at) or 0,
+            completed_at=to_unix(task.completed_at),
+            deadline_at=to_unix(task.next_check_at if task.outcome_unknown else task.deadline_at),
+        )
+
+
+class LedgerPage(BaseModel):
+    data: list[LedgerTask]
+    next_cursor: str | None
+    unresolved: int = Field(description="Open tasks with an unknown create outcome, across the filter's tenants.")
+    unresolved_images: int = Field(description="What those may cost: the images they reserve.")
+
+
+class TaskLedger:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def list(
+        self,
+        *,
+        tenant_id: str | None = None,
+        status: StatusFilter | None = None,
+        outcome_unknown: bool | None = None,
+        limit: int = DEFAULT_PAGE,
+        cursor: str | None = None,
+    ) -> LedgerPage:
+        """A page of tasks, newest first; `cursor` is the previous page's `next_cursor`."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest(f"limit must be 1 to {MAX_PAGE}.", param="limit")
+        if cursor is not None and not _CURSOR.fullmatch(cursor):
+            raise InvalidRequest("Invalid cursor: pass the next_cursor of the previous page.", param="cursor")
+        stmt = select(Task)
+        unresolved = select(func.count(), func.coalesce(func.sum(Task.n), 0)).where(
+            Task.outcome_unknown.is_(True), Task.status.in_(OPEN_STATUSES)
+        )
+        if tenant_id is not None:
+            stmt = stmt.where(Task.tenant_id == tenant_id)
+            unresolved = unresolved.where(Task.tenant_id == tenant_id)
+        if status == "open":
+            stmt = stmt.where(Task.status.in_(OPEN_STATUSES))
+        elif status == "queued":
+            stmt = stmt.where(Task.status.in_((TaskStatus.QUEUED, TaskStatus.SUBMITTING, TaskStatus.WAITING)))
+        elif status is not None:
+            stmt = stmt.where(Task.status == status)
+        if outcome_unknown is not None:
+            stmt = stmt.where(Task.outcome_unknown.is_(outcome_unknown))
+        if cursor is not None:  # ids sort by creation time (app/core/ids.py)
+            stmt = stmt.where(Task.id < cursor)
+        stmt = stmt.order_by(Task.id.desc()).limit(limit + 1)
+        async with self._sessions() as session:
+            await reads_only(session)
+            rows = list((await session.execute(stmt)).scalars().all())
+            count, images = (await session.execute(unresolved)).one()
+        shown = rows[:limit]
+        return LedgerPage(
+            data=[LedgerTask.of(task) for task in shown],
+            next_cursor=shown[-1].id if len(rows) > limit and shown else None,
+            unresolved=int(count),
+            unresolved_images=int(images),
+        )
