@@ -6,7 +6,7 @@ import json
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -45,6 +45,16 @@ class Settings(BaseSettings):
         30, ge=0, description="On SIGTERM, requests in flight get this long to finish before they are cancelled."
     )
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`text` (one readable line per record) or `json` (one JSON object per line)."
+    )
+    metrics_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token /metrics requires from non-loopback callers; empty = /metrics for loopback only.",
+    )
+    metrics_max_tenants: int = Field(
+        100, ge=0, description="Tenants labelled by their id in metrics, per process; the others are `other`."
+    )
     auto_migrate: bool | None = Field(
         None, description="Apply migrations at start; default: only for the embedded SQLite database."
     )

@@ -7,21 +7,28 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import event
 from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.middleware.cors import CORSMiddleware
 
 from app.audit import router as audit
 from app.config import Settings
 from app.contract import ErrorEnvelope
+from app.core import metrics
 from app.core.body_limit import BodySizeLimit
 from app.core.clock import Clock, utcnow
 from app.core.cors import cors_options
 from app.core.db.migrate import DatabaseNotMigrated, is_at_head
 from app.core.error_handlers import install_error_handlers
 from app.core.logs import setup_logging
+from app.core.observe import Observe
 from app.core.openapi import install_openapi
 from app.health import router as health
 from app.invalidation import Invalidator
+from app.metrics import router as metrics_router
+from app.metrics.gauges import Gauges
+from app.models import Task
 from app.quotas import admin_router as admin_quota
 from app.quotas import router as usage
 from app.quotas.feature import build_quotas
@@ -52,12 +59,18 @@ async def preflight(settings: Settings) -> None:
         await load_pool(kernel)
 
 
+async def _count_task_end(session: AsyncSession, task: Task) -> None:
+    """A task's end, counted once its transaction commits (a rolled-back end is not one)."""
+    tenant_id, status = task.tenant_id, str(getattr(task.status, "value", task.status))
+    event.listen(session.sync_session, "after_commit", lambda _: metrics.task_ended(tenant_id, status), once=True)
+
+
 def app_from_environment() -> FastAPI:
     """The gateway as each worker of `serve --workers N` builds it (`app.main:app_from_environment`, a uvicorn
     factory): settings from the environment and `.env`, where the parent process put its command-line options
     before spawning the workers. The parent did the once-only work (migrations, preflight) before."""
     settings = Settings()
-    setup_logging(settings.log_level)  # a spawned worker starts with Python's default logging
+    setup_logging(settings.log_level, settings.log_format)  # a spawned worker starts with Python's default logging
     return create_app(settings)
 
 
@@ -71,6 +84,7 @@ def create_app(
     """Build the gateway. Tests inject an adapter, a transport or a clock; production passes only settings."""
     settings = settings or Settings()
     settings.secrets  # noqa: B018 - fail before serving anything when a secret is missing
+    metrics.configure(max_tenants=settings.metrics_max_tenants)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -91,6 +105,7 @@ def create_app(
             tasks = build_tasks(kernel, upstream)
             webhooks = build_webhooks(kernel, invalidator=invalidator)
             tasks.service.on_end(webhooks.service.task_ended)  # a task's end enqueues its events, in its transaction
+            tasks.service.on_end(_count_task_end)
             app.state.webhooks = webhooks.service
             app.state.kernel = kernel
             app.state.upstream = upstream
@@ -115,6 +130,10 @@ def create_app(
             stack.push_async_callback(tasks.stop)
             webhooks.start()
             stack.push_async_callback(webhooks.stop)
+            gauges = Gauges(kernel, upstream.pool)
+            app.state.gauges = gauges
+            gauges.start()
+            stack.push_async_callback(gauges.stop)
             yield
 
     app = FastAPI(
@@ -138,10 +157,14 @@ def create_app(
     app.add_middleware(StatusFastPath, state=app.state)
     if settings.cors_origins:  # added last, so outermost: the fast path's answers get CORS headers too
         app.add_middleware(CORSMiddleware, **cors_options(settings.cors_origins))
+    # Outermost of all: every answer (the fast path's, CORS preflights, errors) gets its request id, access line and
+    # HTTP metrics.
+    app.add_middleware(Observe)
     for router in (generations, uploads, usage, health, admin_tenants, admin_quota, admin_upstream, admin_tasks, audit):
         app.include_router(router.router)
     app.include_router(admin_webhooks.router)
     app.include_router(generation_events.router)
+    app.include_router(metrics_router.router)
     if settings.zero_config:
         from app.sandbox.app import create_sandbox_app
 

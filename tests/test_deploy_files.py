@@ -478,10 +478,10 @@ REQUIRED_SECRETS = {"GATEWAY_DATABASE_URL", "GATEWAY_SECRET_KEY", "GATEWAY_ADMIN
 OPTIONAL_SECRETS = {"GATEWAY_PREVIOUS_SECRET_KEYS", "GATEWAY_REDIS_URL", "GATEWAY_METRICS_TOKEN"}
 # Settings a URL with a password may hide in, besides every SecretStr field.
 SECRET_URL_SETTINGS = {"GATEWAY_DATABASE_URL", "GATEWAY_REDIS_URL"}
-# Named by the manifests before the code has them (the metrics work): accepted while they do not exist yet, and then
-# checked like every other name.
-PENDING_SETTINGS = {"GATEWAY_METRICS_TOKEN"}
-PENDING_PATHS = {"/metrics"}
+# Named by the manifests before the code has them: accepted while they do not exist yet, and then checked like every
+# other name (the metrics work added GATEWAY_METRICS_TOKEN and /metrics; none pending now).
+PENDING_SETTINGS: set[str] = set()
+PENDING_PATHS: set[str] = set()
 
 # The gateway's metrics (name -> labels), as the dashboard and the alerts use them; the metrics code must match.
 METRICS: dict[str, set[str]] = {

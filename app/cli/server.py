@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import tempfile
 from typing import Annotated, Any
 
 import typer
@@ -15,6 +17,7 @@ from app.core.db.errors import describe, is_database_unavailable
 from app.core.errors import SettingsError
 from app.core.files import write_private
 from app.core.logs import setup_logging
+from app.core.metrics import MULTIPROC_ENV
 from app.core.net import local_host_for
 from app.runtime import Kernel
 from app.tenants.service import TenantService
@@ -43,7 +46,7 @@ def serve(host: HostOpt = None, port: PortOpt = None, workers: WorkersOpt = None
     from app.main import create_app, preflight
 
     settings = settings_with(host=host, port=port, workers=workers)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     if settings.workers > 1 and settings.zero_config:
         fail(
             f"{settings.workers} workers need an upstream of their own (GATEWAY_UPSTREAM_BASE_URL): the built-in "
@@ -72,6 +75,10 @@ def serve(host: HostOpt = None, port: PortOpt = None, workers: WorkersOpt = None
         "port": settings.port,
         "log_level": settings.log_level.lower(),
         "proxy_headers": True,
+        # The app writes one access line per request (app/core/observe.py), in GATEWAY_LOG_FORMAT, with its request
+        # id; uvicorn's own lines go through the root logger set up above (no logging config of its own).
+        "access_log": False,
+        "log_config": None,
         "server_header": False,
         # On SIGTERM uvicorn stops accepting, lets the requests in flight finish (cancelled after this long), then
         # runs the lifespan's shutdown, which stops the background loops and closes the pools.
@@ -104,9 +111,16 @@ def _serve_workers(settings: Settings, options: dict[str, Any]) -> None:
     os.environ["GATEWAY_HOST"] = settings.host
     os.environ["GATEWAY_PORT"] = str(settings.port)
     os.environ["GATEWAY_WORKERS"] = str(settings.workers)
+    # Every worker writes its metrics under one fresh directory, which /metrics sums (app/core/metrics.py); set
+    # before the workers start, as prometheus-client reads it when a worker imports it.
+    metrics_dir = tempfile.mkdtemp(prefix="seedream-gateway-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
     config = uvicorn.Config(WORKER_APP, factory=True, workers=settings.workers, **options)
     supervisor = Multiprocess(config, sockets=[config.bind_socket()])
-    supervisor.run()
+    try:
+        supervisor.run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
         fail("a worker process could not start (its log lines are above)")
 
@@ -118,7 +132,7 @@ def sandbox(host: HostOpt = None, port: PortOpt = None) -> None:
     from app.sandbox.app import create_sandbox_app
 
     settings = settings_with()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     uvicorn.run(
         create_sandbox_app(),
         host=host or settings.host,
@@ -132,7 +146,7 @@ def migrate() -> None:
     from app.core.db.migrate import upgrade
 
     settings = settings_with()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     upgrade(settings.effective_database_url)
     typer.echo("migrated to head")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 ALLOWED_METHODS = ("GET", "POST")  # the tenant API's; the ops API is not for browsers
 ALLOWED_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID")
-EXPOSED_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After")
+EXPOSED_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After", "X-Request-ID")
 PREFLIGHT_MAX_AGE_S = 600
 
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from app.core.db.migrate import head_revisions
 from app.deps import KernelDep
 from app.quotas.deps import RateLimitsDep
 from app.upstream.deps import UpstreamDep
@@ -18,16 +19,22 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The database answers and an upstream key is loaded")
+@router.get("/readyz", summary="The database answers at the migrations' head and an upstream key can take tasks")
 async def readyz(kernel: KernelDep, upstream: UpstreamDep, rate_limits: RateLimitsDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         async with kernel.sessions() as session:
-            await session.execute(text("SELECT 1"))
-        checks["database"] = "ok"
+            current = set((await session.execute(text("SELECT version_num FROM alembic_version"))).scalars())
+        # A replica of an older (or newer) release than the schema is not ready: a rollout waits for the migration.
+        checks["database"] = "ok" if current == head_revisions() else "not at the migrations' head"
     except Exception as e:  # readiness reports, it does not raise
         checks["database"] = f"error: {type(e).__name__}"
-    checks["upstream_keys"] = "ok" if len(upstream.pool) else "none configured"
+    # Usable: active, or cooling (it takes tasks again by itself); not when every key is disabled, draining or
+    # retired, or there is none (ops must act).
+    if not len(upstream.pool):
+        checks["upstream_keys"] = "none configured"
+    else:
+        checks["upstream_keys"] = "ok" if upstream.pool.recovers_by_itself() else "no usable key"
     ready = all(v == "ok" for v in checks.values())
     # Redis holds only the rate windows, which fail open without it: a replica is still ready (pulling every replica
     # out of the load balancer because the shared Redis is away would turn unenforced rate limits into an outage).

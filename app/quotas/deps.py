@@ -17,6 +17,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Response, Security
 from fastapi.security import HTTPAuthorizationCredentials
 
+from app.core.context import set_tenant
 from app.models import Tenant
 from app.quotas.rate_limits import RateLimitService
 from app.quotas.service import QuotaService
@@ -53,6 +54,7 @@ def caller(scope: Scope, rate: RateKind | None) -> Callable[..., Awaitable[Tenan
         state = request.app.state
         tenants: TenantService = state.tenants
         who = await tenants.authenticate_key(request.headers.get("authorization"))
+        set_tenant(who.tenant.id)  # for the request's log lines
         if scope not in who.scopes:
             raise Forbidden(f"This API key does not have the '{scope}' scope.")
         if rate is not None:

@@ -23,7 +23,7 @@ import redis.exceptions
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core import outage
+from app.core import metrics, outage
 from app.core.clock import Clock
 from app.core.errors import RateLimited
 from app.quotas import repository as repo
@@ -211,6 +211,7 @@ class RateLimitService:
             reset_at=window_start + WINDOW_S,
         )
         if not decision.allowed:
+            metrics.refused(tenant_id, "rate")
             raise RateLimited(
                 f"Rate limit of {limit} {kind} requests per minute exceeded.", headers=decision.headers(now)
             )

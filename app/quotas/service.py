@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core import metrics
 from app.core.clock import Clock
 from app.core.errors import InsufficientQuota, RateLimited
 from app.models import Tenant
@@ -67,6 +68,8 @@ async def reserve(session: AsyncSession, tenant: Tenant, task_id: str, n: int, n
                 inflight_limit=tenant.max_in_flight,
             ),
         )
+    if len(fitted) < len(wanted):
+        metrics.refused(tenant.id, "quota")
     if day_period not in fitted:
         raise InsufficientQuota(
             f"Not enough daily image quota for {n} image(s): the limit is {tenant.daily_images} per UTC day "

@@ -27,7 +27,7 @@ async def list_tasks(
     status: StatusFilter | None = None,
     outcome_unknown: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
-    cursor: Annotated[str | None, Query(max_length=60, pattern=r"^task_img_[0-9a-f]+$")] = None,
+    cursor: Annotated[str | None, Query(max_length=49, pattern=r"^task_img_[0-9a-f]{1,40}$")] = None,
 ) -> LedgerPage:
     return await TaskLedger(kernel.sessions).list(
         tenant_id=tenant_id, status=status, outcome_unknown=outcome_unknown, limit=limit, cursor=cursor

@@ -14,6 +14,7 @@ from app.core.net import local_host_for
 from app.invalidation import Invalidator
 from app.runtime import Kernel
 from app.upstream.base import UpstreamAdapter
+from app.upstream.instrumented import InstrumentedAdapter
 from app.upstream.pool import PoolPolicy, UpstreamKeyPool
 from app.upstream.prober import KeyProber
 from app.upstream.service import UpstreamKeyService
@@ -97,6 +98,7 @@ async def build_upstream(
             transport=transport,
         )
     )
+    adapter = InstrumentedAdapter(adapter, pool)
     upstream = Upstream(
         adapter=adapter,
         pool=pool,

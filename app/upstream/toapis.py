@@ -11,6 +11,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from app.contract import UPSTREAM_STATUS_MAP, PublicTaskStatus, TaskStatus
 from app.core.clock import utcnow
+from app.core.context import REQUEST_ID_HEADER, current_request_id, new_request_id
 from app.core.errors import UpstreamCredentialsRefused, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from app.upstream.base import UploadedFile, UploadRefused, UpstreamServerError, UpstreamTask, parse_retry_after
 
@@ -108,6 +109,12 @@ def _credentials_refused(status: int, method: str, path: str) -> UpstreamCredent
     return UpstreamCredentialsRefused(f"The upstream refused the gateway's credentials ({status})")
 
 
+def _headers(api_key: str) -> dict[str, str]:
+    """The key, and the request id of the request this call serves (a new one for a background call), so that the
+    upstream's logs and the gateway's meet."""
+    return {"Authorization": f"Bearer {api_key}", REQUEST_ID_HEADER: current_request_id() or new_request_id()}
+
+
 class ToAPIsAdapter:
     """Speaks /v1/images/generations and /v1/uploads/images to a ToAPIs-compatible upstream."""
 
@@ -128,7 +135,7 @@ class ToAPIsAdapter:
         try:
             response = await self._client.post(
                 "/v1/uploads/images",
-                headers={"Authorization": f"Bearer {api_key}"},
+                headers=_headers(api_key),
                 files={"file": (filename, content, content_type)},
                 data={"purpose": purpose},
             )
@@ -162,9 +169,7 @@ class ToAPIsAdapter:
 
     async def _send(self, method: str, path: str, api_key: str, **kwargs: Any) -> httpx.Response:
         try:
-            response = await self._client.request(
-                method, path, headers={"Authorization": f"Bearer {api_key}"}, **kwargs
-            )
+            response = await self._client.request(method, path, headers=_headers(api_key), **kwargs)
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as e:  # nothing was sent: certainly not created
             raise UpstreamUnavailable(f"Upstream unreachable: {type(e).__name__}") from e
         except httpx.TimeoutException as e:  # sent, no answer: the upstream may have the task

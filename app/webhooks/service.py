@@ -22,6 +22,7 @@ from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.service import AuditService, record_audit
+from app.core import metrics
 from app.core.clock import Clock, to_unix
 from app.core.db.engine import reads_only
 from app.core.errors import Conflict, InvalidRequest, NotFound
@@ -387,6 +388,10 @@ class WebhookService:
             values.update(next_attempt_at=now + self._schedule[attempts - 1])
         async with self._sessions.begin() as session:
             written = await repo.record_attempt(session, row.id, lease_until, values)
+        if written:
+            metrics.webhook_delivery(
+                "delivered" if outcome.delivered else "dead" if values.get("status") == DEAD else "retry"
+            )
         if not written:
             log.info("webhook delivery %s changed during its attempt (replayed?); outcome not recorded", row.id)
         elif values.get("status") == DEAD:

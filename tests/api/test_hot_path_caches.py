@@ -166,16 +166,19 @@ async def test_the_fast_path_answers_byte_for_byte_as_the_route_does(
     key = await gw.new_tenant("acme")
     task_id = await completed_task(gw, key)
     await until_fresh(gw)
-    routed = await gw.client.get(f"{URL}/{task_id}", headers=bearer(key))  # the route, which fills the cache
+    # One request id on both calls: it comes back on every answer (app/core/observe.py), the fast path's included.
+    headers = {**bearer(key), "X-Request-ID": "same-request-id"}
+    routed = await gw.client.get(f"{URL}/{task_id}", headers=headers)  # the route, which fills the cache
 
     async def not_routed(*_: Any) -> bytes:
         raise AssertionError("a warm status call reached the route")
 
     monkeypatch.setattr(gw.tasks, "status_answer", not_routed)
-    fast = await gw.client.get(f"{URL}/{task_id}", headers=bearer(key))
+    fast = await gw.client.get(f"{URL}/{task_id}", headers=headers)
     assert fast.status_code == routed.status_code == 200
     assert fast.content == routed.content
     assert dict(fast.headers) == dict(routed.headers)
+    assert fast.headers["x-request-id"] == "same-request-id"
 
 
 @pytest.mark.parametrize("case", ["query limit", "no read scope", "query string", "unknown key", "other tenant"])

@@ -280,8 +280,9 @@ async def test_resume_sends_only_what_the_client_lacks(sse: Harness) -> None:
         current = await stream.event()
     assert current is not None and current.task["status"] == "in_progress"
     # Reconnecting with the id just received: no repeat, the next event is a later state.
-    headers = {**bearer(key), "Last-Event-ID": str(current.id)}
+    headers = {**bearer(key), "Last-Event-ID": str(current.id), "X-Request-ID": "sse-resume-1"}
     async with AsgiStream(sse.app, f"{URL}/{task_id}/events", headers) as stream:
+        assert stream.headers["x-request-id"] == "sse-resume-1"  # an event stream carries its request id too
         sse.clock.advance(2)
         later = await stream.event()
         assert later is not None and later.id > current.id and later.data != current.data
@@ -414,7 +415,7 @@ async def test_answers_carry_cors_headers_for_allowed_origins_only(cors: Harness
     assert r.status_code == 200
     assert r.headers["access-control-allow-origin"] == ORIGIN
     exposed = {h.strip().lower() for h in r.headers["access-control-expose-headers"].split(",")}
-    assert exposed == {"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "retry-after"}
+    assert exposed == {"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "retry-after", "x-request-id"}
     assert "x-ratelimit-remaining" in r.headers
 
     stream = await cors.client.get(f"{URL}/{task_id}/events", headers={**bearer(key), "Origin": ORIGIN})

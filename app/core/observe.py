@@ -1,0 +1,97 @@
+"""The outermost ASGI middleware: a request id for every request, one access line and the HTTP metrics for every
+answer, the fast path's included (it answers before routing, inside this middleware).
+
+- The request id is the caller's `X-Request-ID` when usable (1-128 printable ASCII characters), a new one otherwise;
+  it goes back on every answer (errors, the fast path, event streams) and into a contextvar that log records
+  (app/core/logs.py) and upstream calls (app/upstream/toapis.py) read.
+- The route label is the matched route's template, never the raw path: routing writes the route into the scope,
+  which this middleware reads once the answer is sent. A warm status call answered before routing is
+  `/v1/images/generations/{task_id}`; a path no route matches is "unmatched".
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core import context, metrics
+
+access_log = logging.getLogger("app.access")
+
+_REQUEST_ID = b"x-request-id"
+_STATUS_PREFIX = "/v1/images/generations/"
+_STATUS_ROUTE = "/v1/images/generations/{task_id}"
+
+
+def route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    if route is not None:
+        path = getattr(route, "path", None)
+        if isinstance(path, str):
+            return path
+        return metrics.UNMATCHED_ROUTE
+    path = scope["path"]
+    # Not routed, yet answered: the status fast path (app/tasks/fast_path.py), for a task id-shaped tail only.
+    if path.startswith(_STATUS_PREFIX) and "/" not in path[len(_STATUS_PREFIX) :] and len(path) > len(_STATUS_PREFIX):
+        return _STATUS_ROUTE
+    return metrics.UNMATCHED_ROUTE
+
+
+class Observe:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        raw = None
+        for name, value in scope["headers"]:
+            if name == _REQUEST_ID:
+                raw = value
+                break
+        request_id = context.accepted_request_id(raw)
+        current = context.begin(request_id)
+        path: str = scope["path"]
+        if path.startswith(_STATUS_PREFIX):
+            tail = path[len(_STATUS_PREFIX) :].split("/", 1)[0]
+            if tail:
+                current.task_id = tail
+        header = (_REQUEST_ID, request_id.encode("ascii"))
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = route_template(scope)
+            if isinstance(scope.get("route"), Mount):
+                path = route  # a mounted app's paths may carry file tokens (the zero-config sandbox): not logged
+            method: str = scope["method"]
+            metrics.observe_http(route, method, status, elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                _log_access(method, path, route, status, round(elapsed * 1000, 2))
+
+
+def _log_access(method: str, path: str, route: str, status: int, duration_ms: float) -> None:
+    """The access line, built directly: `Logger.info` would walk the stack for the caller (once per request)."""
+    record = logging.LogRecord(
+        access_log.name, logging.INFO, __file__, 0, "%s %s %s %.2fms", (method, path, status, duration_ms), None
+    )
+    record.method = method
+    record.path = path
+    record.route = route
+    record.status = status
+    record.duration_ms = duration_ms
+    access_log.handle(record)

@@ -1,0 +1,1 @@
+"""/metrics (Prometheus) and the gauges read when it is scraped."""

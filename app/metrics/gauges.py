@@ -1,0 +1,64 @@
+"""The gauges: refreshed when this process answers a scrape, and every few seconds by each worker of
+`serve --workers N` (a scrape reads every worker's last values from the multiprocess directory)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+
+from sqlalchemy import func, select
+
+from app.config import Settings
+from app.contract import TaskStatus
+from app.core import metrics
+from app.models import Task
+from app.runtime import Kernel
+from app.upstream.pool import UpstreamKeyPool
+
+log = logging.getLogger(__name__)
+
+MULTIPROCESS_REFRESH_S = 5.0
+
+
+class Gauges:
+    def __init__(self, kernel: Kernel, pool: UpstreamKeyPool) -> None:
+        self.settings: Settings = kernel.settings
+        self._kernel = kernel
+        self._pool = pool
+        self._loop: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        now = self._kernel.clock()
+        states = Counter(key.effective_status(now) for key in self._pool.snapshot())
+        for state in metrics.KEY_STATES:
+            metrics.UPSTREAM_KEYS.labels(state).set(states.get(state, 0))
+        checked_out = getattr(self._kernel.engine.pool, "checkedout", None)
+        metrics.DB_POOL_IN_USE.set(checked_out() if callable(checked_out) else 0)
+        try:
+            async with self._kernel.sessions() as session:
+                waiting = await session.scalar(
+                    select(func.count()).select_from(Task).where(Task.status == TaskStatus.WAITING)
+                )
+            metrics.TASKS_WAITING.set(waiting or 0)
+        except Exception as e:  # a scrape still answers, with the last count, when the database is away
+            log.debug("could not count waiting tasks: %s", type(e).__name__)
+
+    def start(self) -> None:
+        if metrics.multiprocess_dir() is not None and self._loop is None:
+            self._loop = asyncio.create_task(self._run(), name="metrics-gauges")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(MULTIPROCESS_REFRESH_S)
+            with contextlib.suppress(Exception):
+                await self.refresh()
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+            self._loop = None
+        metrics.process_exiting()
