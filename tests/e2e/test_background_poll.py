@@ -62,9 +62,10 @@ async def test_a_gateway_killed_mid_submit_never_refunds_silently(
         GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S="0.5",
         GATEWAY_TASK_DEADLINE_S="8",
     )
-    # 10 s: far longer than the test takes to kill it; the task row's "no create call can still be running" deadline
-    # is then 2 x (10 + 2 x 0.5) s = 22 s, after which the survivor looks at it.
-    env = {**survivor_env, "GATEWAY_UPSTREAM_TIMEOUT_S": "10"}
+    # 5 s: longer than the test takes to kill it (it kills as soon as the sandbox has the create, polling every
+    # 50 ms); the task row's "no create call can still be running" deadline is then 2 x (5 + 2 x 0.5) s = 12 s,
+    # after which the survivor looks at it.
+    env = {**survivor_env, "GATEWAY_UPSTREAM_TIMEOUT_S": "5"}
     sandbox.configure(timeout_seconds=600)  # the create call hangs until the gateway dies
     first = start_gateway(processes, env, name="doomed")
     tenant = first.tenant(first.spawn_tenant("crash"))

@@ -20,10 +20,11 @@ DEADLINE_S = 60.0
 
 
 async def test_task_ends_reach_the_endpoint_and_the_callback_signed_with_retries(
-    database_url: str, sandbox: Sandbox, processes: Processes
+    clean_postgres: str, sandbox: Sandbox, processes: Processes
 ) -> None:
+    # PostgreSQL only (the suite's time): tests/api/test_webhooks.py runs the same rules on both databases.
     env = gateway_env(
-        database_url,
+        clean_postgres,
         sandbox.url,
         GATEWAY_WEBHOOK_ALLOW_PRIVATE="true",
         GATEWAY_WEBHOOK_RETRY_SCHEDULE_S="0.3,0.3",  # fast retries; three attempts in all
