@@ -199,8 +199,12 @@ def measure(
     args: argparse.Namespace,
     workdir: Path,
     families: Mapping[str, Sequence[int]],
+    *,
+    warmup: Target | None = None,
+    label_width: int = 8,
 ) -> Measured:
-    wrk(target, concurrency, args.warmup, workdir)
+    """One row: `args.warmup` s of `warmup` (default: the target itself), then `args.duration` s measured."""
+    wrk(warmup or target, concurrency, args.warmup, workdir)
     cpu: dict[str, float] = {}
     with cpu_of(families, cpu):
         result = wrk(target, concurrency, args.duration, workdir)
@@ -217,8 +221,8 @@ def measure(
         cpu=cpu,
     )
     progress(
-        f"  {side:8} {target.name:28} c={concurrency:<3} {measured.rps:8,.0f} req/s  p50 {measured.p50_ms:7.2f} ms  "
-        f"p99 {measured.p99_ms:7.2f} ms  errors {measured.errors}"
+        f"  {side:{label_width}} {target.name:28} c={concurrency:<3} {measured.rps:8,.0f} req/s  "
+        f"p50 {measured.p50_ms:7.2f} ms  p99 {measured.p99_ms:7.2f} ms  errors {measured.errors}"
     )
     return measured
 

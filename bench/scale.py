@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,14 +68,13 @@ from hot_path import (
     Setup,
     Target,
     calibrate,
-    cpu_of,
     git_describe,
+    measure,
     postgres_pid,
     sandbox_config,
     submit,
     supports_workers,
     wait_status,
-    wrk,
     wrk_version,
 )
 
@@ -244,39 +243,6 @@ def check_quota(ledger: Ledger) -> None:
 # --- measuring --------------------------------------------------------------------------------------------------
 
 
-def measure_row(
-    target: Target,
-    warmup: Target,
-    side: str,
-    concurrency: int,
-    args: argparse.Namespace,
-    workdir: Path,
-    families: Mapping[str, Sequence[int]],
-) -> Measured:
-    """hot_path.measure with a warm-up target of its own (the cold row warms up on ids it will not measure)."""
-    wrk(warmup, concurrency, args.warmup, workdir)
-    cpu: dict[str, float] = {}
-    with cpu_of(families, cpu):
-        result = wrk(target, concurrency, args.duration, workdir)
-    measured = Measured(
-        row=target.name,
-        side=side,
-        concurrency=concurrency,
-        requests=int(result["requests"]),
-        seconds=result["duration_us"] / 1e6,
-        errors=int(result["non2xx"]) + int(result["socket_errors"]),
-        p50_ms=result["p50_us"] / 1000,
-        p90_ms=result["p90_us"] / 1000,
-        p99_ms=result["p99_us"] / 1000,
-        cpu=cpu,
-    )
-    progress(
-        f"  {side:9} {target.name:28} c={concurrency:<3} {measured.rps:8,.0f} req/s  p50 {measured.p50_ms:7.2f} ms  "
-        f"p99 {measured.p99_ms:7.2f} ms  errors {measured.errors}"
-    )
-    return measured
-
-
 @dataclass(frozen=True)
 class IdList:
     path: Path
@@ -362,7 +328,7 @@ def measure_ledger(
                 target, warmup = IdListTarget(COLD, "GET", base, key, ids_file=lists.cold[c].path), cold_warmup
             else:
                 target = warmup = Target(SUBMIT, "POST", base, key, SUBMIT_BODY)
-            measured.append(measure_row(target, warmup, side, c, args, workdir, families))
+            measured.append(measure(target, side, c, args, workdir, families, warmup=warmup, label_width=9))
         return measured
     finally:
         gateway.stop()
