@@ -11,7 +11,6 @@ their topic. While the events cannot be read (database away), `fresh` turns fals
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections import defaultdict
@@ -21,6 +20,7 @@ from typing import Literal
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.background import cancel_and_wait
 from app.core.clock import Clock
 from app.core.db.engine import READ_ONLY
 from app.models import InvalidationEvent
@@ -128,11 +128,8 @@ class Invalidator:
             self._task = asyncio.create_task(self._run(), name="invalidator")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def _notify_all(self) -> None:
         for callbacks in self._subscribers.values():

@@ -16,6 +16,9 @@ from tests.fixtures.databases import (
     truncate_all,
 )
 from tests.fixtures.gateway import Harness, running_gateway
+from tests.fixtures.loop_guard import install as install_loop_guard
+
+install_loop_guard()
 
 
 @pytest.fixture(scope="session")

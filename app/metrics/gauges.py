@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from app.config import Settings
 from app.contract import TaskStatus
 from app.core import metrics
+from app.core.background import cancel_and_wait
 from app.models import Task
 from app.runtime import Kernel
 from app.upstream.pool import UpstreamKeyPool
@@ -56,9 +57,6 @@ class Gauges:
                 await self.refresh()
 
     async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-            self._loop = None
+        await cancel_and_wait(self._loop)
+        self._loop = None
         metrics.process_exiting()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 from dataclasses import dataclass, field
 
+from app.core.background import cancel_and_wait
 from app.runtime import Kernel
 from app.tasks.reconciler import Reconciler
 from app.tasks.service import TaskService
@@ -26,11 +26,8 @@ class Tasks:
 
     async def stop(self) -> None:
         """Stop the background worker; a sweep in progress is cancelled (every step of it is idempotent)."""
-        if self._running is not None:
-            self._running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._running
-            self._running = None
+        await cancel_and_wait(self._running)
+        self._running = None
 
 
 def build_tasks(kernel: Kernel, upstream: Upstream) -> Tasks:

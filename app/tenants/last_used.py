@@ -8,12 +8,12 @@ most the last interval's uses (the column says "used at or after", never more th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.background import cancel_and_wait
 from app.tenants import repository as repo
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,8 @@ class LastUsedRecorder:
     async def stop(self) -> None:
         """Stop the writer and write what is left (a failure is logged: the uses are only a hint)."""
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         try:
             await self.flush()
         except Exception as e:

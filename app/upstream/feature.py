@@ -4,12 +4,12 @@ invalidation events), the prober of refused keys and the ops service."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 
 import httpx
 
 from app.config import Settings
+from app.core.background import cancel_and_wait
 from app.core.net import local_host_for
 from app.invalidation import Invalidator
 from app.runtime import Kernel
@@ -52,11 +52,8 @@ class Upstream:
             self._probing = asyncio.create_task(self.prober.run_forever(), name="upstream-key-prober")
 
     async def stop(self) -> None:
-        if self._probing is not None:
-            self._probing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probing
-            self._probing = None
+        await cancel_and_wait(self._probing)
+        self._probing = None
         await self.pool.aclose()
 
     async def aclose(self) -> None:

@@ -17,7 +17,6 @@ can read it). Only `active` and cooled-down `cooling` keys take new tasks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core import outage
+from app.core.background import cancel_and_wait
 from app.core.clock import Clock
 from app.core.db.errors import describe, is_database_unavailable, redacted_traceback
 from app.core.errors import GatewayError, NoUpstreamKey, SettingsError, UpstreamCredentialsRefused, UpstreamRejected
@@ -171,11 +171,8 @@ class UpstreamKeyPool:
         self._apply(rows, key_ids, strict=False)
 
     async def aclose(self) -> None:
-        if self._reloader is not None:
-            self._reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reloader
-            self._reloader = None
+        await cancel_and_wait(self._reloader)
+        self._reloader = None
 
     def set_keys(self, keys: Sequence[PoolKey]) -> None:
         """Replace the keys held (tests, and tools that run without a database)."""

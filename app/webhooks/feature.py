@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 
 import httpx
 
+from app.core.background import cancel_and_wait
 from app.invalidation import Invalidator
 from app.runtime import Kernel
 from app.webhooks.sender import Sender
@@ -30,11 +30,8 @@ class Webhooks:
     async def stop(self) -> None:
         """Stop the deliverer (an attempt in flight is cancelled: its lease runs out and it is tried again) and
         close the sender's connections."""
-        if self._running is not None:
-            self._running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._running
-            self._running = None
+        await cancel_and_wait(self._running)
+        self._running = None
         await self.sender.aclose()
 
 
