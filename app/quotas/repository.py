@@ -15,14 +15,14 @@ from app.core.db.dialect import insert_for, is_postgresql
 from app.models import QuotaCounter, QuotaEntry, RateWindow
 from app.models.quota import INFLIGHT_PERIOD
 
-_RESERVE_ENTRY_SQL = """
+RESERVE_ENTRY_SQL = """
     INSERT INTO quota_entries (tenant_id, task_id, kind, images, day, month, created_at)
     VALUES (:tenant_id, :task_id, 'reserve', :n, :day, :month, :created_at)
     ON CONFLICT (task_id, kind) DO NOTHING
 """
 # All three counters in one upsert; a row whose new amount would pass its limit (NULL = unlimited) is left alone
 # and missing from RETURNING. Rows lock in VALUES order (day, month, in flight), the order `settle` uses too.
-_RESERVE_COUNTERS_SQL = """
+RESERVE_COUNTERS_SQL = """
     INSERT INTO quota_counters AS c (tenant_id, period, amount)
     VALUES (:tenant_id, :day_period, :n), (:tenant_id, :month_period, :n), (:tenant_id, :inflight_period, 1)
     ON CONFLICT (tenant_id, period) DO UPDATE SET amount = c.amount + excluded.amount
@@ -32,20 +32,20 @@ _RESERVE_COUNTERS_SQL = """
         c.amount + excluded.amount)
     RETURNING period
 """
-_RESERVE_PARAMS = (
+RESERVE_PARAMS = (
     bindparam("n", type_=Integer),
     bindparam("day_limit", type_=Integer),
     bindparam("month_limit", type_=Integer),
     bindparam("inflight_limit", type_=Integer),
 )
 # Built once: on the submit path the statement's construction costs as much as its round trip.
-_RESERVE_POSTGRES = text(f"WITH entry AS ({_RESERVE_ENTRY_SQL}) {_RESERVE_COUNTERS_SQL}").bindparams(
-    *_RESERVE_PARAMS, bindparam("created_at", type_=UTCDateTime())
+_RESERVE_POSTGRES = text(f"WITH entry AS ({RESERVE_ENTRY_SQL}) {RESERVE_COUNTERS_SQL}").bindparams(
+    *RESERVE_PARAMS, bindparam("created_at", type_=UTCDateTime())
 )
-_RESERVE_ENTRY = text(_RESERVE_ENTRY_SQL).bindparams(
+_RESERVE_ENTRY = text(RESERVE_ENTRY_SQL).bindparams(
     bindparam("n", type_=Integer), bindparam("created_at", type_=UTCDateTime())
 )
-_RESERVE_COUNTERS = text(_RESERVE_COUNTERS_SQL).bindparams(*_RESERVE_PARAMS)
+_RESERVE_COUNTERS = text(RESERVE_COUNTERS_SQL).bindparams(*RESERVE_PARAMS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,31 @@ class Reservation:
     month_limit: int | None
     inflight_limit: int | None
 
+    @property
+    def day_period(self) -> str:
+        return f"day:{self.day}"
+
+    @property
+    def month_period(self) -> str:
+        return f"month:{self.month}"
+
+    def params(self) -> dict[str, Any]:
+        """The parameters of RESERVE_ENTRY_SQL and RESERVE_COUNTERS_SQL."""
+        return {
+            "tenant_id": self.tenant_id,
+            "task_id": self.task_id,
+            "n": self.n,
+            "day": self.day,
+            "month": self.month,
+            "created_at": self.created_at,
+            "day_period": self.day_period,
+            "month_period": self.month_period,
+            "inflight_period": INFLIGHT_PERIOD,
+            "day_limit": self.day_limit,
+            "month_limit": self.month_limit,
+            "inflight_limit": self.inflight_limit,
+        }
+
 
 async def reserve(session: AsyncSession, r: Reservation) -> set[str]:
     """Write the reserve entry and add to the day, month and in-flight counters in one go (one statement on
@@ -67,20 +92,7 @@ async def reserve(session: AsyncSession, r: Reservation) -> set[str]:
 
     A period missing from the answer did not fit: the caller must then roll the transaction back.
     """
-    params = {
-        "tenant_id": r.tenant_id,
-        "task_id": r.task_id,
-        "n": r.n,
-        "day": r.day,
-        "month": r.month,
-        "created_at": r.created_at,
-        "day_period": f"day:{r.day}",
-        "month_period": f"month:{r.month}",
-        "inflight_period": INFLIGHT_PERIOD,
-        "day_limit": r.day_limit,
-        "month_limit": r.month_limit,
-        "inflight_limit": r.inflight_limit,
-    }
+    params = r.params()
     if is_postgresql(session):
         result = await session.execute(_RESERVE_POSTGRES, params)
     else:

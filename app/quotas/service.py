@@ -41,56 +41,69 @@ def next_month(now: dt.datetime) -> dt.datetime:
     return (start + dt.timedelta(days=32)).replace(day=1)
 
 
+def reservation(tenant: Tenant, task_id: str, n: int, now: dt.datetime) -> repo.Reservation:
+    """What a task about to be sent reserves: `n` images of the day and of the month, and one slot in flight."""
+    day, month = day_key(now), month_key(now)
+    return repo.Reservation(
+        tenant_id=tenant.id,
+        task_id=task_id,
+        n=n,
+        day=day,
+        month=month,
+        created_at=now,
+        day_limit=tenant.daily_images,
+        month_limit=tenant.monthly_images,
+        inflight_limit=tenant.max_in_flight,
+    )
+
+
+def could_fit(r: repo.Reservation) -> set[str]:
+    """The counter periods the reservation could fit at all (a counter row that does not exist yet is inserted
+    without the limit check: what never fits is refused up front)."""
+    wanted = {
+        r.day_period: (r.n, r.day_limit),
+        r.month_period: (r.n, r.month_limit),
+        INFLIGHT_PERIOD: (1, r.inflight_limit),
+    }
+    return {period for period, (amount, limit) in wanted.items() if limit is None or amount <= limit}
+
+
+def refuse_unless_fitted(tenant: Tenant, r: repo.Reservation, fitted: set[str], now: dt.datetime) -> None:
+    """Raise the caller's error for the first counter that did not take the reservation (402 for the day or the
+    month, 429 with Retry-After for the in-flight cap); nothing when all three did."""
+    if len(fitted) == 3:
+        return
+    metrics.refused(tenant.id, "quota")
+    if r.day_period not in fitted:
+        raise InsufficientQuota(
+            f"Not enough daily image quota for {r.n} image(s): the limit is {tenant.daily_images} per UTC day "
+            "(see GET /v1/usage)."
+        )
+    if r.month_period not in fitted:
+        raise InsufficientQuota(
+            f"Not enough monthly image quota for {r.n} image(s): the limit is {tenant.monthly_images} per month "
+            "(see GET /v1/usage)."
+        )
+    reset = int(now.timestamp()) + IN_FLIGHT_RETRY_AFTER_S
+    raise RateLimited(
+        f"Too many tasks in flight (at most {tenant.max_in_flight}); retry when one finishes.",
+        headers={
+            "Retry-After": str(IN_FLIGHT_RETRY_AFTER_S),
+            "X-RateLimit-Limit": str(tenant.max_in_flight),
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(reset),
+        },
+    )
+
+
 async def reserve(session: AsyncSession, tenant: Tenant, task_id: str, n: int, now: dt.datetime) -> None:
     """Reserve `n` images and an in-flight slot for a task about to be sent; raise (so the caller's transaction
     rolls back, task row included) when it does not fit."""
-    day, month = day_key(now), month_key(now)
-    day_period, month_period = f"day:{day}", f"month:{month}"
-    wanted = {
-        day_period: (n, tenant.daily_images),
-        month_period: (n, tenant.monthly_images),
-        INFLIGHT_PERIOD: (1, tenant.max_in_flight),
-    }
-    # A counter row that does not exist yet is inserted without the limit check: refuse up front what never fits.
-    fitted = {period for period, (amount, limit) in wanted.items() if limit is None or amount <= limit}
-    if len(fitted) == len(wanted):
-        fitted = await repo.reserve(
-            session,
-            repo.Reservation(
-                tenant_id=tenant.id,
-                task_id=task_id,
-                n=n,
-                day=day,
-                month=month,
-                created_at=now,
-                day_limit=tenant.daily_images,
-                month_limit=tenant.monthly_images,
-                inflight_limit=tenant.max_in_flight,
-            ),
-        )
-    if len(fitted) < len(wanted):
-        metrics.refused(tenant.id, "quota")
-    if day_period not in fitted:
-        raise InsufficientQuota(
-            f"Not enough daily image quota for {n} image(s): the limit is {tenant.daily_images} per UTC day "
-            "(see GET /v1/usage)."
-        )
-    if month_period not in fitted:
-        raise InsufficientQuota(
-            f"Not enough monthly image quota for {n} image(s): the limit is {tenant.monthly_images} per month "
-            "(see GET /v1/usage)."
-        )
-    if INFLIGHT_PERIOD not in fitted:
-        reset = int(now.timestamp()) + IN_FLIGHT_RETRY_AFTER_S
-        raise RateLimited(
-            f"Too many tasks in flight (at most {tenant.max_in_flight}); retry when one finishes.",
-            headers={
-                "Retry-After": str(IN_FLIGHT_RETRY_AFTER_S),
-                "X-RateLimit-Limit": str(tenant.max_in_flight),
-                "X-RateLimit-Remaining": "0",
-                "X-RateLimit-Reset": str(reset),
-            },
-        )
+    r = reservation(tenant, task_id, n, now)
+    fitted = could_fit(r)
+    if len(fitted) == 3:
+        fitted = await repo.reserve(session, r)
+    refuse_unless_fitted(tenant, r, fitted, now)
 
 
 async def settle(session: AsyncSession, task_id: str, produced: int, now: dt.datetime) -> None:

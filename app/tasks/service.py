@@ -26,7 +26,8 @@ from app.contract import (
     TaskStatus,
 )
 from app.core.clock import Clock, from_unix, to_unix
-from app.core.db.engine import reads_only
+from app.core.db.dialect import is_postgresql
+from app.core.db.engine import autocommit, one_statement, reads_only
 from app.core.errors import (
     Conflict,
     GatewayError,
@@ -39,7 +40,9 @@ from app.core.errors import (
 from app.core.ids import new_id
 from app.models import Tenant
 from app.models.task import Task
+from app.quotas import repository as quota_sql
 from app.quotas import service as quotas
+from app.tasks import admission
 from app.tasks import repository as repo
 from app.tasks.cache import TaskAnswers
 from app.tasks.singleflight import SingleFlight
@@ -182,31 +185,8 @@ class TaskService:
         # The row, its reservation and its slot on the key are committed before the upstream call, so a crash
         # cannot lose a task the upstream accepted, nothing is spent upstream that the quota refused, and no
         # transaction (and no lock on the tenant's counters or the key's row) is held open across the network.
-        # The key's slot is taken last: its row is locked only for the commit.
-        taken: PoolKey | None = None
         try:
-            async with self._sessions.begin() as session:
-                await repo.insert(session, task)
-                if self._quotas_enabled:
-                    await quotas.reserve(session, tenant, task.id, request.max_output_images, now)
-                if key is not None:
-                    try:
-                        taken = await self._pool.take_slot(session, key)
-                    except NoUpstreamKey:  # another replica cooled or filled the keys meanwhile
-                        if not self._pool.recovers_by_itself():
-                            raise
-                        await repo.update_task(
-                            session,
-                            task.id,
-                            status=TaskStatus.WAITING,
-                            upstream_key_id=None,
-                            attempts=0,
-                            next_check_at=now + dt.timedelta(seconds=self._pool.retry_after_s()),
-                        )
-                        task.status = TaskStatus.WAITING
-                    else:
-                        if taken.id != key.id:
-                            await repo.set_upstream_key(session, task.id, taken.id)
+            taken = await self._admit(tenant, task, request.max_output_images, key, now)
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -220,6 +200,94 @@ class TaskService:
                 self.on_waiting()
             return task
         return await self._send(task.id, taken, body)
+
+    async def _admit(
+        self, tenant: Tenant, task: Task, images: int, key: PoolKey | None, now: dt.datetime
+    ) -> PoolKey | None:
+        """Write the task with its reservation and a slot on `key`: the key it holds, or None when it waits (no key
+        now: every one cools down or is full). PostgreSQL: one statement (app/tasks/admission.py); SQLite: one
+        transaction of three, the key's slot last so its row is locked only for the commit."""
+        reservation = quotas.reservation(tenant, task.id, images, now) if self._quotas_enabled else None
+        if reservation is not None:
+            quotas.refuse_unless_fitted(tenant, reservation, quotas.could_fit(reservation), now)
+        waiting_check = now + dt.timedelta(seconds=self._pool.retry_after_s())
+        async with self._sessions() as session:
+            if is_postgresql(session):
+                await autocommit(session)
+                try:
+                    slotted = await admission.admit(
+                        session,
+                        task,
+                        reservation,
+                        key.id if key is not None else None,
+                        check_sent=now + self._submit_deadline,
+                        check_waiting=waiting_check,
+                    )
+                except admission.AdmissionRefused as refused:
+                    assert reservation is not None
+                    quotas.refuse_unless_fitted(tenant, reservation, refused.fitted, now)
+                    raise  # not reached: a refusal leaves a period out
+                if key is None or slotted:
+                    return key
+                # The key was cooled or filled by another replica: another key, or the task waits.
+                self._pool.mark_full(key.id)
+                return await self._take_other_slot(task, {key.id}, waiting_check)
+            async with session.begin():
+                await repo.insert(session, task)
+                if reservation is not None:
+                    fitted = await quota_sql.reserve(session, reservation)
+                    quotas.refuse_unless_fitted(tenant, reservation, fitted, now)
+                if key is None:
+                    return None
+                try:
+                    taken = await self._pool.take_slot(session, key)
+                except NoUpstreamKey:  # another replica cooled or filled the keys meanwhile
+                    if not self._pool.recovers_by_itself():
+                        raise
+                    await self._to_waiting(session, task, waiting_check)
+                    return None
+                if taken.id != key.id:
+                    await repo.set_upstream_key(session, task.id, taken.id)
+                    task.upstream_key_id = taken.id
+                return taken
+
+    async def _take_other_slot(self, task: Task, tried: set[str], waiting_check: dt.datetime) -> PoolKey | None:
+        """A task admitted `waiting` because its key gave no slot: a slot on another key, or it stays waiting."""
+        no_key: NoUpstreamKey | None = None
+        async with self._sessions.begin() as session:
+            try:
+                taken = await self._pool.take_slot(session, self._pool.choose(exclude=tried), tried)
+            except NoUpstreamKey as none:
+                if self._pool.recovers_by_itself():
+                    task.next_check_at = waiting_check
+                    return None
+                no_key = none
+            else:
+                await repo.update_task(
+                    session,
+                    task.id,
+                    status=TaskStatus.SUBMITTING,
+                    upstream_key_id=taken.id,
+                    attempts=1,
+                    next_check_at=task.created_at + self._submit_deadline,
+                )
+        if no_key is not None:  # nothing left that can take it until ops act: failed and refunded, and 503
+            await self._fail(task.id, "upstream_unavailable", no_key.message, produced=0)
+            raise no_key
+        task.status, task.upstream_key_id, task.attempts = TaskStatus.SUBMITTING, taken.id, 1
+        task.next_check_at = task.created_at + self._submit_deadline
+        return taken
+
+    async def _to_waiting(self, session: AsyncSession, task: Task, next_check_at: dt.datetime) -> None:
+        await repo.update_task(
+            session, task.id, status=TaskStatus.WAITING, upstream_key_id=None, attempts=0, next_check_at=next_check_at
+        )
+        task.status, task.upstream_key_id, task.attempts, task.next_check_at = (
+            TaskStatus.WAITING,
+            None,
+            0,
+            next_check_at,
+        )
 
     async def _replay(self, tenant_id: str, key: str, request_hash: str | None, now: dt.datetime) -> Task | None:
         """The task an earlier request with this Idempotency-Key made, if it is recent; Conflict if its body differs.
@@ -460,33 +528,37 @@ class TaskService:
 
     async def _refresh(self, task: Task, *, force: bool = False) -> Task:
         """Ask the upstream about an open task, at most once per refresh interval across callers and replicas
-        (`force`: the reconciler's scheduled look, which holds the task's lease, always asks)."""
+        (`force`: the reconciler's scheduled look, which holds the task's lease, always asks; the look is recorded
+        with its answer, in the same statement)."""
         now = self._clock()
-        async with self._sessions.begin() as session:
-            interval = dt.timedelta(0) if force else self._refresh_interval
-            claimed = await repo.claim_refresh(session, task.id, now, interval, next_check_at=now + _next_look())
+        look: dict[str, Any] = {"refreshed_at": now, "next_check_at": now + _next_look()}
+        if force:
+            claimed = True
+        else:
+            async with one_statement(self._sessions) as session:
+                claimed = await repo.claim_refresh(
+                    session, task.id, now, self._refresh_interval, next_check_at=look["next_check_at"]
+                )
+            look = {}  # written by the claim
         if claimed:
             assert task.upstream_task_id is not None
             try:
                 key = self._pool.get(task.upstream_key_id)  # the key that created it, whatever its state now
-            except GatewayError as e:
-                log.warning("status refresh of %s failed: %s", task.id, e.message)
-            else:
                 if force:
                     await self._pace(key.id)
-                try:
-                    upstream = await self._adapter.get(key.secret, task.upstream_task_id)
-                except GatewayError as e:
-                    # A failed poll changes nothing: the caller sees the last known state and polls again.
-                    log.warning("status refresh of %s failed: %s", task.id, e.message)
+                upstream = await self._adapter.get(key.secret, task.upstream_task_id)
+            except GatewayError as e:
+                # A failed poll changes nothing: the caller sees the last known state and polls again.
+                log.warning("status refresh of %s failed: %s", task.id, e.message)
+                if not isinstance(e, NoUpstreamKey):
                     await self._pool.report_failure(key, e, call="status")
-                    async with self._sessions.begin() as session:
-                        await repo.update_task(session, task.id, last_error=_text(e.message)[:500])
-                else:
-                    return await self._record(
-                        task.id, _values_from_upstream(upstream, self._clock()), len(upstream.urls)
-                    )
+                async with one_statement(self._sessions) as session:
+                    await repo.update_task(session, task.id, last_error=_text(e.message)[:500], **look)
+            else:
+                values = {**_values_from_upstream(upstream, self._clock()), **look}
+                return await self._record(task.id, values, len(upstream.urls))
         async with self._sessions() as session:
+            await reads_only(session)
             fresh = await repo.get(session, task.id)
         assert fresh is not None
         return fresh
@@ -504,8 +576,14 @@ class TaskService:
         """Write the upstream's view of a task; the call that makes it terminal also settles its quota (charging
         `produced` images: what a completed task made, 0 for a failed one unless its create may have been billed)
         and frees its slot on its upstream key."""
-        if values.get("status") in TERMINAL_STATUSES:
-            values = {**values, "next_check_at": None, "lease_until": None}
+        if values.get("status") not in TERMINAL_STATUSES:  # one statement, nothing to settle
+            async with one_statement(self._sessions) as session:
+                stored = await repo.apply_update(session, task_id, values)
+                if stored is None:  # already terminal: another caller or replica recorded the end first
+                    stored = await repo.get(session, task_id)
+            assert stored is not None
+            return stored
+        values = {**values, "next_check_at": None, "lease_until": None}
         async with self._sessions.begin() as session:
             stored = await repo.apply_update(session, task_id, values)
             if stored is None:  # already terminal: another caller or replica recorded the end first

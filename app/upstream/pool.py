@@ -312,8 +312,12 @@ class UpstreamKeyPool:
             if await repo.take_slot(session, key.id, now):
                 return key
             tried.add(key.id)
-            self._full_until[key.id] = now + dt.timedelta(seconds=self.policy.full_hint_s)
+            self.mark_full(key.id)
             key = self.choose(exclude=tried)
+
+    def mark_full(self, key_id: str) -> None:
+        """The database refused a slot on the key: other keys first for a while (full_hint_s)."""
+        self._full_until[key_id] = self._clock() + dt.timedelta(seconds=self.policy.full_hint_s)
 
     async def release_slot(self, session: AsyncSession, key_id: str) -> None:
         """One task of the key ended (or was refused): in the transaction that records it."""

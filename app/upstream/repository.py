@@ -6,9 +6,10 @@ import datetime as dt
 from collections.abc import Collection, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, and_, func, or_, select, update
+from sqlalchemy import CursorResult, Table, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.db.base import UTCDateTime
 from app.core.db.dialect import insert_for
 from app.models import TenantKey, UpstreamKey
 
@@ -71,23 +72,25 @@ async def change(session: AsyncSession, key_id: str, values: dict[str, Any], *wh
 
 
 # --- the hot path: one statement each ----------------------------------------------------------------------------
+# Count one more task in flight on a key, if it takes new tasks now and its cap has room. The one statement of
+# that rule: take_slot runs it, and the admission statement (app/tasks/admission.py) embeds it.
+TAKE_SLOT_SQL = f"""
+    UPDATE upstream_keys SET in_flight = in_flight + 1
+    WHERE id = :key_id AND status IN ({", ".join(f"'{status}'" for status in TAKES_NEW)})
+      AND (cooling_until IS NULL OR cooling_until <= :now)
+      AND (max_in_flight IS NULL OR in_flight < max_in_flight)
+    RETURNING id
+"""
+_TAKE_SLOT = text(TAKE_SLOT_SQL).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
 async def take_slot(session: AsyncSession, key_id: str, now: dt.datetime) -> bool:
     """Count one more task in flight on the key, if it takes new tasks now and its cap has room.
 
     The database has the last word: a key another replica just cooled, drained or filled is refused here even
     if this process has not heard of it yet.
     """
-    stmt = (
-        update(_KEYS)
-        .where(
-            _KEYS.c.id == key_id,
-            _KEYS.c.status.in_(TAKES_NEW),
-            or_(_KEYS.c.cooling_until.is_(None), _KEYS.c.cooling_until <= now),
-            or_(_KEYS.c.max_in_flight.is_(None), _KEYS.c.in_flight < _KEYS.c.max_in_flight),
-        )
-        .values(in_flight=_KEYS.c.in_flight + 1)
-    )
-    return _rowcount(await session.execute(stmt)) > 0
+    return (await session.execute(_TAKE_SLOT, {"key_id": key_id, "now": now})).first() is not None
 
 
 async def release_slot(session: AsyncSession, key_id: str) -> None:

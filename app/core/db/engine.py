@@ -9,6 +9,8 @@ or a key hash), and reports to the database's outage tracker
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,25 @@ async def reads_only(session: AsyncSession) -> None:
         await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     else:
         await session.connection(execution_options={READ_ONLY: True})
+
+
+async def autocommit(session: AsyncSession) -> None:
+    """PostgreSQL only: each statement of the session commits on its own (no BEGIN, no COMMIT), for work that is one
+    statement. SQLite keeps its transactions (see reads_only)."""
+    await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+@asynccontextmanager
+async def one_statement(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session for work that is a single write statement: in autocommit on PostgreSQL (one round trip instead of
+    three: no BEGIN, no COMMIT), in a transaction committed at the end on SQLite."""
+    async with sessions() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            await autocommit(session)
+            yield session
+        else:
+            async with session.begin():
+                yield session
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

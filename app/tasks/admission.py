@@ -1,0 +1,136 @@
+"""Admitting a task on PostgreSQL: its ledger row, its quota reservation and its slot on an upstream key, in one
+statement sent outside any explicit transaction (one round trip, where BEGIN, three statements and COMMIT took five).
+
+- The reservation is the quota rule's own SQL (app/quotas/repository.RESERVE_*_SQL) and the slot the pool's
+  (app/upstream/repository.TAKE_SLOT_SQL), embedded as data-modifying CTEs.
+- When a counter does not take the reservation, the statement raises (gateway_refuse_admission, migration 0005),
+  which undoes every part of it; the error carries the periods that did fit, so the caller can say which did not.
+- When the key gives no slot (another replica cooled or filled it), the task is admitted `waiting` instead: the
+  caller then tries another key or leaves it to the reconciler.
+- Counter rows are locked in the reservation's order (day, month, in flight), then the key's row: the order the
+  settle transaction uses, so the two cannot deadlock.
+
+SQLite has no data-modifying CTEs; the tasks service runs the same rules there as three statements in one
+transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, cast
+
+from sqlalchemy import Table, TextClause, bindparam, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.contract import TaskStatus
+from app.core.db.base import UTCDateTime
+from app.models.task import Task
+from app.quotas.repository import RESERVE_COUNTERS_SQL, RESERVE_ENTRY_SQL, RESERVE_PARAMS, Reservation
+from app.upstream.repository import TAKE_SLOT_SQL
+
+_TASKS = cast(Table, Task.__table__)
+REFUSED_SQLSTATE = "GW001"  # raised by gateway_refuse_admission
+
+# Columns whose value depends on whether the key gave a slot.
+_ON_SLOT = {
+    "status": "CASE WHEN EXISTS (SELECT 1 FROM slot) THEN :status_sent ELSE :status_waiting END",
+    "upstream_key_id": "(SELECT id FROM slot)",
+    "next_check_at": "CASE WHEN EXISTS (SELECT 1 FROM slot) THEN :check_sent ELSE :check_waiting END",
+    "attempts": "CASE WHEN EXISTS (SELECT 1 FROM slot) THEN 1 ELSE 0 END",
+}
+_SET_HERE = {*_ON_SLOT}
+
+
+class AdmissionRefused(Exception):
+    """A quota counter did not take the reservation; nothing was written."""
+
+    def __init__(self, fitted: set[str]) -> None:
+        super().__init__("admission refused")
+        self.fitted = fitted
+
+
+def _statement(with_quota: bool) -> TextClause:
+    names = [column.name for column in _TASKS.c]
+    values = [_ON_SLOT.get(name, f":t_{name}") for name in names]
+    ctes = [f"slot AS ({TAKE_SLOT_SQL.replace(':now', ':slot_now')})"]
+    if with_quota:
+        ctes.insert(0, f"counters AS ({RESERVE_COUNTERS_SQL})")
+        ctes.append(f"entry AS ({RESERVE_ENTRY_SQL})")
+        answer = (
+            "SELECT CASE WHEN (SELECT count(*) FROM counters) = 3 THEN EXISTS (SELECT 1 FROM slot) "
+            "ELSE gateway_refuse_admission((SELECT string_agg(period, ',') FROM counters)) END"
+        )
+    else:
+        answer = "SELECT EXISTS (SELECT 1 FROM slot)"
+    ctes.append(f"task AS (INSERT INTO tasks ({', '.join(names)}) VALUES ({', '.join(values)}))")
+    sql = "WITH " + ",\n".join(ctes) + "\n" + answer
+    params = [bindparam(f"t_{c.name}", type_=c.type) for c in _TASKS.c if c.name not in _SET_HERE]
+    params += [
+        bindparam("slot_now", type_=UTCDateTime()),
+        bindparam("check_sent", type_=UTCDateTime()),
+        bindparam("check_waiting", type_=UTCDateTime()),
+    ]
+    if with_quota:
+        params += [*RESERVE_PARAMS, bindparam("created_at", type_=UTCDateTime())]
+    return text(sql).bindparams(*params)
+
+
+_WITH_QUOTA = _statement(with_quota=True)
+_WITHOUT_QUOTA = _statement(with_quota=False)
+
+
+def _column_values(task: Task) -> dict[str, Any]:
+    """The row's values as the ORM would insert them (a column's scalar default where the task has no value)."""
+    values: dict[str, Any] = {}
+    for column in _TASKS.c:
+        if column.name in _SET_HERE:
+            continue
+        value = getattr(task, column.key)
+        if value is None and column.default is not None and getattr(column.default, "is_scalar", False):
+            value = column.default.arg  # type: ignore[attr-defined]
+            setattr(task, column.key, value)
+        values[f"t_{column.name}"] = value
+    return values
+
+
+async def admit(
+    session: AsyncSession,
+    task: Task,
+    reservation: Reservation | None,
+    key_id: str | None,
+    *,
+    check_sent: dt.datetime,
+    check_waiting: dt.datetime,
+) -> bool:
+    """Insert `task` with its reservation (None: quotas off) and a slot on `key_id` (None: no key now); True when
+    the key gave the slot (the task is `submitting` on it), False when it is admitted `waiting`.
+
+    AdmissionRefused when a counter refused (nothing written); IntegrityError when its Idempotency-Key is taken.
+    `task` is updated to what was written.
+    """
+    params = _column_values(task)
+    params.update(
+        key_id=key_id,
+        slot_now=task.created_at,
+        status_sent=TaskStatus.SUBMITTING.value,
+        status_waiting=TaskStatus.WAITING.value,
+        check_sent=check_sent,
+        check_waiting=check_waiting,
+    )
+    if reservation is not None:
+        params.update(reservation.params())
+    try:
+        slotted = bool(
+            (await session.execute(_WITH_QUOTA if reservation is not None else _WITHOUT_QUOTA, params)).scalar()
+        )
+    except DBAPIError as e:
+        if getattr(e.orig, "sqlstate", None) != REFUSED_SQLSTATE:
+            raise
+        detail = getattr(getattr(e.orig, "__cause__", None), "detail", None) or ""
+        raise AdmissionRefused({period for period in detail.split(",") if period}) from None
+    task.status = TaskStatus.SUBMITTING if slotted else TaskStatus.WAITING
+    task.upstream_key_id = key_id if slotted else None
+    task.next_check_at = check_sent if slotted else check_waiting
+    task.attempts = 1 if slotted else 0
+    return slotted
