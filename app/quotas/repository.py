@@ -101,6 +101,36 @@ async def reserve(session: AsyncSession, r: Reservation) -> set[str]:
     return {row[0] for row in result.all()}
 
 
+# Settle a task's reservation in one statement (PostgreSQL): the settle entry, once per task, and the counters it
+# changes. Counter rows are locked in the reservation's order (day, month, in flight) whatever the plan, so a settle
+# and a reservation of the same tenant cannot deadlock.
+_SETTLE_POSTGRES = text(f"""
+    WITH reserved AS (
+        SELECT tenant_id, images, day, month FROM quota_entries WHERE task_id = :task_id AND kind = 'reserve'
+    ), settled AS (
+        INSERT INTO quota_entries (tenant_id, task_id, kind, images, day, month, created_at)
+        SELECT tenant_id, :task_id, 'settle', -(images - LEAST(GREATEST(:produced, 0), images)), day, month, :now
+        FROM reserved
+        ON CONFLICT (task_id, kind) DO NOTHING
+        RETURNING tenant_id, -images AS refund, day, month
+    ), locked AS (
+        SELECT c.tenant_id, c.period, CASE WHEN c.period = '{INFLIGHT_PERIOD}' THEN 1 ELSE s.refund END AS amount
+        FROM quota_counters c JOIN settled s ON c.tenant_id = s.tenant_id
+            AND (c.period = '{INFLIGHT_PERIOD}'
+                 OR (s.refund <> 0 AND c.period IN ('day:' || s.day, 'month:' || s.month)))
+        ORDER BY CASE WHEN c.period = '{INFLIGHT_PERIOD}' THEN 2 WHEN c.period LIKE 'month:%' THEN 1 ELSE 0 END
+        FOR UPDATE OF c
+    )
+    UPDATE quota_counters q SET amount = q.amount - l.amount FROM locked l
+    WHERE q.tenant_id = l.tenant_id AND q.period = l.period
+""").bindparams(bindparam("produced", type_=Integer), bindparam("now", type_=UTCDateTime()))
+
+
+async def settle_postgres(session: AsyncSession, task_id: str, produced: int, now: dt.datetime) -> None:
+    """`service.settle` as one statement on PostgreSQL (a no-op when the task has no reservation or is settled)."""
+    await session.execute(_SETTLE_POSTGRES, {"task_id": task_id, "produced": produced, "now": now})
+
+
 async def subtract(session: AsyncSession, tenant_id: str, period: str, amount: int) -> None:
     stmt = (
         update(QuotaCounter)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core import metrics
 from app.core.clock import Clock
+from app.core.db.dialect import is_postgresql
 from app.core.errors import InsufficientQuota, RateLimited
 from app.models import Tenant
 from app.models.quota import INFLIGHT_PERIOD
@@ -108,6 +109,9 @@ async def reserve(session: AsyncSession, tenant: Tenant, task_id: str, n: int, n
 
 async def settle(session: AsyncSession, task_id: str, produced: int, now: dt.datetime) -> None:
     """Charge the images produced and return the rest of the reservation; a no-op the second time."""
+    if is_postgresql(session):
+        await repo.settle_postgres(session, task_id, produced, now)
+        return
     reservation = await repo.reserve_entry(session, task_id)
     if reservation is None:  # submitted while quotas were switched off
         return
