@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="`text` (one readable line per record) or `json` (one JSON object per line)."
     )
+    metrics_enabled: bool = Field(
+        True, description="Prometheus metrics (/metrics and the counting behind it); false: /metrics is a 404."
+    )
     metrics_token: SecretStr = Field(
         SecretStr(""),
         description="Bearer token /metrics requires from non-loopback callers; empty = /metrics for loopback only.",

@@ -84,7 +84,7 @@ def create_app(
     """Build the gateway. Tests inject an adapter, a transport or a clock; production passes only settings."""
     settings = settings or Settings()
     settings.secrets  # noqa: B018 - fail before serving anything when a secret is missing
-    metrics.configure(max_tenants=settings.metrics_max_tenants)
+    metrics.configure(max_tenants=settings.metrics_max_tenants, enabled=settings.metrics_enabled)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -132,7 +132,8 @@ def create_app(
             stack.push_async_callback(webhooks.stop)
             gauges = Gauges(kernel, upstream.pool)
             app.state.gauges = gauges
-            gauges.start()
+            if settings.metrics_enabled:
+                gauges.start()
             stack.push_async_callback(gauges.stop)
             yield
 
@@ -164,7 +165,8 @@ def create_app(
         app.include_router(router.router)
     app.include_router(admin_webhooks.router)
     app.include_router(generation_events.router)
-    app.include_router(metrics_router.router)
+    if settings.metrics_enabled:
+        app.include_router(metrics_router.router)
     if settings.zero_config:
         from app.sandbox.app import create_sandbox_app
 

@@ -102,6 +102,7 @@ class _Labels:
 
     def __init__(self) -> None:
         self.max_tenants = 100
+        self.enabled = True
         self.tenants: dict[str, str] = {}
         self.http: dict[tuple[str, str, int], tuple[object, object]] = {}
 
@@ -109,8 +110,13 @@ class _Labels:
 _labels = _Labels()
 
 
-def configure(*, max_tenants: int) -> None:
+def configure(*, max_tenants: int, enabled: bool = True) -> None:
     _labels.max_tenants = max_tenants
+    _labels.enabled = enabled
+
+
+def enabled() -> bool:
+    return _labels.enabled
 
 
 def reset_tenant_labels() -> None:
@@ -130,6 +136,8 @@ def tenant_label(tenant_id: str) -> str:
 
 
 def observe_http(route: str, method: str, status: int, seconds: float) -> None:
+    if not _labels.enabled:
+        return
     key = (route, method, status)
     children = _labels.http.get(key)
     if children is None:
@@ -142,19 +150,27 @@ def observe_http(route: str, method: str, status: int, seconds: float) -> None:
 
 
 def observe_upstream(key_id: str, operation: str, outcome: str, seconds: float) -> None:
+    if not _labels.enabled:
+        return
     UPSTREAM_CALLS.labels(key_id, operation, outcome).inc()
     UPSTREAM_DURATION.labels(operation).observe(seconds)
 
 
 def task_ended(tenant_id: str, status: str) -> None:
+    if not _labels.enabled:
+        return
     TASKS_ENDED.labels(tenant_label(tenant_id), status).inc()
 
 
 def refused(tenant_id: str, kind: str) -> None:
+    if not _labels.enabled:
+        return
     REFUSALS.labels(tenant_label(tenant_id), kind).inc()
 
 
 def webhook_delivery(outcome: str) -> None:
+    if not _labels.enabled:
+        return
     WEBHOOK_DELIVERIES.labels(outcome).inc()
 
 

@@ -201,3 +201,28 @@ async def test_webhook_delivery_outcomes(database_url: str) -> None:
     kinds = ("retry", "dead", "delivered")
     outcomes = {kind: delta(before, after, "gateway_webhook_deliveries_total", outcome=kind) for kind in kinds}
     assert outcomes == {"retry": 2, "dead": 1, "delivered": 1}
+
+
+async def test_metrics_switched_off_count_nothing_and_are_not_served(database_url: str) -> None:
+    def http_requests() -> float:
+        return sum(
+            sample.value
+            for family in metrics.REGISTRY.collect()
+            if family.name == "gateway_http_requests"
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        )
+
+    try:
+        async with running_gateway(database_url, metrics_enabled=False) as gw:
+            before = http_requests()
+            assert (await gw.client.get("/healthz")).status_code == 200
+            r = await gw.client.get("/metrics")
+            assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error", r.text
+            assert http_requests() == before
+    finally:
+        metrics.configure(max_tenants=100, enabled=True)
+    async with running_gateway(database_url) as gw:  # and on again by default: the same call counts
+        before = http_requests()
+        assert (await gw.client.get("/healthz")).status_code == 200
+        assert http_requests() == before + 1
