@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import json
 import os
 import re
@@ -250,11 +251,13 @@ class Setup:
         env = self.gateway_env(GATEWAY_DATABASE_URL=database_url or self.database_url)
         return run_cli([str(a) for a in args], env, self.workdir)
 
-    def serve(self, name: str, workers: int, database_url: str | None = None) -> Server:
+    def serve(
+        self, name: str, workers: int, database_url: str | None = None, extra_env: Mapping[str, str] | None = None
+    ) -> Server:
         command = [*cli_command(), "serve", "--host", HOST]
         if workers > 1:
             command += ["--workers", str(workers)]
-        env = self.gateway_env(GATEWAY_DATABASE_URL=database_url or self.database_url)
+        env = self.gateway_env(GATEWAY_DATABASE_URL=database_url or self.database_url, **(extra_env or {}))
         server = start_server(name, command, env, self.workdir, free_port())
         self.servers.append(server)
         wait_ready(server, "/healthz")
@@ -459,9 +462,10 @@ def run(args: argparse.Namespace) -> int:
         for name, target in direct.items():
             for c in concurrencies(name, args):
                 rows.append(measure(target, "direct", c, args, workdir, families(None)))
-        for workers in worker_counts:
-            gateway = setup.serve(f"serve-w{workers}", workers)
-            progress(f"gateway, serve --workers {workers}")
+        for (variant, variant_env), workers in itertools.product(args.variant, worker_counts):
+            gateway = setup.serve(f"serve-w{workers}{variant}", workers, extra_env=variant_env)
+            side = f"w{workers}" + (f" {variant}" if variant else "")
+            progress(f"gateway, serve --workers {workers}" + (f", {variant}: {variant_env}" if variant else ""))
             gw = f"{gateway.url}/v1/images/generations"
             targets = {
                 "status of a completed task": Target(
@@ -474,8 +478,10 @@ def run(args: argparse.Namespace) -> int:
             }
             try:
                 for name, target in targets.items():
+                    if args.rows and name.split()[0] not in args.rows:
+                        continue
                     for c in concurrencies(name, args):
-                        measured = measure(target, f"w{workers}", c, args, workdir, families(gateway))
+                        measured = measure(target, side, c, args, workdir, families(gateway), label_width=16)
                         rows.append(measured)
                 # The submit rows leave tasks that the gateway's background loop ends over the next seconds: let it
                 # (while it runs), so that the next configuration's rows do not pay for this one's backlog.
@@ -612,7 +618,7 @@ def render(
         "",
         "| operation | workers | c | req/s | x minimal req/s | p50 ms | x ref p50 | added p50 ms | added p99 ms "
         "| errors | gateway CPU ms/req | PostgreSQL CPU ms/req |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for m in rows:
         if not m.side.startswith("w"):
@@ -636,6 +642,7 @@ def render(
             _ms(m.cpu_ms_per_request("postgres")),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _variants_table(args, rows)
     lines += [
         "",
         "### Database work per request",
@@ -653,6 +660,45 @@ def render(
         )
     lines += ["", f"Tasks in the ledger at the end: {tasks_left:,}.", ""]
     return "\n".join(lines)
+
+
+def _variants_table(args: argparse.Namespace, rows: list[Measured]) -> list[str]:
+    """With several --variant: each one's throughput against the first's, row by row."""
+    if len(args.variant) < 2:
+        return []
+    first = args.variant[0][0]
+    lines = [
+        "",
+        "### Variants",
+        "",
+        "; ".join(
+            f"`{name}`: {' '.join(f'{k}={v}' for k, v in env.items()) or 'defaults'}" for name, env in args.variant
+        )
+        + f". Throughput of each against `{first}`, same workers and concurrency.",
+        "",
+        "| operation | workers | c | "
+        + " | ".join(f"{name} req/s" for name, _ in args.variant)
+        + " | "
+        + " | ".join(f"{name} / {first}" for name, _ in args.variant[1:])
+        + " |",
+        "|---|--:|--:|" + "--:|" * (2 * len(args.variant) - 1),
+    ]
+    keys = list(dict.fromkeys((m.row, m.side.split()[0], m.concurrency) for m in rows if m.side.startswith("w")))
+    for row, workers, c in keys:
+        found = {
+            name: next((m for m in rows if m.row == row and m.concurrency == c and m.side == f"{workers} {name}"), None)
+            for name, _ in args.variant
+        }
+        base = found[first]
+        cells = [row, workers[1:], str(c)]
+        cells += [f"{m.rps:,.0f}" if m else "-" for m in found.values()]
+        cells += [_ratio(m.rps, base.rps if base else None) if m else "-" for name, m in found.items() if name != first]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _assignments(env: Mapping[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in env.items()) or "defaults"
 
 
 def _direct_row(row: str) -> str:
@@ -699,9 +745,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--idle", type=float, default=3.0, help="idle seconds for the database-work baseline")
     parser.add_argument("--concurrency", type=_ints, default=[1, 16], help="comma-separated (default 1,16)")
     parser.add_argument("--workers", type=_ints, default=[1, 2], help="gateway workers to measure (default 1,2)")
+    parser.add_argument(
+        "--variant",
+        type=_variant,
+        action="append",
+        help="NAME:ENV=VALUE,... a gateway configuration to measure (repeatable; the first is the others' reference), "
+        "e.g. plain:GATEWAY_METRICS_ENABLED=false,GATEWAY_LOG_LEVEL=warning observed:GATEWAY_LOG_FORMAT=json",
+    )
+    parser.add_argument(
+        "--rows", type=lambda text: text.split(","), default=[], help="only these operations: status,submit"
+    )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="results file to append to, or - for stdout only")
     parser.add_argument("--keep", action="store_true", help="keep the database and the work directory")
     return parser.parse_args(argv)
+
+
+def _variant(text: str) -> tuple[str, dict[str, str]]:
+    name, _, assignments = text.partition(":")
+    env = dict(part.split("=", 1) for part in assignments.split(",") if part.strip())
+    if not name or not all(k.startswith("GATEWAY_") for k in env):
+        raise argparse.ArgumentTypeError("expected NAME:GATEWAY_X=value,...")
+    return name, env
 
 
 def _ints(text: str) -> list[int]:
@@ -710,6 +774,7 @@ def _ints(text: str) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    args.variant = args.variant or [("", {})]
     return exit_code("hot_path", lambda: run(args))
 
 
