@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import functools
+from typing import Any, cast
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Table, TextClause, bindparam, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.contract import OPEN_STATUSES
+from app.contract import OPEN_STATUSES, TaskStatus
 from app.core.db.dialect import is_postgresql
 from app.models.task import Task
 
 _PER_TENANT = 5  # tasks of one tenant per claim
+_TASKS = cast(Table, Task.__table__)
 
 
 async def insert(session: AsyncSession, task: Task) -> None:
@@ -58,14 +60,34 @@ async def apply_update(session: AsyncSession, task_id: str, values: dict[str, An
 
     The updated row, or None when nothing changed; one round trip either way (UPDATE ... RETURNING).
     """
-    stmt = (
-        update(Task)
-        .where(Task.id == task_id, Task.status.in_(OPEN_STATUSES))
-        .values(**values)
-        .returning(Task)
-        .execution_options(synchronize_session=False)
+    row = (await session.execute(_update_open(frozenset(values), returning=True), {**values, "_id": task_id})).first()
+    return None if row is None else Task(**row._asdict())
+
+
+async def apply_update_to(session: AsyncSession, task: Task, values: dict[str, Any]) -> bool:
+    """`apply_update` for a task already in memory: nothing read back, `task` updated when the row was."""
+    result = await session.execute(_update_open(frozenset(values), returning=False), {**values, "_id": task.id})
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
+    for name, value in values.items():
+        setattr(task, name, value)
+    return True
+
+
+@functools.lru_cache(maxsize=64)
+def _update_open(columns: frozenset[str], *, returning: bool) -> TextClause:
+    """UPDATE of these columns of an open task, built once per set of columns: on the submit and reconcile paths,
+    building a Core or ORM statement cost more CPU than its round trip (the compiled form is cached either way)."""
+    names = sorted(columns)
+    open_statuses = ", ".join(f"'{TaskStatus(status).value}'" for status in sorted(OPEN_STATUSES))
+    sql = (
+        f"UPDATE tasks SET {', '.join(f'{name} = :{name}' for name in names)} "
+        f"WHERE id = :_id AND status IN ({open_statuses})"
     )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    if returning:
+        sql += f" RETURNING {', '.join(column.name for column in _TASKS.c)}"
+    stmt = text(sql).bindparams(*(bindparam(name, type_=_TASKS.c[name].type) for name in names))
+    return stmt.columns(*_TASKS.c) if returning else stmt  # type: ignore[return-value]
 
 
 async def claim_due(

@@ -11,7 +11,7 @@ from app.core.errors import NotFound, UnsupportedMediaType
 from app.core.ids import is_task_id
 from app.quotas.deps import QueryCaller, SubmitCaller
 from app.tasks.deps import TaskServiceDep
-from app.tasks.service import to_task_object
+from app.tasks.service import render
 
 router = APIRouter(prefix="/v1/images", tags=["generations"])
 
@@ -65,6 +65,7 @@ async def create_generation(
     body: GenerationRequest,
     tenant: SubmitCaller,
     tasks: TaskServiceDep,
+    response: Response,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -77,9 +78,12 @@ async def create_generation(
             "1-255 characters, unique per tenant.",
         ),
     ] = None,
-) -> TaskObject:
+) -> Response:
     task = await tasks.submit(tenant, body, idempotency_key=idempotency_key)
-    return to_task_object(task, created=True)
+    # Rendered here (TaskObject without None fields) rather than validated again against response_model by FastAPI.
+    answer = Response(render(task, created=True), media_type="application/json")
+    answer.headers.raw.extend(response.headers.raw)  # what the dependencies set (the rate headers)
+    return answer
 
 
 @router.get(

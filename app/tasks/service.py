@@ -199,7 +199,7 @@ class TaskService:
             if self.on_waiting is not None:
                 self.on_waiting()
             return task
-        return await self._send(task.id, taken, body)
+        return await self._send(task, taken, body)
 
     async def _admit(
         self, tenant: Tenant, task: Task, images: int, key: PoolKey | None, now: dt.datetime
@@ -309,8 +309,9 @@ class TaskService:
             )
         return found
 
-    async def _send(self, task_id: str, key: PoolKey, body: dict[str, Any]) -> Task:
+    async def _send(self, task: Task, key: PoolKey, body: dict[str, Any]) -> Task:
         """Make the create call for a task that holds a slot on `key`; see `submit` for what each failure does."""
+        task_id = task.id
         tried = {key.id}
         while True:
             try:
@@ -338,7 +339,7 @@ class TaskService:
         values = _values_from_upstream(upstream, now)
         values.update(upstream_task_id=upstream.id, upstream_key_id=key.id, last_error=None)
         values["next_check_at"] = now + FIRST_LOOK if upstream.status not in TERMINAL_STATUSES else None
-        return await self._record(task_id, values, len(upstream.urls))
+        return await self._record(task_id, values, len(upstream.urls), known=task)
 
     async def _wait(self, task_id: str, key: PoolKey, error: GatewayError) -> Task:
         """No key can take the task now: it waits in the ledger (slot freed) until the reconciler sends it, or fails
@@ -454,7 +455,7 @@ class TaskService:
 
     async def release_leases(self, task_ids: list[str], owner: str) -> None:
         """The claimant is done with these tasks: each is due again at its own next_check_at."""
-        async with self._sessions.begin() as session:
+        async with one_statement(self._sessions) as session:
             await repo.release_leases(session, task_ids, owner)
 
     async def reconcile(self, task_id: str) -> None:
@@ -505,7 +506,8 @@ class TaskService:
                 updated_at=now,
             )
         with contextlib.suppress(GatewayError):  # refused for the caller's own fault: failed and refunded by _send
-            await self._send(task.id, taken, task.request)
+            task.status, task.upstream_key_id = TaskStatus.SUBMITTING, taken.id
+            await self._send(task, taken, task.request)
 
     async def _check(self, task: Task, now: dt.datetime) -> None:
         past_deadline = now >= task.created_at + self._task_deadline
@@ -572,12 +574,15 @@ class TaskService:
         if slot > now:
             await asyncio.sleep(slot - now)
 
-    async def _record(self, task_id: str, values: dict[str, Any], produced: int) -> Task:
+    async def _record(self, task_id: str, values: dict[str, Any], produced: int, *, known: Task | None = None) -> Task:
         """Write the upstream's view of a task; the call that makes it terminal also settles its quota (charging
         `produced` images: what a completed task made, 0 for a failed one unless its create may have been billed)
-        and frees its slot on its upstream key."""
+        and frees its slot on its upstream key. `known`: the task as this process holds it, updated in place
+        rather than read back."""
         if values.get("status") not in TERMINAL_STATUSES:  # one statement, nothing to settle
             async with one_statement(self._sessions) as session:
+                if known is not None and await repo.apply_update_to(session, known, values):
+                    return known
                 stored = await repo.apply_update(session, task_id, values)
                 if stored is None:  # already terminal: another caller or replica recorded the end first
                     stored = await repo.get(session, task_id)
@@ -636,9 +641,10 @@ def _values_from_upstream(upstream: UpstreamTask, now: dt.datetime) -> dict[str,
     return values
 
 
-def render(task: Task) -> bytes:
-    """The status answer of a ledger row, as JSON (what FastAPI would send for `to_task_object` without Nones)."""
-    return to_task_object(task).model_dump_json(exclude_none=True).encode()
+def render(task: Task, *, created: bool = False) -> bytes:
+    """The status answer of a ledger row, as JSON (what FastAPI would send for `to_task_object` without Nones);
+    `created`: the create call's answer."""
+    return to_task_object(task, created=created).model_dump_json(exclude_none=True).encode()
 
 
 def to_task_object(task: Task, *, created: bool = False) -> TaskObject:
