@@ -15,9 +15,11 @@ RUN python -m venv /venv
 ENV PATH=/venv/bin:$PATH
 WORKDIR /app
 
-# Dependencies first, read from pyproject.toml alone, so that a code change does not reinstall them.
+# Dependencies first, read from pyproject.toml alone, so that a code change does not reinstall them. The `otel`
+# extra too: tracing stays off until OTEL_EXPORTER_OTLP_ENDPOINT is set (README.md "Metrics and logs").
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['otel']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
@@ -24,6 +25,7 @@ from app.core.error_handlers import install_error_handlers
 from app.core.logs import setup_logging
 from app.core.observe import Observe
 from app.core.openapi import install_openapi
+from app.core.tracing import RequestIdOnSpan, configure_tracing
 from app.health import router as health
 from app.invalidation import Invalidator
 from app.metrics import router as metrics_router
@@ -48,6 +50,9 @@ from app.upstream.base import UpstreamAdapter
 from app.upstream.feature import SANDBOX_MOUNT, build_upstream, load_pool
 from app.webhooks import admin_router as admin_webhooks
 from app.webhooks.feature import build_webhooks
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import SpanProcessor
 
 
 async def preflight(settings: Settings) -> None:
@@ -80,8 +85,10 @@ def create_app(
     adapter: UpstreamAdapter | None = None,
     clock: Clock = utcnow,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
+    span_processor: SpanProcessor | None = None,
 ) -> FastAPI:
-    """Build the gateway. Tests inject an adapter, a transport or a clock; production passes only settings."""
+    """Build the gateway. Tests inject an adapter, a transport, a clock or a span processor (which turns tracing on);
+    production passes only settings."""
     settings = settings or Settings()
     settings.secrets  # noqa: B018 - fail before serving anything when a secret is missing
     metrics.configure(max_tenants=settings.metrics_max_tenants, enabled=settings.metrics_enabled)
@@ -90,12 +97,15 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             kernel = build_kernel(settings, clock=clock)
+            if tracing is not None:
+                stack.push_async_callback(tracing.aclose)  # last: the spans of everything closed before it go out
+                tracing.instrument_engine(kernel.engine)
             stack.push_async_callback(kernel.aclose)
             invalidator = Invalidator(kernel.sessions, kernel.clock)
             app.state.invalidator = invalidator
             try:
                 upstream = await build_upstream(
-                    kernel, adapter=adapter, transport=upstream_transport, invalidator=invalidator
+                    kernel, adapter=adapter, transport=upstream_transport, invalidator=invalidator, tracing=tracing
                 )
             except (OperationalError, ProgrammingError) as e:
                 raise DatabaseNotMigrated() from e
@@ -146,6 +156,9 @@ def create_app(
         # Validation failures answer 400 in the error envelope (install_error_handlers): document 422 with the
         # envelope too, instead of FastAPI's HTTPValidationError. 422 is the upstream's content_policy_violation.
         responses={422: {"model": ErrorEnvelope, "description": "Refused content (content_policy_violation)"}},
+        # FastAPI's own OpenTelemetry hooks stay off (tracing is app/core/tracing.py's): otherwise every request
+        # asks the global OpenTelemetry providers whether they are configured, a few percent of a status call.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     install_openapi(app)
@@ -158,6 +171,12 @@ def create_app(
     app.add_middleware(StatusFastPath, state=app.state)
     if settings.cors_origins:  # added last, so outermost: the fast path's answers get CORS headers too
         app.add_middleware(CORSMiddleware, **cors_options(settings.cors_origins))
+    # Optional OpenTelemetry tracing (app/core/tracing.py): None unless the OTEL_* variables ask for it. Its server
+    # span wraps the whole stack, Observe included; the request id goes on it from inside Observe, which sets it.
+    tracing = configure_tracing(app, span_processor=span_processor)
+    app.state.tracing = tracing
+    if tracing is not None:
+        app.add_middleware(RequestIdOnSpan)
     # Outermost of all: every answer (the fast path's, CORS preflights, errors) gets its request id, access line and
     # HTTP metrics.
     app.add_middleware(Observe)

@@ -7,14 +7,19 @@ duration. Either way every record passes `RequestContextFilter`, which copies th
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import io
 import json
 import logging
+import sys
+import time
 from typing import Any
 
 from app.core import context
 
 LOG_FORMATS = ("text", "json")
+ACCESS_LOGGER = "app.access"  # one line per request (app/core/observe.py)
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Extra fields a record may carry (`log.info(..., extra={...})`), copied into the JSON line when present.
 _EXTRA_FIELDS = ("method", "path", "route", "status", "duration_ms")
@@ -69,6 +74,16 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
+        self._second = -1
+        self._second_text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """logging's own `2026-11-28 13:00:00,123`, with the part up to the second formatted once per second."""
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+            self._second = second
+        return f"{self._second_text},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -80,9 +95,53 @@ def formatter(log_format: str) -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else TextFormatter()
 
 
+class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr, block-buffered, so that one access line per request does not cost a system call each.
+
+    Access lines (logger `app.access`) written by the event loop's thread are flushed once the loop has run what is
+    ready now (call_soon): a busy loop writes the lines of many requests at once, an idle one each line at once.
+    Every other record is flushed at once, with whatever access lines precede it (uvicorn's shutdown lines, say, so
+    a process that ends on a re-raised SIGTERM has written everything).
+    """
+
+    def __init__(self) -> None:
+        try:  # stderr's file descriptor, block-buffered (the stream outlives the handler: closefd=False)
+            raw = open(sys.stderr.fileno(), "wb", buffering=1 << 16, closefd=False)  # noqa: SIM115
+            stream: Any = io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace")
+        except (AttributeError, OSError, ValueError):  # a stderr without a descriptor (captured): written as is
+            stream = sys.stderr
+        super().__init__(stream)
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+            return
+        if record.name == ACCESS_LOGGER and record.levelno < logging.WARNING:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                if self._flush_on is not loop:
+                    self._flush_on = loop
+                    loop.call_soon(self.flush)
+                return
+        self.flush()
+
+    def flush(self) -> None:
+        self._flush_on = None
+        super().flush()
+
+
 def setup_logging(level: str, log_format: str = "text") -> None:
-    logging.basicConfig(level=level.upper(), format=TEXT_FORMAT)
     root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(BatchingStreamHandler())
     root.setLevel(level.upper())
     for handler in root.handlers:
         handler.setFormatter(formatter(log_format))

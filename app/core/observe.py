@@ -18,8 +18,9 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core import context, metrics
+from app.core.logs import ACCESS_LOGGER
 
-access_log = logging.getLogger("app.access")
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 _REQUEST_ID = b"x-request-id"
 _STATUS_PREFIX = "/v1/images/generations/"
@@ -89,6 +90,10 @@ def _log_access(method: str, path: str, route: str, status: int, duration_ms: fl
     record = logging.LogRecord(
         access_log.name, logging.INFO, __file__, 0, "%s %s %s %.2fms", (method, path, status, duration_ms), None
     )
+    current = context.current()  # what RequestContextFilter would look up
+    record.request_id = current.request_id if current is not None else None
+    record.tenant_id = current.tenant_id if current is not None else None
+    record.task_id = current.task_id if current is not None else None
     record.method = method
     record.path = path
     record.route = route

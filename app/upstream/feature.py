@@ -11,6 +11,7 @@ import httpx
 from app.config import Settings
 from app.core.background import cancel_and_wait
 from app.core.net import local_host_for
+from app.core.tracing import Tracing
 from app.invalidation import Invalidator
 from app.runtime import Kernel
 from app.upstream.base import UpstreamAdapter
@@ -75,18 +76,19 @@ async def build_upstream(
     transport: httpx.AsyncBaseTransport | None = None,
     invalidator: Invalidator | None = None,
     policy: PoolPolicy | None = None,
+    tracing: Tracing | None = None,
 ) -> Upstream:
     """Tests inject an adapter or a transport; production builds the ToAPIs adapter from the settings.
 
     With `invalidator` (a serving process), the pool reloads a key whenever any replica changes it (subscribed
     before the invalidator's first read, so no change is missed) and the prober of refused keys starts; `aclose`
-    stops it."""
+    stops it. With `tracing`, the upstream HTTP client is traced."""
     pool = await load_pool(kernel, policy)
     if invalidator is not None:
         pool.subscribe(invalidator)
     settings = kernel.settings
-    adapter = adapter or ToAPIsAdapter(
-        build_http_client(
+    if adapter is None:
+        client = build_http_client(
             upstream_base_url(settings),
             user_agent=settings.user_agent,
             timeout_s=settings.upstream_timeout_s,
@@ -94,7 +96,9 @@ async def build_upstream(
             max_connections=settings.upstream_max_connections,
             transport=transport,
         )
-    )
+        if tracing is not None:
+            tracing.instrument_http_client(client)
+        adapter = ToAPIsAdapter(client)
     adapter = InstrumentedAdapter(adapter, pool)
     upstream = Upstream(
         adapter=adapter,
