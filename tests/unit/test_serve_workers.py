@@ -23,9 +23,11 @@ import app.main
 from app.cli import cli
 from app.cli.server import WORKER_APP
 from app.config import Settings
+from app.core.metrics import MULTIPROC_ENV
 
-# What `serve` writes into os.environ for its workers: restored after each test (see `env`).
-WRITTEN = ("GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_WORKERS")
+# What `serve` writes into os.environ for its workers: restored after each test (see `env`). The metrics directory
+# too: left behind, it would point the subprocesses of later tests at a directory `serve` has removed.
+WRITTEN = ("GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_WORKERS", MULTIPROC_ENV)
 
 
 class Recorder:
