@@ -124,7 +124,9 @@ async def test_a_scenario_moves_each_counter_by_what_happened(gw: Harness) -> No
     assert after[("gateway_tasks_waiting", frozenset())] == 1
     keys = {state: after[("gateway_upstream_keys", frozenset({("state", state)}))] for state in metrics.KEY_STATES}
     assert keys == {"active": 0, "cooling": 1, "disabled": 0, "draining": 0, "retired": 0}
-    assert after[("gateway_db_pool_in_use", frozenset())] == 0
+    # Nothing of the scenario holds a connection any more; a background loop (the invalidator reads 4 times a
+    # second, the reconciler sweeps) may hold one at the scrape's moment on a busy machine (seen in ci-loaded).
+    assert after[("gateway_db_pool_in_use", frozenset())] in (0, 1, 2)
 
 
 async def test_metrics_are_open_to_loopback_only_without_a_token(gw: Harness) -> None:
