@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from tests.fixtures.gateway import ADMIN_TOKEN, Harness, running_gateway
+from tests.fixtures.gateway import ADMIN_TOKEN, Harness, completed_task, running_gateway
 
 URL = "/v1/images/generations"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -45,16 +45,6 @@ async def until_fresh(gw: Harness) -> None:
     """Make the invalidator read now (its loop does it every 0.25 s): before a first read, caches are not trusted."""
     await gw.app.state.invalidator.poll_once()
     assert gw.app.state.invalidator.fresh
-
-
-async def completed_task(gw: Harness, key: str) -> str:
-    r = await gw.client.post(URL, headers=bearer(key), json={"prompt": "a fox"})
-    assert r.status_code == 200, r.text
-    task_id: str = r.json()["id"]
-    gw.clock.advance(11)
-    r = await gw.client.get(f"{URL}/{task_id}", headers=bearer(key))
-    assert r.json()["status"] == "completed", r.text
-    return task_id
 
 
 async def test_a_warm_completed_task_status_makes_no_database_call(gw: Harness) -> None:

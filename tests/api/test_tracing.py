@@ -30,7 +30,7 @@ from app.main import create_app
 from app.sandbox.app import create_sandbox_app
 from app.sandbox.config import SandboxConfig
 from tests.fixtures.clock import FakeClock
-from tests.fixtures.gateway import ADMIN_TOKEN, SECRET_KEY, UPSTREAM_KEY, Harness
+from tests.fixtures.gateway import ADMIN_TOKEN, SECRET_KEY, UPSTREAM_KEY, Harness, completed_task
 from tests.fixtures.gateway import test_settings as gateway_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,16 +103,6 @@ def status_code(span: ReadableSpan) -> Any:
     return found.get("http.status_code", found.get("http.response.status_code"))
 
 
-async def completed_task(gw: Harness, key: str) -> str:
-    r = await gw.client.post(URL, headers=bearer(key), json={"prompt": PROMPT})
-    assert r.status_code == 200, r.text
-    task_id: str = r.json()["id"]
-    gw.clock.advance(11)
-    r = await gw.client.get(f"{URL}/{task_id}", headers=bearer(key))
-    assert r.json()["status"] == "completed", r.text
-    return task_id
-
-
 async def test_a_request_its_statements_and_its_upstream_call_make_one_trace(database_url: str) -> None:
     async with traced_gateway(database_url) as (gw, exporter):
         key = await gw.new_tenant("acme")
@@ -153,7 +143,7 @@ async def test_a_request_its_statements_and_its_upstream_call_make_one_trace(dat
 async def test_no_span_holds_a_key_a_token_or_a_prompt(database_url: str) -> None:
     async with traced_gateway(database_url) as (gw, exporter):
         key = await gw.new_tenant("acme")
-        await completed_task(gw, key)
+        await completed_task(gw, key, PROMPT)
         r = await gw.client.post(URL, headers=bearer("sk-wrong-key-for-tracing-0123456789"), json={"prompt": PROMPT})
         assert r.status_code == 401
         r = await gw.client.get("/admin/v1/tenants", headers=ADMIN)
@@ -208,7 +198,7 @@ async def test_a_status_call_answered_before_routing_gets_its_server_span(
 ) -> None:
     async with traced_gateway(database_url) as (gw, exporter):
         key = await gw.new_tenant("acme")
-        task_id = await completed_task(gw, key)
+        task_id = await completed_task(gw, key, PROMPT)
         await gw.app.state.invalidator.poll_once()  # before a first read, the caches are not trusted
         assert (await gw.client.get(f"{URL}/{task_id}", headers=bearer(key))).status_code == 200  # fills the cache
 
