@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -116,6 +117,7 @@ class Measured:
     p90_ms: float
     p99_ms: float
     cpu: dict[str, float] = field(default_factory=dict)  # core-seconds per process family during the run
+    round: int = 1  # of --rounds (the references are measured once, in round 1)
 
     @property
     def rps(self) -> float:
@@ -203,6 +205,7 @@ def measure(
     *,
     warmup: Target | None = None,
     label_width: int = 8,
+    round_no: int = 1,
 ) -> Measured:
     """One row: `args.warmup` s of `warmup` (default: the target itself), then `args.duration` s measured."""
     wrk(warmup or target, concurrency, args.warmup, workdir)
@@ -220,6 +223,7 @@ def measure(
         p90_ms=result["p90_us"] / 1000,
         p99_ms=result["p99_us"] / 1000,
         cpu=cpu,
+        round=round_no,
     )
     progress(
         f"  {side:{label_width}} {target.name:28} c={concurrency:<3} {measured.rps:8,.0f} req/s  "
@@ -462,10 +466,19 @@ def run(args: argparse.Namespace) -> int:
         for name, target in direct.items():
             for c in concurrencies(name, args):
                 rows.append(measure(target, "direct", c, args, workdir, families(None)))
-        for (variant, variant_env), workers in itertools.product(args.variant, worker_counts):
-            gateway = setup.serve(f"serve-w{workers}{variant}", workers, extra_env=variant_env)
+        # Round after round, every configuration in turn (A, B, C; A, B, C; ...): a machine that drifts during the run
+        # weighs on every variant alike rather than on the ones measured last.
+        for round_no, (variant, variant_env), workers in itertools.product(
+            range(1, args.rounds + 1), args.variant, worker_counts
+        ):
+            suffix = f"-r{round_no}" if args.rounds > 1 else ""
+            gateway = setup.serve(f"serve-w{workers}{variant}{suffix}", workers, extra_env=variant_env)
             side = f"w{workers}" + (f" {variant}" if variant else "")
-            progress(f"gateway, serve --workers {workers}" + (f", {variant}: {variant_env}" if variant else ""))
+            progress(
+                f"gateway, serve --workers {workers}"
+                + (f", {variant}: {variant_env}" if variant else "")
+                + (f", round {round_no}/{args.rounds}" if args.rounds > 1 else "")
+            )
             gw = f"{gateway.url}/v1/images/generations"
             targets = {
                 "status of a completed task": Target(
@@ -481,7 +494,9 @@ def run(args: argparse.Namespace) -> int:
                     if args.rows and name.split()[0] not in args.rows:
                         continue
                     for c in concurrencies(name, args):
-                        measured = measure(target, side, c, args, workdir, families(gateway), label_width=16)
+                        measured = measure(
+                            target, side, c, args, workdir, families(gateway), label_width=16, round_no=round_no
+                        )
                         rows.append(measured)
                 # The submit rows leave tasks that the gateway's background loop ends over the next seconds: let it
                 # (while it runs), so that the next configuration's rows do not pay for this one's backlog.
@@ -583,6 +598,7 @@ def render(
     def find(side: str, row: str, c: int) -> Measured | None:
         return next((m for m in rows if m.side == side and m.row == row and m.concurrency == c), None)
 
+    rounds = args.rounds > 1
     label = f" ({args.label})" if args.label else ""
     lines = [
         f"## Hot path{label}: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
@@ -594,7 +610,13 @@ def render(
         + versions("fastapi", "uvicorn", "sqlalchemy", "asyncpg", "httpx", "pydantic"),
         f"- Each row: {args.warmup:g} s of warm-up, then {args.duration:g} s measured by `wrk -t1 -c<c>`; gateway "
         "`serve` with default settings (log level info, background polling on) on a fresh PostgreSQL database; "
-        "the sandbox (`seedream-gateway sandbox`) is the upstream; all on the same cores.",
+        "the sandbox (`seedream-gateway sandbox`) is the upstream; all on the same cores."
+        + (
+            f" The gateway configurations ran in {args.rounds} rounds, each starting every configuration's gateway "
+            "once, in the same order (the references ran once)."
+            if args.rounds > 1
+            else ""
+        ),
         "",
         "### References",
         "",
@@ -616,13 +638,18 @@ def render(
         "the minimal app's (status of a completed task) or the sandbox's own call (open task, submit). Added = gateway "
         "minus the sandbox's own call.",
         "",
-        "| operation | workers | c | req/s | x minimal req/s | p50 ms | x ref p50 | added p50 ms | added p99 ms "
+        "| operation | workers | c | "
+        + ("round | " if rounds else "")
+        + "req/s | x minimal req/s | p50 ms | x ref p50 | added p50 ms | added p99 ms "
         "| errors | gateway CPU ms/req | PostgreSQL CPU ms/req |",
-        "|---|--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|--|--:|" + ("--:|" if rounds else "") + "--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for m in rows:
-        if not m.side.startswith("w"):
-            continue
+    # One configuration's rows together, and each row's rounds one under the other.
+    gateway_rows = [m for m in rows if m.side.startswith("w")]
+    first_seen: dict[tuple[str, str, int], int] = {}
+    for m in gateway_rows:
+        first_seen.setdefault((m.side, m.row, m.concurrency), len(first_seen))
+    for m in sorted(gateway_rows, key=lambda m: (first_seen[m.side, m.row, m.concurrency], m.round)):
         ref_minimal = find("minimal", "minimal app, POST" if m.row == "submit" else "minimal app, GET", m.concurrency)
         direct = find("direct", _direct_row(m.row), m.concurrency)
         ref_p50 = ref_minimal if m.row == "status of a completed task" else direct
@@ -631,6 +658,7 @@ def render(
             m.row,
             m.side[1:],
             str(m.concurrency),
+            *([str(m.round)] if rounds else []),
             f"{m.rps:,.0f}",
             _ratio(m.rps, minimal_rps),
             f"{m.p50_ms:.2f}",
@@ -663,38 +691,77 @@ def render(
 
 
 def _variants_table(args: argparse.Namespace, rows: list[Measured]) -> list[str]:
-    """With several --variant: each one's throughput against the first's, row by row."""
+    """With several --variant: each one's throughput and gateway CPU per request against the first's, row by row.
+
+    Each figure is the median over the rounds; a ratio is the ratio of the medians. With several rounds, the lowest
+    and highest of the per-round ratios (round r of a variant against round r of the first) follow it in brackets.
+    """
     if len(args.variant) < 2:
         return []
     first = args.variant[0][0]
+    names = [name for name, _ in args.variant]
+    others = names[1:]
+    rounds = args.rounds > 1
+    spread = " (in brackets: the lowest and highest of the per-round ratios, round r against round r)" if rounds else ""
     lines = [
         "",
         "### Variants",
         "",
-        "; ".join(
-            f"`{name}`: {' '.join(f'{k}={v}' for k, v in env.items()) or 'defaults'}" for name, env in args.variant
-        )
-        + f". Throughput of each against `{first}`, same workers and concurrency.",
+        "; ".join(f"`{name}`: {_assignments(env)}" for name, env in args.variant)
+        + f". Each against `{first}`, same workers and concurrency: throughput, and the gateway's CPU per request "
+        "(less sensitive than throughput to what else the machine is doing)."
+        + (f" Medians over {args.rounds} rounds; a ratio is the ratio of the medians{spread}." if rounds else ""),
         "",
         "| operation | workers | c | "
-        + " | ".join(f"{name} req/s" for name, _ in args.variant)
+        + " | ".join(f"{name} req/s" for name in names)
         + " | "
-        + " | ".join(f"{name} / {first}" for name, _ in args.variant[1:])
+        + " | ".join(f"{name} / {first} req/s" for name in others)
+        + " | "
+        + " | ".join(f"{name} CPU ms/req" for name in names)
+        + " | "
+        + " | ".join(f"{name} / {first} CPU/req" for name in others)
         + " |",
-        "|---|--:|--:|" + "--:|" * (2 * len(args.variant) - 1),
+        "|---|--:|--:|" + "--:|" * (4 * len(names) - 2),
     ]
     keys = list(dict.fromkeys((m.row, m.side.split()[0], m.concurrency) for m in rows if m.side.startswith("w")))
     for row, workers, c in keys:
+        # variant -> round -> its row
         found = {
-            name: next((m for m in rows if m.row == row and m.concurrency == c and m.side == f"{workers} {name}"), None)
-            for name, _ in args.variant
+            name: {m.round: m for m in rows if m.row == row and m.concurrency == c and m.side == f"{workers} {name}"}
+            for name in names
         }
-        base = found[first]
+        rps = {name: {r: m.rps for r, m in by_round.items()} for name, by_round in found.items()}
+        cpu = {
+            name: {r: v for r, m in by_round.items() if (v := m.cpu_ms_per_request("gateway")) is not None}
+            for name, by_round in found.items()
+        }
         cells = [row, workers[1:], str(c)]
-        cells += [f"{m.rps:,.0f}" if m else "-" for m in found.values()]
-        cells += [_ratio(m.rps, base.rps if base else None) if m else "-" for name, m in found.items() if name != first]
+        cells += [_count(_median(rps[name])) for name in names]
+        cells += [_ratio_of(rps[name], rps[first], rounds) for name in others]
+        cells += [_ms(_median(cpu[name])) for name in names]
+        cells += [_ratio_of(cpu[name], cpu[first], rounds) for name in others]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _median(by_round: Mapping[int, float]) -> float | None:
+    return statistics.median(by_round.values()) if by_round else None
+
+
+def _count(value: float | None) -> str:
+    return f"{value:,.0f}" if value is not None else "-"
+
+
+def _ratio_of(values: Mapping[int, float], references: Mapping[int, float], spread: bool) -> str:
+    """The ratio of the medians; with `spread`, then the lowest and highest ratio of the rounds both have."""
+    value, reference = _median(values), _median(references)
+    if value is None:
+        return "-"
+    text = _ratio(value, reference)
+    per_round = [values[r] / references[r] for r in sorted(values.keys() & references.keys()) if references[r]]
+    if spread and per_round and text != "-":
+        text += f" ({min(per_round):.2f}…{max(per_round):.2f})"
+    return text
 
 
 def _assignments(env: Mapping[str, str]) -> str:
@@ -753,6 +820,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "e.g. plain:GATEWAY_METRICS_ENABLED=false,GATEWAY_LOG_LEVEL=warning observed:GATEWAY_LOG_FORMAT=json",
     )
     parser.add_argument(
+        "--rounds",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="run the gateway configurations N times, interleaved (round 1: each --variant in turn, then round 2...); "
+        "the Variants table gives medians over the rounds and the spread of the per-round ratios (default 1)",
+    )
+    parser.add_argument(
         "--rows", type=lambda text: text.split(","), default=[], help="only these operations: status,submit"
     )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="results file to append to, or - for stdout only")
@@ -766,6 +841,13 @@ def _variant(text: str) -> tuple[str, dict[str, str]]:
     if not name or not all(k.startswith("GATEWAY_") for k in env):
         raise argparse.ArgumentTypeError("expected NAME:GATEWAY_X=value,...")
     return name, env
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected a positive integer")
+    return value
 
 
 def _ints(text: str) -> list[int]:

@@ -12,8 +12,10 @@ import datetime as dt
 import io
 import json
 import logging
+import math
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from app.core import context
@@ -23,6 +25,8 @@ ACCESS_LOGGER = "app.access"  # one line per request (app/core/observe.py)
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Extra fields a record may carry (`log.info(..., extra={...})`), copied into the JSON line when present.
 _EXTRA_FIELDS = ("method", "path", "route", "status", "duration_ms")
+_JSON_FIELDS = tuple((name, f',"{name}":') for name in ("request_id", "tenant_id", "task_id", *_EXTRA_FIELDS))
+_quote: Callable[[str], str] = json.encoder.encode_basestring  # json's own escaping (its C version)
 
 
 class RequestContextFilter(logging.Filter):
@@ -40,6 +44,9 @@ class RequestContextFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line, written out field by field (json.dumps of a dict costs several times more, once per
+    request for the access line); strings go through json's own escaping, so every line parses."""
+
     def __init__(self) -> None:
         super().__init__()
         self._second = -1
@@ -54,19 +61,45 @@ class JsonFormatter(logging.Formatter):
         return f"{self._second_text}.{int((created - second) * 1000):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": self._time(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for name in ("request_id", "tenant_id", "task_id", *_EXTRA_FIELDS):
-            value = getattr(record, name, None)
-            if value is not None:
-                line[name] = value
+        parts = [
+            '{"time":"',
+            self._time(record.created),
+            '","level":"',
+            record.levelname,
+            '","logger":',
+            _quote(record.name),
+            ',"message":',
+            _quote(record.getMessage()),
+        ]
+        fields = record.__dict__
+        for name, key in _JSON_FIELDS:
+            value = fields.get(name)
+            if value is None:
+                continue
+            kind = type(value)
+            if kind is str:
+                parts += (key, _quote(value))
+            elif kind is int:
+                parts += (key, int.__repr__(value))
+            else:
+                parts += (key, json_value(value))
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+            parts.append(',"exception":')
+            parts.append(_quote(self.formatException(record.exc_info)))
+        parts.append("}")
+        return "".join(parts)
+
+
+def json_value(value: object) -> str:
+    """`value` as json.dumps(value, ensure_ascii=False, default=str) writes it, the common types without its
+    machinery."""
+    if isinstance(value, str):
+        return _quote(value)
+    if type(value) is int:
+        return int.__repr__(value)
+    if type(value) is float and math.isfinite(value):
+        return float.__repr__(value)
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 class TextFormatter(logging.Formatter):
@@ -86,7 +119,11 @@ class TextFormatter(logging.Formatter):
         return f"{self._second_text},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        if record.exc_info or record.exc_text or record.stack_info:
+            text = super().format(record)
+        else:  # TEXT_FORMAT, written out: logging's %-style formatting of a dict costs more, once per access line
+            record.message = record.getMessage()
+            text = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.message}"
         request_id = getattr(record, "request_id", None)
         return f"{text} request_id={request_id}" if request_id is not None else text
 

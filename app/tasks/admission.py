@@ -40,6 +40,11 @@ _ON_SLOT = {
     "attempts": "CASE WHEN EXISTS (SELECT 1 FROM slot) THEN 1 ELSE 0 END",
 }
 _SET_HERE = {*_ON_SLOT}
+# With a slot, the caller always writes again before it answers (the upstream's answer, or the failure), and that
+# commit is durable: its WAL flush carries this statement's commit with it. So this commit need not wait for its own
+# flush (one disk flush per submit instead of two). Without a slot the task is answered `queued` from this commit
+# alone: durable. set_config(..., true) lasts until this statement's own transaction ends, never beyond it.
+_DURABILITY = "CASE WHEN EXISTS (SELECT 1 FROM slot) THEN set_config('synchronous_commit', 'off', true) END"
 
 
 class AdmissionRefused(Exception):
@@ -64,7 +69,7 @@ def _statement(with_quota: bool) -> TextClause:
     else:
         answer = "SELECT EXISTS (SELECT 1 FROM slot)"
     ctes.append(f"task AS (INSERT INTO tasks ({', '.join(names)}) VALUES ({', '.join(values)}))")
-    sql = "WITH " + ",\n".join(ctes) + "\n" + answer
+    sql = "WITH " + ",\n".join(ctes) + "\n" + answer + f", {_DURABILITY}"
     params = [bindparam(f"t_{c.name}", type_=c.type) for c in _TASKS.c if c.name not in _SET_HERE]
     params += [
         bindparam("slot_now", type_=UTCDateTime()),

@@ -347,3 +347,35 @@ async def test_sequential_generation_reserves_the_most_it_can_produce_and_charge
     assert produced == 15  # the sandbox, like the upstream, makes max(n, max_images) images
     assert (await usage(gw, key))["day"]["used"] == produced
     assert (await drift(gw))["ok"] is True
+
+
+@pytest.fixture
+def clean_postgres(postgres_database: str) -> str:
+    from tests.fixtures.databases import truncate_all
+
+    truncate_all(postgres_database)
+    return postgres_database
+
+
+async def test_admission_commits_never_leave_a_pooled_connection_asynchronous(clean_postgres: str) -> None:
+    """The admission statement commits without waiting for its disk flush when the submit writes again before it
+    answers (app/tasks/admission.py); the setting must end with that statement, or every later commit on the
+    pooled connection would be asynchronous too."""
+    from contextlib import AsyncExitStack
+
+    from sqlalchemy import text
+
+    from tests.fixtures.gateway import running_gateway
+
+    async with running_gateway(clean_postgres) as gw:
+        key = await gw.new_tenant("acme", daily_images=100, max_in_flight=50)
+        answers = await asyncio.gather(*(post(gw, key) for _ in range(6)))
+        assert [a.status_code for a in answers] == [200] * 6
+        engine = gw.kernel.engine
+        pooled = engine.pool.checkedin()  # type: ignore[attr-defined]
+        assert pooled >= 1
+        async with AsyncExitStack() as stack:  # every pooled connection at once, so none is missed
+            connections = [await stack.enter_async_context(engine.connect()) for _ in range(pooled)]
+            settings = [(await c.execute(text("SHOW synchronous_commit"))).scalar() for c in connections]
+        assert settings == ["on"] * pooled
+        assert (await usage(gw, key))["day"]["used"] == 6
