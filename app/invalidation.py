@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Literal
@@ -55,7 +56,7 @@ class Invalidator:
         self._interval_s = interval_s
         self._subscribers: dict[str, list[Callback]] = defaultdict(list)
         self._last_id: int | None = None
-        self._last_read: float | None = None  # loop time of the last successful read
+        self._last_read: float | None = None  # time.monotonic() of the last successful read
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -68,7 +69,7 @@ class Invalidator:
         """Whether events were read recently enough that caches may be trusted."""
         if self._last_read is None:
             return False
-        return asyncio.get_running_loop().time() - self._last_read <= self.bound_s
+        return time.monotonic() - self._last_read <= self.bound_s  # (asked on every request: no loop lookup)
 
     def subscribe(self, topic: Topic, callback: Callback) -> None:
         """Call `callback(key)` for every change of `topic` (`key == ""`: drop everything of the topic)."""
@@ -107,7 +108,7 @@ class Invalidator:
             self._last_id = None
             raise
         was_fresh = self._last_read is not None and self.fresh
-        self._last_read = asyncio.get_running_loop().time()
+        self._last_read = time.monotonic()
         if not was_fresh:  # events may have been missed: everything cached is suspect
             self._notify_all()
         for event_id, topic, key in rows:

@@ -8,6 +8,7 @@ middleware's access line too, and by tasks spawned during the request (they copy
 from __future__ import annotations
 
 import os
+import random
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -26,7 +27,13 @@ _current: ContextVar[RequestContext | None] = ContextVar("gateway_request", defa
 
 
 def new_request_id() -> str:
-    return os.urandom(16).hex()
+    """32 hex digits. A correlation id, not a secret: drawn from a per-process generator seeded from the OS (one
+    system call per id showed in profiles of the status path), reseeded in a forked child."""
+    return f"{_ids.getrandbits(128):032x}"
+
+
+_ids = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
 def accepted_request_id(raw: bytes | None) -> str:

@@ -14,8 +14,11 @@ and keeps it (`labels()` takes a lock and builds a tuple on every call).
 
 from __future__ import annotations
 
+import asyncio
 import os
+from bisect import bisect_left
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -29,6 +32,7 @@ KEY_STATES = ("active", "cooling", "disabled", "draining", "retired")
 disable_created_metrics()  # type: ignore[no-untyped-call]
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+FOLD_S = 1.0  # the longest an answer counted by observe_http waits before a scrape by another worker sees it
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -104,7 +108,6 @@ class _Labels:
         self.max_tenants = 100
         self.enabled = True
         self.tenants: dict[str, str] = {}
-        self.http: dict[tuple[str, str, int], tuple[object, object]] = {}
 
 
 _labels = _Labels()
@@ -136,17 +139,48 @@ def tenant_label(tenant_id: str) -> str:
 
 
 def observe_http(route: str, method: str, status: int, seconds: float) -> None:
+    """Count one answer. Counted in plain Python first (a Counter.inc and a Histogram.observe take a lock each, and
+    in multiprocess mode write a memory-mapped file each: several times the cost, once per request), then folded
+    into the metrics by `fold_http`: before this process renders a scrape, with whatever it counted
+    since the last fold, and every FOLD_S by each worker's `fold_every` task (so a scrape answered by another worker
+    lags by about that)."""
     if not _labels.enabled:
         return
     key = (route, method, status)
-    children = _labels.http.get(key)
-    if children is None:
-        children = (HTTP_REQUESTS.labels(route, method, str(status)), HTTP_DURATION.labels(route, method))
-        if len(_labels.http) < 10_000:  # routes x methods x statuses is small; a bound all the same
-            _labels.http[key] = children
-    counter, histogram = children
-    counter.inc()  # type: ignore[attr-defined]
-    histogram.observe(seconds)  # type: ignore[attr-defined]
+    tally = _http_tally.get(key)
+    if tally is None:
+        if len(_http_tally) >= 10_000:  # routes x methods x statuses is small; a bound all the same
+            fold_http()
+        tally = _http_tally[key] = [0, 0.0, [0] * (len(_LATENCY_BUCKETS) + 1)]
+    tally[0] += 1
+    tally[1] += seconds
+    tally[2][bisect_left(_LATENCY_BUCKETS, seconds)] += 1  # the first bucket whose bound is >= seconds (or +Inf)
+
+
+async def fold_every(seconds: float = FOLD_S) -> None:
+    """Fold what this process counted every `seconds`, until cancelled (a background task of each worker)."""
+    while True:
+        await asyncio.sleep(seconds)
+        fold_http()
+
+
+def fold_http() -> None:
+    """Add the answers counted since the last fold to the HTTP metrics."""
+    pending = list(_http_tally.items())
+    _http_tally.clear()
+    for (route, method, status), (count, total, buckets) in pending:
+        HTTP_REQUESTS.labels(route, method, str(status)).inc(count)
+        histogram = HTTP_DURATION.labels(route, method)
+        # What Histogram.observe does per observation, once per fold: its sum and the one bucket each falls in
+        # (prometheus-client's cumulative `le` counts are computed when exposed).
+        histogram._sum.inc(total)
+        for index, n in enumerate(buckets):
+            if n:
+                histogram._buckets[index].inc(n)
+
+
+# (route, method, status) -> [answers, seconds in all, answers per latency bucket (+Inf last)]
+_http_tally: dict[tuple[str, str, int], list[Any]] = {}
 
 
 def observe_upstream(key_id: str, operation: str, outcome: str, seconds: float) -> None:
@@ -180,6 +214,7 @@ def multiprocess_dir() -> str | None:
 
 def render() -> bytes:
     """The exposition text: this process's registry, or every worker's values in multiprocess mode."""
+    fold_http()
     directory = multiprocess_dir()
     if directory is None:
         return generate_latest(REGISTRY)
@@ -207,6 +242,7 @@ def _drop_dead_workers(directory: Path) -> None:
 
 def process_exiting() -> None:
     """A worker's shutdown: its gauges stop counting (its counters stay in the sums)."""
+    fold_http()  # what this worker counted is kept in the sums
     directory = multiprocess_dir()
     if directory is not None:
         mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]

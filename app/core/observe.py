@@ -18,7 +18,7 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core import context, metrics
-from app.core.logs import ACCESS_LOGGER
+from app.core.logs import ACCESS_LOGGER, AccessLine, direct_access
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -81,7 +81,22 @@ class Observe:
                 path = route  # a mounted app's paths may carry file tokens (the zero-config sandbox): not logged
             method: str = scope["method"]
             metrics.observe_http(route, method, status, elapsed)
-            if access_log.isEnabledFor(logging.INFO):
+            direct = direct_access()
+            if direct is not None:
+                direct.write_access(
+                    AccessLine(
+                        time.time(),
+                        method,
+                        path,
+                        route,
+                        status,
+                        round(elapsed * 1000, 2),
+                        request_id,
+                        current.tenant_id,
+                        current.task_id,
+                    )
+                )
+            elif access_log.isEnabledFor(logging.INFO):
                 _log_access(method, path, route, status, round(elapsed * 1000, 2))
 
 

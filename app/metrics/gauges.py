@@ -1,5 +1,6 @@
 """The gauges: refreshed when this process answers a scrape, and every few seconds by each worker of
-`serve --workers N` (a scrape reads every worker's last values from the multiprocess directory)."""
+`serve --workers N` (a scrape reads every worker's last values from the multiprocess directory). Also each process's
+fold of the HTTP answers it counted (app/core/metrics.observe_http) into the metrics, every FOLD_S."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class Gauges:
         self._kernel = kernel
         self._pool = pool
         self._loop: asyncio.Task[None] | None = None
+        self._fold: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
         now = self._kernel.clock()
@@ -47,6 +49,8 @@ class Gauges:
             log.debug("could not count waiting tasks: %s", type(e).__name__)
 
     def start(self) -> None:
+        if self._fold is None:  # the HTTP answers counted by this process, into the metrics every FOLD_S
+            self._fold = asyncio.create_task(metrics.fold_every(), name="metrics-fold")
         if metrics.multiprocess_dir() is not None and self._loop is None:
             self._loop = asyncio.create_task(self._run(), name="metrics-gauges")
 
@@ -58,5 +62,6 @@ class Gauges:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._loop)
-        self._loop = None
+        await cancel_and_wait(self._fold)
+        self._loop = self._fold = None
         metrics.process_exiting()

@@ -3,16 +3,32 @@ what json.dumps would, whatever a field holds, and the text line what logging's 
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import io
 import json
 import logging
 import math
+import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from app.core.logs import TEXT_FORMAT, JsonFormatter, TextFormatter
+from app.core.logs import (
+    ACCESS_FLUSH_S,
+    ACCESS_LOGGER,
+    PIPE_BUF,
+    TEXT_FORMAT,
+    AccessLine,
+    BatchingStreamHandler,
+    JsonFormatter,
+    RequestContextFilter,
+    TextFormatter,
+    direct_access,
+)
 
 
 class Colour(enum.StrEnum):
@@ -98,3 +114,152 @@ def test_the_text_line_keeps_logging_s_traceback() -> None:
     text = TextFormatter().format(failing)
     assert text.splitlines()[0].endswith("app.access: GET /x 200")
     assert "Traceback" in text and text.rstrip().endswith("ValueError: boom")
+
+
+# --- the access line, written without a LogRecord (app/core/observe.py) -------------------------------------------
+
+ACCESS = AccessLine(
+    created=1_790_000_000.257,
+    method="GET",
+    path='/v1/images/generations/task "é" \\ x',
+    route="/v1/images/generations/{task_id}",
+    status=200,
+    duration_ms=0.25,
+    request_id='req"1\\',
+    tenant_id="ten_1",
+    task_id='task "é"',
+)
+
+
+def access_record(line: AccessLine) -> logging.LogRecord:
+    """The record the logging path (observe._log_access) makes for the same answer."""
+    made = logging.LogRecord(
+        ACCESS_LOGGER,
+        logging.INFO,
+        __file__,
+        0,
+        "%s %s %s %.2fms",
+        (line.method, line.path, line.status, line.duration_ms),
+        None,
+    )
+    made.created = line.created
+    made.msecs = (line.created - int(line.created)) * 1000
+    for name in ("request_id", "tenant_id", "task_id"):
+        setattr(made, name, getattr(line, name))
+    made.method, made.path, made.route = line.method, line.path, line.route
+    made.status, made.duration_ms = line.status, line.duration_ms
+    return made
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter, TextFormatter])
+@pytest.mark.parametrize("tenant_id", ["ten_1", None])
+def test_the_direct_access_line_is_the_formatted_record(
+    formatter: type[logging.Formatter], tenant_id: str | None
+) -> None:
+    line = ACCESS._replace(tenant_id=tenant_id)
+    made = formatter()
+    assert made.access_line(line) == formatter().format(access_record(line))  # type: ignore[attr-defined]
+
+
+class Capture:
+    """A file descriptor whose writes are kept (a temporary file: a pipe nobody reads would fill up and block)."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by text()
+        self.write_fd = self.file.fileno()
+
+    def text(self) -> str:
+        self.file.seek(0)
+        try:
+            return self.file.read().decode()
+        finally:
+            self.file.close()
+
+
+@pytest.fixture
+def handler() -> Iterator[tuple[BatchingStreamHandler, Capture, list[int]]]:
+    capture = Capture()
+    made = BatchingStreamHandler()
+    made._fd = capture.write_fd
+    made.setFormatter(TextFormatter())
+    sizes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: Any) -> int:
+        if fd == capture.write_fd:
+            sizes.append(len(data))
+        return real_write(fd, data)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "write", counting_write)
+        yield made, capture, sizes
+
+
+def test_access_lines_wait_for_the_timer_and_other_records_take_them_along(
+    handler: tuple[BatchingStreamHandler, Capture, list[int]],
+) -> None:
+    made, capture, sizes = handler
+
+    async def scenario() -> None:
+        made.write_access(ACCESS)
+        made.write_access(ACCESS._replace(status=404))
+        assert sizes == []  # waiting in memory
+        other = record("shutting down", ())
+        other.name = "uvicorn.error"
+        made.handle(other)  # any other record: written at once, after the waiting lines
+        assert len(sizes) == 1
+        made.write_access(ACCESS._replace(status=500))
+        await asyncio.sleep(ACCESS_FLUSH_S * 3)
+        assert len(sizes) == 2  # the timer wrote it
+
+    asyncio.run(scenario())
+    lines = capture.text().splitlines()
+    assert [line.split(" ")[-3] for line in lines if "request_id=" in line] == ["200", "404", "500"]
+    assert "shutting down" in lines[2]
+
+
+def test_batches_are_whole_lines_of_at_most_pipe_buf_bytes(
+    handler: tuple[BatchingStreamHandler, Capture, list[int]],
+) -> None:
+    made, capture, sizes = handler
+    made.setFormatter(JsonFormatter())
+
+    async def scenario() -> None:
+        for status in range(100, 400):
+            made.write_access(ACCESS._replace(status=status))
+        made.flush()
+
+    asyncio.run(scenario())
+    text = capture.text()
+    parsed = [json.loads(line) for line in text.splitlines()]
+    assert [p["status"] for p in parsed] == list(range(100, 400))
+    assert len(sizes) > 1 and max(sizes) <= PIPE_BUF
+    # every write ended at a line's end: the written pieces, cut at their sizes, each end with a newline
+    data, offset = text.encode(), 0
+    for size in sizes:
+        offset += size
+        assert data[offset - 1 : offset] == b"\n"
+
+
+def test_direct_access_only_while_logging_is_the_gateway_s_own() -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    ours = BatchingStreamHandler()
+    ours.addFilter(RequestContextFilter())
+    try:
+        root.handlers[:] = [ours]
+        root.setLevel(logging.INFO)
+        assert direct_access() is ours
+        other = logging.StreamHandler(io.StringIO())
+        root.addHandler(other)  # a capture, or an embedding app's handler: it must see the lines
+        assert direct_access() is None
+        root.removeHandler(other)
+        logging.getLogger(ACCESS_LOGGER).addFilter(logging.Filter("nothing"))
+        assert direct_access() is None
+        logging.getLogger(ACCESS_LOGGER).filters.clear()
+        root.setLevel(logging.WARNING)  # access lines off
+        assert direct_access() is None
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        logging.getLogger(ACCESS_LOGGER).filters.clear()
