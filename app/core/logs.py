@@ -11,12 +11,12 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import math
 import os
 import sys
 import time
-from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import orjson
 
 from app.core import context
 
@@ -25,8 +25,7 @@ ACCESS_LOGGER = "app.access"  # one line per request (app/core/observe.py)
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Extra fields a record may carry (`log.info(..., extra={...})`), copied into the JSON line when present.
 _EXTRA_FIELDS = ("method", "path", "route", "status", "duration_ms")
-_JSON_FIELDS = tuple((name, f',"{name}":') for name in ("request_id", "tenant_id", "task_id", *_EXTRA_FIELDS))
-_quote: Callable[[str], str] = json.encoder.encode_basestring  # json's own escaping (its C version)
+_JSON_FIELDS = ("request_id", "tenant_id", "task_id", *_EXTRA_FIELDS)
 ACCESS_FLUSH_S = 0.2  # the longest an access line waits in memory before it is written
 PIPE_BUF = 4096  # POSIX: a write of at most this many bytes to a pipe is not interleaved with another's
 _BATCH_CHARS = 3000  # access lines written at once when this much waits (leaves room for multi-byte characters)
@@ -48,8 +47,8 @@ class RequestContextFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, written out field by field (json.dumps of a dict costs several times more, once per
-    request for the access line); strings go through json's own escaping, so every line parses."""
+    """One JSON object per line, serialised by orjson (several times faster than json.dumps: this runs once per
+    request for the access line). Non-finite floats are written as null, anything orjson does not know as its str()."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -65,78 +64,52 @@ class JsonFormatter(logging.Formatter):
         return f"{self._second_text}.{int((created - second) * 1000):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
-        parts = [
-            '{"time":"',
-            self._time(record.created),
-            '","level":"',
-            record.levelname,
-            '","logger":',
-            _quote(record.name),
-            ',"message":',
-            _quote(record.getMessage()),
-        ]
+        line: dict[str, Any] = {
+            "time": self._time(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         fields = record.__dict__
-        for name, key in _JSON_FIELDS:
+        for name in _JSON_FIELDS:
             value = fields.get(name)
-            if value is None:
-                continue
-            kind = type(value)
-            if kind is str:
-                parts += (key, _quote(value))
-            elif kind is int:
-                parts += (key, int.__repr__(value))
-            else:
-                parts += (key, json_value(value))
+            if value is not None:
+                line[name] = value
         if record.exc_info:
-            parts.append(',"exception":')
-            parts.append(_quote(self.formatException(record.exc_info)))
-        parts.append("}")
-        return "".join(parts)
+            line["exception"] = self.formatException(record.exc_info)
+        return dumps(line)
 
     def access_line(self, line: AccessLine) -> str:
         """What `format` writes for the access record of `line`, without the record."""
-        created = line.created
+        created, method, path, route, status, duration_ms, request_id, tenant_id, task_id = line
         second = int(created)
         if second != self._second:
             self._time(created)
-        path = _quote(line.path)
-        method = _quoted(line.method)
-        tail = f" {line.status} {line.duration_ms:.2f}ms"
-        ids = f',"request_id":{_quote(line.request_id)}'
-        if line.tenant_id is not None:
-            ids += f',"tenant_id":{_quoted(line.tenant_id)}'
-        if line.task_id is not None:
-            ids += f',"task_id":{_quote(line.task_id)}'
-        return (
-            f'{{"time":"{self._second_text}.{int((created - second) * 1000):03d}Z","level":"INFO",'
-            f'"logger":"{ACCESS_LOGGER}","message":{method[:-1]} {path[1:-1]}{tail}"{ids},"method":{method},'
-            f'"path":{path},"route":{_quoted(line.route)},"status":{line.status},"duration_ms":{line.duration_ms!r}}}'
-        )
+        fields: dict[str, Any] = {
+            "time": f"{self._second_text}.{int((created - second) * 1000):03d}Z",
+            "level": "INFO",
+            "logger": ACCESS_LOGGER,
+            "message": f"{method} {path} {status} {duration_ms:.2f}ms",
+            "request_id": request_id,
+        }
+        if tenant_id is not None:
+            fields["tenant_id"] = tenant_id
+        if task_id is not None:
+            fields["task_id"] = task_id
+        fields["method"] = method
+        fields["path"] = path
+        fields["route"] = route
+        fields["status"] = status
+        fields["duration_ms"] = duration_ms
+        return dumps(fields)
 
 
-def _quoted(value: str) -> str:
-    """`_quote(value)` remembered, for the few values that recur on every line (methods, routes, tenant ids)."""
-    known = _QUOTED.get(value)
-    if known is None:
-        known = _quote(value)
-        if len(_QUOTED) < 10_000:
-            _QUOTED[value] = known
-    return known
-
-
-_QUOTED: dict[str, str] = {}
-
-
-def json_value(value: object) -> str:
-    """`value` as json.dumps(value, ensure_ascii=False, default=str) writes it, the common types without its
-    machinery."""
-    if isinstance(value, str):
-        return _quote(value)
-    if type(value) is int:
-        return int.__repr__(value)
-    if type(value) is float and math.isfinite(value):
-        return float.__repr__(value)
-    return json.dumps(value, ensure_ascii=False, default=str)
+def dumps(fields: dict[str, Any]) -> str:
+    """One JSON line: orjson, or json for what orjson refuses (an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(fields, default=str).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(fields, ensure_ascii=False, default=str, separators=(",", ":"))
 
 
 class TextFormatter(logging.Formatter):

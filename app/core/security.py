@@ -25,7 +25,11 @@ class KeyMaterial:
 
     def __init__(self, secret_key: str, previous: Sequence[str] = ()) -> None:
         secrets_in_order = [secret_key, *[p for p in previous if p and p != secret_key]]
-        self._hash_keys = [(_key_id(s), _derive(s, b"seedream-gateway tenant-key-hash")) for s in secrets_in_order]
+        # Each hash key's HMAC with its key already absorbed: a copy per hash instead of a new HMAC (once per request).
+        self._hash_keys = [
+            (_key_id(s), hmac.new(_derive(s, b"seedream-gateway tenant-key-hash"), digestmod=hashlib.sha256))
+            for s in secrets_in_order
+        ]
         self._fernets = [
             Fernet(base64.urlsafe_b64encode(_derive(s, b"seedream-gateway upstream-key-enc"))) for s in secrets_in_order
         ]
@@ -73,8 +77,11 @@ def _key_id(secret_key: str) -> str:
     return hashlib.sha256(b"seedream-gateway key-id:" + secret_key.encode()).hexdigest()[:12]
 
 
-def _hmac(key: bytes, message: bytes) -> str:
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+def _hmac(prepared: hmac.HMAC, message: bytes) -> str:
+    """HMAC-SHA256 of `message` (hex) under the key `prepared` was made with."""
+    mac = prepared.copy()
+    mac.update(message)
+    return mac.hexdigest()
 
 
 def _derive(secret_key: str, info: bytes) -> bytes:
