@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from typing import Any, NamedTuple
@@ -28,7 +29,10 @@ _EXTRA_FIELDS = ("method", "path", "route", "status", "duration_ms")
 _JSON_FIELDS = ("request_id", "tenant_id", "task_id", *_EXTRA_FIELDS)
 ACCESS_FLUSH_S = 0.2  # the longest an access line waits in memory before it is written
 PIPE_BUF = 4096  # POSIX: a write of at most this many bytes to a pipe is not interleaved with another's
-_BATCH_CHARS = 3000  # access lines written at once when this much waits (leaves room for multi-byte characters)
+# Access lines written at once when this much waits: on a pipe or socket, what fits one atomic write (with room for
+# multi-byte characters); on a file or terminal, where each write system call costs more than its bytes, more.
+_PIPE_BATCH_CHARS = 3000
+_FILE_BATCH_CHARS = 60_000
 _access = logging.getLogger(ACCESS_LOGGER)
 
 
@@ -173,18 +177,27 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     - Access lines wait in memory for at most ACCESS_FLUSH_S (or until a batch is about PIPE_BUF bytes); every other
       record is written at once, after whatever access lines precede it (uvicorn's shutdown lines, say, so a
       process that ends on a re-raised SIGTERM has written everything; logging's exit hook flushes the rest).
-    - Each write is whole lines of at most PIPE_BUF bytes where lines allow: writes that small are atomic on a pipe,
+    - On a pipe or socket (a container's stderr), each write is whole lines of at most PIPE_BUF bytes where lines
+      allow: writes that small are atomic on a pipe,
       so the lines of several `serve --workers` processes sharing one stderr never interleave mid-line.
     - `write_access` takes an access line without a LogRecord (app/core/observe.py uses it while the process's
       logging is this handler alone: `direct_access`), a few microseconds less per request than logging's machinery.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fd: int | None = None, *, piped: bool | None = None) -> None:
+        """`fd`: where to write (default: stderr's descriptor); `piped`: whether it is a pipe or socket (default:
+        asked of the descriptor)."""
         super().__init__(sys.stderr)
-        try:
-            self._fd: int | None = sys.stderr.fileno()
-        except (AttributeError, OSError, ValueError):  # a stderr without a descriptor (captured): written as is
-            self._fd = None
+        if fd is None:
+            try:
+                fd = sys.stderr.fileno()
+            except (AttributeError, OSError, ValueError):  # a stderr without a descriptor (captured): written as is
+                fd = None
+        self._fd = fd
+        if piped is None:
+            piped = fd is None or _is_pipe(fd)
+        self._batch_chars = _PIPE_BATCH_CHARS if piped else _FILE_BATCH_CHARS
+        self._chunk_bytes = PIPE_BUF if piped else 1 << 20
         self._pending: list[str] = []
         self._pending_chars = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -210,7 +223,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """Called with the lock held."""
         self._pending.append(line)
         self._pending_chars += len(line) + 1
-        if later and self._pending_chars < _BATCH_CHARS:
+        if later and self._pending_chars < self._batch_chars:
             if self._timer is None:
                 try:
                     self._timer = asyncio.get_running_loop().call_later(ACCESS_FLUSH_S, self.flush)
@@ -237,22 +250,30 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.stream.write(text)
                 self.stream.flush()
             else:
-                _write_lines(self._fd, text.encode("utf-8", "backslashreplace"))
+                _write_lines(self._fd, text.encode("utf-8", "backslashreplace"), self._chunk_bytes)
         except Exception:  # stderr gone (closed pipe): nothing else can be told
             pass
 
 
-def _write_lines(fd: int, data: bytes) -> None:
-    """Write `data` in chunks of whole lines of at most PIPE_BUF bytes (a longer line goes alone)."""
+def _write_lines(fd: int, data: bytes, chunk: int = PIPE_BUF) -> None:
+    """Write `data` in chunks of whole lines of at most `chunk` bytes (a longer line goes alone)."""
     view = memoryview(data)
     start = 0
     while start < len(data):
         end = len(data)
-        if end - start > PIPE_BUF:
-            cut = data.rfind(b"\n", start, start + PIPE_BUF)
-            end = cut + 1 if cut >= start else data.find(b"\n", start + PIPE_BUF) + 1 or len(data)
+        if end - start > chunk:
+            cut = data.rfind(b"\n", start, start + chunk)
+            end = cut + 1 if cut >= start else data.find(b"\n", start + chunk) + 1 or len(data)
         while start < end:
             start += os.write(fd, view[start:end])
+
+
+def _is_pipe(fd: int) -> bool:
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return True  # the careful choice
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def direct_access() -> BatchingStreamHandler | None:

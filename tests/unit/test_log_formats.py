@@ -27,6 +27,7 @@ from app.core.logs import (
     JsonFormatter,
     RequestContextFilter,
     TextFormatter,
+    _is_pipe,
     direct_access,
 )
 
@@ -179,8 +180,7 @@ class Capture:
 @pytest.fixture
 def handler() -> Iterator[tuple[BatchingStreamHandler, Capture, list[int]]]:
     capture = Capture()
-    made = BatchingStreamHandler()
-    made._fd = capture.write_fd
+    made = BatchingStreamHandler(capture.write_fd, piped=True)  # as on a container's stderr
     made.setFormatter(TextFormatter())
     sizes: list[int] = []
     real_write = os.write
@@ -263,3 +263,14 @@ def test_direct_access_only_while_logging_is_the_gateway_s_own() -> None:
         root.handlers[:], level = saved
         root.setLevel(level)
         logging.getLogger(ACCESS_LOGGER).filters.clear()
+
+
+def test_pipes_are_told_from_files() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        assert _is_pipe(write_fd)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    with tempfile.TemporaryFile() as file:
+        assert not _is_pipe(file.fileno())
