@@ -86,11 +86,8 @@ class JsonFormatter(logging.Formatter):
     def access_line(self, line: AccessLine) -> str:
         """What `format` writes for the access record of `line`, without the record."""
         created, method, path, route, status, duration_ms, request_id, tenant_id, task_id = line
-        second = int(created)
-        if second != self._second:
-            self._time(created)
         fields: dict[str, Any] = {
-            "time": f"{self._second_text}.{int((created - second) * 1000):03d}Z",
+            "time": self._time(created),
             "level": "INFO",
             "logger": ACCESS_LOGGER,
             "message": f"{method} {path} {status} {duration_ms:.2f}ms",
@@ -124,13 +121,16 @@ class TextFormatter(logging.Formatter):
         self._second = -1
         self._second_text = ""
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        """logging's own `2026-11-28 13:00:00,123`, with the part up to the second formatted once per second."""
-        second = int(record.created)
+    def _up_to_second(self, second: int) -> str:
+        """`2026-11-28 13:00:00`, formatted once per second."""
         if second != self._second:
             self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
             self._second = second
-        return f"{self._second_text},{int(record.msecs):03d}"
+        return self._second_text
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """logging's own `2026-11-28 13:00:00,123`."""
+        return f"{self._up_to_second(int(record.created))},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         if record.exc_info or record.exc_text or record.stack_info:
@@ -144,11 +144,8 @@ class TextFormatter(logging.Formatter):
     def access_line(self, line: AccessLine) -> str:
         """What `format` writes for the access record of `line`, without the record."""
         second = int(line.created)
-        if second != self._second:
-            self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-            self._second = second
         return (
-            f"{self._second_text},{int((line.created - second) * 1000):03d} INFO {ACCESS_LOGGER}: "
+            f"{self._up_to_second(second)},{int((line.created - second) * 1000):03d} INFO {ACCESS_LOGGER}: "
             f"{line.method} {line.path} {line.status} {line.duration_ms:.2f}ms request_id={line.request_id}"
         )
 
@@ -178,8 +175,8 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
       record is written at once, after whatever access lines precede it (uvicorn's shutdown lines, say, so a
       process that ends on a re-raised SIGTERM has written everything; logging's exit hook flushes the rest).
     - On a pipe or socket (a container's stderr), each write is whole lines of at most PIPE_BUF bytes where lines
-      allow: writes that small are atomic on a pipe,
-      so the lines of several `serve --workers` processes sharing one stderr never interleave mid-line.
+      allow: writes that small are atomic on a pipe, so the lines of several `serve --workers` processes sharing one
+      stderr never interleave mid-line. On a file, batches are larger (a write system call costs more than its bytes).
     - `write_access` takes an access line without a LogRecord (app/core/observe.py uses it while the process's
       logging is this handler alone: `direct_access`), a few microseconds less per request than logging's machinery.
     """
@@ -255,7 +252,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             pass
 
 
-def _write_lines(fd: int, data: bytes, chunk: int = PIPE_BUF) -> None:
+def _write_lines(fd: int, data: bytes, chunk: int) -> None:
     """Write `data` in chunks of whole lines of at most `chunk` bytes (a longer line goes alone)."""
     view = memoryview(data)
     start = 0

@@ -8,8 +8,8 @@ sums them (`render`). Gauges are per live process ("livemax"/"livesum"): a dead 
 next scrape, its counters kept.
 
 Labels are bounded: routes are templates, never raw paths; tenants beyond the first `max_tenants` seen by a process
-share the label "other"; no task id is ever a label. The hot path asks for a labelled child once per label tuple
-and keeps it (`labels()` takes a lock and builds a tuple on every call).
+share the label "other"; no task id is ever a label. The hot path (one HTTP answer) is counted in plain Python and
+folded into the metrics later (`observe_http`).
 """
 
 from __future__ import annotations
@@ -141,9 +141,8 @@ def tenant_label(tenant_id: str) -> str:
 def observe_http(route: str, method: str, status: int, seconds: float) -> None:
     """Count one answer. Counted in plain Python first (a Counter.inc and a Histogram.observe take a lock each, and
     in multiprocess mode write a memory-mapped file each: several times the cost, once per request), then folded
-    into the metrics by `fold_http`: before this process renders a scrape, with whatever it counted
-    since the last fold, and every FOLD_S by each worker's `fold_every` task (so a scrape answered by another worker
-    lags by about that)."""
+    into the metrics by `fold_http`: before this process renders a scrape, and with `serve --workers N` every FOLD_S
+    by each worker's `fold_every` task (so a scrape answered by another worker lags by about that)."""
     if not _labels.enabled:
         return
     key = (route, method, status)

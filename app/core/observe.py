@@ -81,37 +81,42 @@ class Observe:
                 path = route  # a mounted app's paths may carry file tokens (the zero-config sandbox): not logged
             method: str = scope["method"]
             metrics.observe_http(route, method, status, elapsed)
+            line = AccessLine(
+                time.time(),
+                method,
+                path,
+                route,
+                status,
+                round(elapsed * 1000, 2),
+                request_id,
+                current.tenant_id,
+                current.task_id,
+            )
             direct = direct_access()
             if direct is not None:
-                direct.write_access(
-                    AccessLine(
-                        time.time(),
-                        method,
-                        path,
-                        route,
-                        status,
-                        round(elapsed * 1000, 2),
-                        request_id,
-                        current.tenant_id,
-                        current.task_id,
-                    )
-                )
+                direct.write_access(line)
             elif access_log.isEnabledFor(logging.INFO):
-                _log_access(method, path, route, status, round(elapsed * 1000, 2))
+                _log_access(line)
 
 
-def _log_access(method: str, path: str, route: str, status: int, duration_ms: float) -> None:
-    """The access line, built directly: `Logger.info` would walk the stack for the caller (once per request)."""
+def _log_access(line: AccessLine) -> None:
+    """The access line through logging (a capture or another handler is installed), its record built directly:
+    `Logger.info` would walk the stack for the caller."""
     record = logging.LogRecord(
-        access_log.name, logging.INFO, __file__, 0, "%s %s %s %.2fms", (method, path, status, duration_ms), None
+        access_log.name,
+        logging.INFO,
+        __file__,
+        0,
+        "%s %s %s %.2fms",
+        (line.method, line.path, line.status, line.duration_ms),
+        None,
     )
-    current = context.current()  # what RequestContextFilter would look up
-    record.request_id = current.request_id if current is not None else None
-    record.tenant_id = current.tenant_id if current is not None else None
-    record.task_id = current.task_id if current is not None else None
-    record.method = method
-    record.path = path
-    record.route = route
-    record.status = status
-    record.duration_ms = duration_ms
+    record.request_id = line.request_id
+    record.tenant_id = line.tenant_id
+    record.task_id = line.task_id
+    record.method = line.method
+    record.path = line.path
+    record.route = line.route
+    record.status = line.status
+    record.duration_ms = line.duration_ms
     access_log.handle(record)

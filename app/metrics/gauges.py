@@ -1,6 +1,6 @@
 """The gauges: refreshed when this process answers a scrape, and every few seconds by each worker of
-`serve --workers N` (a scrape reads every worker's last values from the multiprocess directory). Also each process's
-fold of the HTTP answers it counted (app/core/metrics.observe_http) into the metrics, every FOLD_S."""
+`serve --workers N` (a scrape reads every worker's last values from the multiprocess directory), where each worker
+also folds the HTTP answers it counted (app/core/metrics.observe_http) into those files every FOLD_S."""
 
 from __future__ import annotations
 
@@ -49,10 +49,13 @@ class Gauges:
             log.debug("could not count waiting tasks: %s", type(e).__name__)
 
     def start(self) -> None:
-        if self._fold is None:  # the HTTP answers counted by this process, into the metrics every FOLD_S
-            self._fold = asyncio.create_task(metrics.fold_every(), name="metrics-fold")
-        if metrics.multiprocess_dir() is not None and self._loop is None:
+        """With workers only: a single process folds and refreshes when it answers a scrape (render, refresh)."""
+        if metrics.multiprocess_dir() is None:
+            return
+        if self._loop is None:
             self._loop = asyncio.create_task(self._run(), name="metrics-gauges")
+        if self._fold is None:  # the HTTP answers this worker counted, into the shared files every FOLD_S
+            self._fold = asyncio.create_task(metrics.fold_every(), name="metrics-fold")
 
     async def _run(self) -> None:
         while True:
