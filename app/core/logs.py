@@ -15,6 +15,7 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import orjson
@@ -50,22 +51,44 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
+class _ClockText:
+    """A formatter's time text, made once per millisecond (a busy worker writes several lines in one): the part up
+    to the second by `up_to_second`, then the separator, the milliseconds and the suffix."""
+
+    def __init__(self, up_to_second: Callable[[int], str], separator: str, suffix: str = "") -> None:
+        self._up_to_second = up_to_second
+        self._separator = separator
+        self._suffix = suffix
+        self._second = -1
+        self._second_text = ""
+        self._millisecond = -1
+        self._text = ""
+
+    def text(self, created: float) -> str:
+        millisecond = int(created * 1000)
+        if millisecond != self._millisecond:
+            second, fraction = divmod(millisecond, 1000)
+            if second != self._second:
+                self._second_text = self._up_to_second(second)
+                self._second = second
+            self._text = f"{self._second_text}{self._separator}{fraction:03d}{self._suffix}"
+            self._millisecond = millisecond
+        return self._text
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, serialised by orjson (several times faster than json.dumps: this runs once per
     request for the access line). Non-finite floats are written as null, anything orjson does not know as its str()."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._second = -1
-        self._second_text = ""
+        self._clock = _ClockText(
+            lambda second: dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S"), ".", "Z"
+        )
 
     def _time(self, created: float) -> str:
-        """ISO 8601 UTC with milliseconds; the part up to the second is formatted once per second."""
-        second = int(created)
-        if second != self._second:
-            self._second_text = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-            self._second = second
-        return f"{self._second_text}.{int((created - second) * 1000):03d}Z"
+        """ISO 8601 UTC with milliseconds."""
+        return self._clock.text(created)
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -84,7 +107,8 @@ class JsonFormatter(logging.Formatter):
         return dumps(line)
 
     def access_line(self, line: AccessLine) -> str:
-        """What `format` writes for the access record of `line`, without the record."""
+        """What `format` writes for the access record of `line`, without the record. The path is in the message
+        only (the route and the task id are fields of their own)."""
         created, method, path, route, status, duration_ms, request_id, tenant_id, task_id = line
         fields: dict[str, Any] = {
             "time": self._time(created),
@@ -98,7 +122,6 @@ class JsonFormatter(logging.Formatter):
         if task_id is not None:
             fields["task_id"] = task_id
         fields["method"] = method
-        fields["path"] = path
         fields["route"] = route
         fields["status"] = status
         fields["duration_ms"] = duration_ms
@@ -118,19 +141,11 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
-        self._second = -1
-        self._second_text = ""
-
-    def _up_to_second(self, second: int) -> str:
-        """`2026-11-28 13:00:00`, formatted once per second."""
-        if second != self._second:
-            self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-            self._second = second
-        return self._second_text
+        self._clock = _ClockText(lambda second: time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second)), ",")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         """logging's own `2026-11-28 13:00:00,123`."""
-        return f"{self._up_to_second(int(record.created))},{int(record.msecs):03d}"
+        return self._clock.text(record.created)
 
     def format(self, record: logging.LogRecord) -> str:
         if record.exc_info or record.exc_text or record.stack_info:
@@ -143,9 +158,8 @@ class TextFormatter(logging.Formatter):
 
     def access_line(self, line: AccessLine) -> str:
         """What `format` writes for the access record of `line`, without the record."""
-        second = int(line.created)
         return (
-            f"{self._up_to_second(second)},{int((line.created - second) * 1000):03d} INFO {ACCESS_LOGGER}: "
+            f"{self._clock.text(line.created)} INFO {ACCESS_LOGGER}: "
             f"{line.method} {line.path} {line.status} {line.duration_ms:.2f}ms request_id={line.request_id}"
         )
 

@@ -100,8 +100,13 @@ class Observe:
 
 
 def _log_access(line: AccessLine) -> None:
-    """The access line through logging (a capture or another handler is installed), its record built directly:
-    `Logger.info` would walk the stack for the caller."""
+    """The access line through logging (a capture or another handler is installed)."""
+    access_log.handle(access_record(line))
+
+
+def access_record(line: AccessLine) -> logging.LogRecord:
+    """The access line's record, built directly (`Logger.info` would walk the stack for the caller). The path is in
+    the message only."""
     record = logging.LogRecord(
         access_log.name,
         logging.INFO,
@@ -111,12 +116,13 @@ def _log_access(line: AccessLine) -> None:
         (line.method, line.path, line.status, line.duration_ms),
         None,
     )
+    record.created = line.created
+    record.msecs = (line.created - int(line.created)) * 1000
     record.request_id = line.request_id
     record.tenant_id = line.tenant_id
     record.task_id = line.task_id
     record.method = line.method
-    record.path = line.path
     record.route = line.route
     record.status = line.status
     record.duration_ms = line.duration_ms
-    access_log.handle(record)
+    return record

@@ -30,6 +30,7 @@ from app.core.logs import (
     _is_pipe,
     direct_access,
 )
+from app.core.observe import access_record
 
 
 class Colour(enum.StrEnum):
@@ -130,26 +131,6 @@ ACCESS = AccessLine(
     tenant_id="ten_1",
     task_id='task "é"',
 )
-
-
-def access_record(line: AccessLine) -> logging.LogRecord:
-    """The record the logging path (observe._log_access) makes for the same answer."""
-    made = logging.LogRecord(
-        ACCESS_LOGGER,
-        logging.INFO,
-        __file__,
-        0,
-        "%s %s %s %.2fms",
-        (line.method, line.path, line.status, line.duration_ms),
-        None,
-    )
-    made.created = line.created
-    made.msecs = (line.created - int(line.created)) * 1000
-    for name in ("request_id", "tenant_id", "task_id"):
-        setattr(made, name, getattr(line, name))
-    made.method, made.path, made.route = line.method, line.path, line.route
-    made.status, made.duration_ms = line.status, line.duration_ms
-    return made
 
 
 @pytest.mark.parametrize("formatter", [JsonFormatter, TextFormatter])
