@@ -24,6 +24,7 @@ from app.core import context
 
 LOG_FORMATS = ("text", "json")
 ACCESS_LOGGER = "app.access"  # one line per request (app/core/observe.py)
+QUIET_BELOW_DEBUG = ("httpx", "httpcore")  # HTTP client loggers heard at log level debug only
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Extra fields a record may carry (`log.info(..., extra={...})`), copied into the JSON line when present.
 _EXTRA_FIELDS = ("method", "path", "route", "status", "duration_ms")
@@ -321,6 +322,12 @@ def setup_logging(level: str, log_format: str = "text") -> None:
         if not any(isinstance(f, RequestContextFilter) for f in handler.filters):
             handler.addFilter(RequestContextFilter())
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # httpx writes an INFO line per upstream call (two per task at least: the create and the poller's look), which
+    # costs a log record each and buries the access lines; the gateway's own line per call (app/upstream/
+    # instrumented.py) is DEBUG, and so is httpx's when the level is debug.
+    quiet = logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
+    for name in QUIET_BELOW_DEBUG:
+        logging.getLogger(name).setLevel(quiet)
     # Neither format shows them; each costs a lookup on every record (one access line per request).
     logging.logThreads = False
     logging.logProcesses = False

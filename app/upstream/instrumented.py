@@ -1,8 +1,10 @@
 """The adapter as every caller gets it: each call counted and timed by key, operation and outcome
-(`gateway_upstream_calls_total`, `gateway_upstream_call_duration_seconds`), whichever adapter sits inside."""
+(`gateway_upstream_calls_total`, `gateway_upstream_call_duration_seconds`) and, at log level debug, logged, whichever
+adapter sits inside."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -12,6 +14,7 @@ from app.upstream.base import UploadedFile, UploadRefused, UpstreamAdapter, Upst
 from app.upstream.pool import UpstreamKeyPool
 
 UNKNOWN_KEY = "unknown"
+log = logging.getLogger(__name__)
 
 
 def outcome_of(error: BaseException) -> str:
@@ -54,7 +57,11 @@ class InstrumentedAdapter:
             outcome = outcome_of(e) if isinstance(e, Exception) else "cancelled"
             raise
         finally:
-            metrics.observe_upstream(self._key_id(api_key), operation, outcome, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            key_id = self._key_id(api_key)
+            metrics.observe_upstream(key_id, operation, outcome, seconds)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("upstream %s with key %s: %s in %.1f ms", operation, key_id, outcome, seconds * 1000)
 
     async def create(self, api_key: str, body: dict[str, Any]) -> UpstreamTask:
         result: UpstreamTask = await self._call("create", api_key, self.inner.create(api_key, body))

@@ -29,7 +29,7 @@ RECOVERY_DEADLINE_S = 40.0
 OUTAGE_S = 3.0  # how long each outage lasts: several poller intervals, many requests
 MAX_OUTAGE_LOG_LINES = 4  # the outage's start and end, and some slack; never one per request or per sweep
 # One line per request whatever happens: the gateway's access line (app.access; uvicorn's, for the sandbox), and
-# httpx's line per call to the upstream.
+# httpx's line per call to the upstream (at log level debug).
 _ACCESS_LINE = re.compile(r' app\.access: |"[A-Z]+ \S+ HTTP/[\d.]+" \d{3}|HTTP Request: [A-Z]+ \S+ "HTTP/')
 
 
