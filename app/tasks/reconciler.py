@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 
 from app.core import outage
 from app.core.db.errors import describe, is_database_unavailable, redacted_traceback
+from app.models.task import Task
 from app.tasks.service import TaskService
 
 log = logging.getLogger(__name__)
@@ -84,24 +85,25 @@ class Reconciler:
         seen: set[str] = set()
         while True:
             claimed = await self._tasks.claim_due(self._owner, self._batch, LEASE)
-            ids = [task_id for task_id in claimed if task_id not in seen]
+            due = [task for task in claimed if task.id not in seen]
+            ids = [task.id for task in due]
             if not ids:  # nothing due, or only tasks this sweep could not move on (they wait for the next one)
                 if claimed:
-                    await self._tasks.release_leases(claimed, self._owner)
+                    await self._tasks.release_leases([task.id for task in claimed], self._owner)
                 return handled
             seen.update(ids)
 
-            async def one(task_id: str) -> None:
+            async def one(task: Task) -> None:
                 async with gate:
                     try:
-                        await self._tasks.reconcile(task_id)
+                        await self._tasks.reconcile(task)
                     except Exception as e:  # one task's failure must not stop the others; its lease expires
                         if is_database_unavailable(e):
                             raise
-                        log.error("reconciling task %s failed\n%s", task_id, redacted_traceback(e))
+                        log.error("reconciling task %s failed\n%s", task.id, redacted_traceback(e))
 
             try:
-                await asyncio.gather(*(one(task_id) for task_id in ids))
+                await asyncio.gather(*(one(task) for task in due))
             finally:  # a failed one's lease is given back too: it is due again at its next look
                 with contextlib.suppress(Exception):
                     await self._tasks.release_leases(ids, self._owner)

@@ -92,9 +92,10 @@ def _update_open(columns: frozenset[str], *, returning: bool) -> TextClause:
 
 async def claim_due(
     session: AsyncSession, now: dt.datetime, lease_until: dt.datetime, owner: str, limit: int
-) -> list[str]:
+) -> list[Task]:
     """Lease up to `limit` open tasks whose next look is due and that nobody holds, most overdue first, at most
-    a few per tenant per claim (one tenant's burst cannot starve the others' waiting tasks).
+    a few per tenant per claim (one tenant's burst cannot starve the others' waiting tasks). The leased rows as
+    the lease left them: the claimant works from them without reading each again.
 
     PostgreSQL: candidates are locked with FOR UPDATE SKIP LOCKED, so concurrent claimants (every replica runs
     one) never wait for each other nor take the same task. SQLite has one writer at a time: the conditional UPDATE
@@ -125,13 +126,12 @@ async def claim_due(
     if not locked:
         return []
     stmt = (
-        update(Task)
-        .where(Task.id.in_(locked), or_(Task.lease_until.is_(None), Task.lease_until <= now))
+        update(_TASKS)
+        .where(_TASKS.c.id.in_(locked), or_(_TASKS.c.lease_until.is_(None), _TASKS.c.lease_until <= now))
         .values(lease_owner=owner, lease_until=lease_until)
-        .returning(Task.id)
-        .execution_options(synchronize_session=False)
+        .returning(*_TASKS.c)
     )
-    return list((await session.execute(stmt)).scalars().all())
+    return [Task(**row._asdict()) for row in await session.execute(stmt)]
 
 
 async def release_leases(session: AsyncSession, task_ids: list[str], owner: str) -> None:

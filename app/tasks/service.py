@@ -447,7 +447,7 @@ class TaskService:
         return body
 
     # --- the reconciler's work (app/tasks/reconciler.py claims, this does) -------------------------------------------
-    async def claim_due(self, owner: str, limit: int, lease: dt.timedelta) -> list[str]:
+    async def claim_due(self, owner: str, limit: int, lease: dt.timedelta) -> list[Task]:
         """Lease up to `limit` open tasks whose next look is due (across replicas: each goes to one claimant)."""
         now = self._clock()
         async with self._sessions.begin() as session:
@@ -458,13 +458,12 @@ class TaskService:
         async with one_statement(self._sessions) as session:
             await repo.release_leases(session, task_ids, owner)
 
-    async def reconcile(self, task_id: str) -> None:
+    async def reconcile(self, task: Task) -> None:
         """Do what a due task needs: send a waiting one, check an open one with the upstream (its pinned key),
-        resolve a create that never got an answer, end one past its deadline."""
-        async with self._sessions() as session:
-            await reads_only(session)
-            task = await repo.get(session, task_id)
-        if task is None or task.status in TERMINAL_STATUSES:
+        resolve a create that never got an answer, end one past its deadline. `task`: the row as `claim_due` leased
+        it (this process holds its lease, so no other look or dispatch changed it since; a caller's status refresh
+        may have, and every write below is conditional on the task being open still)."""
+        if task.status in TERMINAL_STATUSES:
             return
         now = self._clock()
         if task.status == TaskStatus.WAITING:
@@ -558,7 +557,8 @@ class TaskService:
                     await repo.update_task(session, task.id, last_error=_text(e.message)[:500], **look)
             else:
                 values = {**_values_from_upstream(upstream, self._clock()), **look}
-                return await self._record(task.id, values, len(upstream.urls))
+                # The reconciler's task is its own copy (claim_due's row): written without reading it back.
+                return await self._record(task.id, values, len(upstream.urls), known=task if force else None)
         async with self._sessions() as session:
             await reads_only(session)
             fresh = await repo.get(session, task.id)
