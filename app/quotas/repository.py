@@ -101,15 +101,16 @@ async def reserve(session: AsyncSession, r: Reservation) -> set[str]:
     return {row[0] for row in result.all()}
 
 
-# Settle a task's reservation in one statement (PostgreSQL): the settle entry, once per task, and the counters it
-# changes. Counter rows are locked in the reservation's order (day, month, in flight) whatever the plan, so a settle
-# and a reservation of the same tenant cannot deadlock.
-_SETTLE_POSTGRES = text(f"""
-    WITH reserved AS (
-        SELECT tenant_id, images, day, month FROM quota_entries WHERE task_id = :task_id AND kind = 'reserve'
-    ), settled AS (
+def settle_ctes_postgres(reserved: str) -> str:
+    """The CTEs that settle a reservation, for a statement whose CTE `reserved` gives the reserve entry to settle
+    (tenant_id, images, day, month, and `charged`: the images to charge): `settled` (the settle entry, once per
+    task) and `locked` (the counter rows it changes), then `counted`, the counters' update. Counter rows are locked in
+    the reservation's order (day, month, in flight) whatever the plan, so a settle and a reservation of the same
+    tenant cannot deadlock. `:task_id` and `:now` are bound by the statement."""
+    return f"""
+    {reserved}, settled AS (
         INSERT INTO quota_entries (tenant_id, task_id, kind, images, day, month, created_at)
-        SELECT tenant_id, :task_id, 'settle', -(images - LEAST(GREATEST(:produced, 0), images)), day, month, :now
+        SELECT tenant_id, :task_id, 'settle', -(images - LEAST(GREATEST(charged, 0), images)), day, month, :now
         FROM reserved
         ON CONFLICT (task_id, kind) DO NOTHING
         RETURNING tenant_id, -images AS refund, day, month
@@ -120,10 +121,24 @@ _SETTLE_POSTGRES = text(f"""
                  OR (s.refund <> 0 AND c.period IN ('day:' || s.day, 'month:' || s.month)))
         ORDER BY CASE WHEN c.period = '{INFLIGHT_PERIOD}' THEN 2 WHEN c.period LIKE 'month:%' THEN 1 ELSE 0 END
         FOR UPDATE OF c
+    ), counted AS (
+        UPDATE quota_counters q SET amount = q.amount - l.amount FROM locked l
+        WHERE q.tenant_id = l.tenant_id AND q.period = l.period
+        RETURNING 1
+    )"""
+
+
+# Settle a task's reservation in one statement (PostgreSQL): see settle_ctes_postgres.
+_SETTLE_POSTGRES = text(
+    "WITH"
+    + settle_ctes_postgres(
+        """reserved AS (
+        SELECT tenant_id, images, day, month, CAST(:produced AS integer) AS charged
+        FROM quota_entries WHERE task_id = :task_id AND kind = 'reserve'
+    )"""
     )
-    UPDATE quota_counters q SET amount = q.amount - l.amount FROM locked l
-    WHERE q.tenant_id = l.tenant_id AND q.period = l.period
-""").bindparams(bindparam("produced", type_=Integer), bindparam("now", type_=UTCDateTime()))
+    + " SELECT count(*) FROM counted"
+).bindparams(bindparam("produced", type_=Integer), bindparam("now", type_=UTCDateTime()))
 
 
 async def settle_postgres(session: AsyncSession, task_id: str, produced: int, now: dt.datetime) -> None:

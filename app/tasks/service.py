@@ -42,12 +42,13 @@ from app.models import Tenant
 from app.models.task import Task
 from app.quotas import repository as quota_sql
 from app.quotas import service as quotas
-from app.tasks import admission
+from app.tasks import admission, ending
 from app.tasks import repository as repo
 from app.tasks.cache import TaskAnswers
 from app.tasks.singleflight import SingleFlight
 from app.upstream.base import UpstreamAdapter, UpstreamTask, parse_retry_after
 from app.upstream.pool import PoolKey, UpstreamKeyPool
+from app.webhooks import repository as webhook_sql
 from app.webhooks.callbacks import check_callback_url
 
 log = logging.getLogger(__name__)
@@ -590,6 +591,19 @@ class TaskService:
             return stored
         values = {**values, "next_check_at": None, "lease_until": None}
         async with self._sessions.begin() as session:
+            if is_postgresql(session):  # the end, settle and slot in one statement (app/tasks/ending.py)
+                ended = await ending.end(session, task_id, values, produced, self._clock())
+                if ended is None:  # already terminal: another caller or replica recorded the end first
+                    stored = await repo.get(session, task_id)
+                else:
+                    stored, tenant_webhook_url = ended
+                    if stored.upstream_key_id is not None:
+                        self._pool.slot_released(stored.upstream_key_id)
+                    webhook_sql.known_tenant_webhook_url(session, stored.tenant_id, tenant_webhook_url)
+                    for hook in self._end_hooks:
+                        await hook(session, stored)
+                assert stored is not None
+                return stored
             stored = await repo.apply_update(session, task_id, values)
             if stored is None:  # already terminal: another caller or replica recorded the end first
                 stored = await repo.get(session, task_id)

@@ -322,6 +322,10 @@ class UpstreamKeyPool:
     async def release_slot(self, session: AsyncSession, key_id: str) -> None:
         """One task of the key ended (or was refused): in the transaction that records it."""
         await repo.release_slot(session, key_id)
+        self.slot_released(key_id)
+
+    def slot_released(self, key_id: str) -> None:
+        """A slot of the key was freed in the database (by release_slot, or app/tasks/ending.py): it may take a task."""
         self._full_until.pop(key_id, None)
 
     # --- what the upstream says about a key (each in a transaction of its own) -------------------------------------

@@ -21,7 +21,19 @@ async def insert(session: AsyncSession, rows: Sequence[D]) -> None:
     await session.flush()
 
 
+_KNOWN_URLS = "tenant_webhook_urls"  # session.info key: tenant id -> webhook URL, read with the task's end
+
+
+def known_tenant_webhook_url(session: AsyncSession, tenant_id: str, url: str | None) -> None:
+    """The tenant's webhook URL as read by the statement that ended a task in this transaction (app/tasks/ending.py):
+    `tenant_webhook_url` answers it without a query."""
+    session.info.setdefault(_KNOWN_URLS, {})[tenant_id] = url
+
+
 async def tenant_webhook_url(session: AsyncSession, tenant_id: str) -> str | None:
+    known: dict[str, str | None] = session.info.get(_KNOWN_URLS, {})
+    if tenant_id in known:
+        return known[tenant_id]
     return (await session.execute(select(Tenant.webhook_url).where(Tenant.id == tenant_id))).scalar_one_or_none()
 
 

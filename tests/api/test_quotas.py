@@ -379,3 +379,40 @@ async def test_admission_commits_never_leave_a_pooled_connection_asynchronous(cl
             settings = [(await c.execute(text("SHOW synchronous_commit"))).scalar() for c in connections]
         assert settings == ["on"] * pooled
         assert (await usage(gw, key))["day"]["used"] == 6
+
+
+async def test_ends_racing_submits_keep_the_books_the_slots_and_the_events_exact(gw: Harness) -> None:
+    """Tasks ending (settle, slot freed, webhook event: one statement on PostgreSQL, app/tasks/ending.py) while the
+    same tenant submits on the same key, and each end recorded twice at once: no deadlock, each end counted once."""
+    from sqlalchemy import func, select, update
+
+    from app.models import Tenant, WebhookDelivery
+
+    key = await gw.new_tenant("acme", daily_images=100, max_in_flight=100)
+    tenant_id = await gw.tenant_id(key)
+    async with gw.sessions.begin() as session:
+        await session.execute(update(Tenant).where(Tenant.id == tenant_id).values(webhook_url="https://hooks.test/a"))
+    first = [(await post(gw, key, n=2)).json()["id"] for _ in range(8)]
+    now = gw.clock.now()
+    completed = {
+        "status": "completed",
+        "progress": 100,
+        "result_urls": ["https://img.test/1.png"],
+        "updated_at": now,
+        "completed_at": now,
+    }
+    ends = [gw.tasks._record(task_id, completed, 1) for task_id in first for _ in range(2)]
+    results = await asyncio.gather(*ends, *(post(gw, key, n=2) for _ in range(8)))
+    later = [r for r in results if isinstance(r, httpx.Response)]
+    assert [r.status_code for r in later] == [200] * 8
+    body = await usage(gw, key)
+    assert body["day"]["used"] == 8 * 1 + 8 * 2  # the ended ones charged what they made, the new ones reserved
+    assert body["in_flight"]["current"] == 8
+    keys = (await gw.client.get("/admin/v1/upstream-keys", headers=ADMIN)).json()["data"]
+    assert sum(k["in_flight"] for k in keys) == 8
+    async with gw.sessions() as session:
+        events = await session.scalar(
+            select(func.count()).select_from(WebhookDelivery).where(WebhookDelivery.task_id.in_(first))
+        )
+    assert events == len(first)  # one final event per ended task, to the tenant's URL
+    assert (await drift(gw))["ok"] is True

@@ -1,0 +1,80 @@
+"""A task's end on PostgreSQL in one statement: the task row made terminal (unless it already is), its quota
+reservation settled, its slot on its upstream key freed, and its tenant's webhook URL read for the end's events.
+
+Separately these were four statements, each a round trip with SQLAlchemy's work around it, and the reconciler ends
+every task. SQLite keeps the statements (app/tasks/service.py `_record`): it has no data-modifying CTEs.
+
+Rows are locked in the order every other writer uses: the task, then the tenant's counters (in the reservation's
+order, app/quotas/repository.py), then the key's row. The key's update waits for the counters' (its condition reads
+them), because PostgreSQL runs the sub-statements of one WITH in no promised order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from typing import Any, cast
+
+from sqlalchemy import Integer, String, Table, TextClause, bindparam, column, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.contract import OPEN_STATUSES, TaskStatus
+from app.core.db.base import UTCDateTime
+from app.models.task import Task
+from app.quotas.repository import settle_ctes_postgres
+
+_TASKS = cast(Table, Task.__table__)
+_COLUMNS = tuple(column.name for column in _TASKS.c)
+
+
+@functools.lru_cache(maxsize=32)
+def _statement(columns: frozenset[str]) -> TextClause:
+    names = sorted(columns)
+    open_statuses = ", ".join(f"'{TaskStatus(status).value}'" for status in sorted(OPEN_STATUSES))
+    returned = ", ".join(_COLUMNS)
+    ended_and_reserved = f"""ended AS (
+        UPDATE tasks SET {", ".join(f"{name} = :{name}" for name in names)}
+        WHERE id = :task_id AND status IN ({open_statuses})
+        RETURNING {returned}
+    ), reserved AS (
+        SELECT r.tenant_id, r.images, r.day, r.month,
+            CASE WHEN e.status = '{TaskStatus.COMPLETED.value}' OR e.outcome_unknown
+                THEN CAST(:produced AS integer) ELSE 0 END AS charged
+        FROM quota_entries r JOIN ended e ON r.task_id = e.id
+        WHERE r.kind = 'reserve'
+    )"""
+    sql = (
+        "WITH"
+        + settle_ctes_postgres(ended_and_reserved)
+        + """, slot AS (
+        UPDATE upstream_keys k SET in_flight = k.in_flight - 1 FROM ended e
+        WHERE k.id = e.upstream_key_id AND k.in_flight > 0 AND (SELECT count(*) FROM counted) >= 0
+        RETURNING k.id
+    )
+    SELECT """
+        + ", ".join(f"ended.{name}" for name in _COLUMNS)
+        + """, (SELECT webhook_url FROM tenants t WHERE t.id = ended.tenant_id) AS tenant_webhook_url,
+        (SELECT count(*) FROM slot) AS slots_freed
+    FROM ended"""
+    )
+    params = [bindparam(name, type_=_TASKS.c[name].type) for name in names]
+    params += [bindparam("produced", type_=Integer), bindparam("now", type_=UTCDateTime())]
+    typed = (*_TASKS.c, column("tenant_webhook_url", String), column("slots_freed", Integer))
+    return cast(TextClause, text(sql).bindparams(*params).columns(*typed))
+
+
+async def end(
+    session: AsyncSession, task_id: str, values: dict[str, Any], produced: int, now: dt.datetime
+) -> tuple[Task, str | None] | None:
+    """Make the task terminal with `values` (which set a terminal status), settle its reservation charging `produced`
+    images if it completed (or its create may have been billed: outcome unknown), 0 otherwise, and free its key's
+    slot. The ended task and its tenant's webhook URL; None when the task was terminal already (nothing changed)."""
+    params = {**values, "task_id": task_id, "produced": produced, "now": now}
+    result = await session.execute(_statement(frozenset(values)), params)
+    row = result.first()
+    if row is None:
+        return None
+    fields = row._asdict()
+    tenant_webhook_url = fields.pop("tenant_webhook_url")
+    fields.pop("slots_freed")
+    return Task(**fields), tenant_webhook_url
