@@ -462,8 +462,9 @@ class TaskService:
     async def reconcile(self, task: Task) -> None:
         """Do what a due task needs: send a waiting one, check an open one with the upstream (its pinned key),
         resolve a create that never got an answer, end one past its deadline. `task`: the row as `claim_due` leased
-        it (this process holds its lease, so no other look or dispatch changed it since; a caller's status refresh
-        may have, and every write below is conditional on the task being open still)."""
+        it. This process holds its lease, so no other look or dispatch changed it since; a caller's status refresh
+        may have ended it meanwhile, and the writes that could then meet it (the upstream's answer, a failure) are
+        conditional on the task being open still."""
         if task.status in TERMINAL_STATUSES:
             return
         now = self._clock()
