@@ -115,3 +115,27 @@ async def _row(gw: Harness, task_id: str) -> Task:
         row = await tasks_repo.get(session, task_id)
     assert row is not None
     return row
+
+
+async def test_a_claim_takes_each_tenant_s_most_overdue_first_and_fills_up(gw: Harness) -> None:
+    """A lone busy tenant's due tasks fill a claim; with several tenants due, each one's most overdue task comes
+    before anyone's second."""
+    big = await gw.new_tenant("big", max_in_flight=100)
+    small = await gw.new_tenant("small")
+    big_ids = [
+        (await gw.client.post(URL, headers={"Authorization": f"Bearer {big}"}, json={"prompt": "a fox"})).json()["id"]
+        for _ in range(12)
+    ]
+    gw.clock.advance(11)
+    small_id = (await gw.client.post(URL, headers={"Authorization": f"Bearer {small}"}, json={"prompt": "x"})).json()[
+        "id"
+    ]
+    gw.clock.advance(11)  # every task is due; the small tenant's is the least overdue
+    claimed = await gw.tasks.claim_due("test-owner", 3, dt.timedelta(seconds=60))
+    ids = [t.id for t in claimed]
+    assert small_id in ids  # the first of its tenant: before the big one's second
+    assert len(ids) == 3 and set(ids) - {small_id} <= set(big_ids)
+    await gw.tasks.release_leases([t.id for t in claimed], "test-owner")
+    claimed = await gw.tasks.claim_due("test-owner", 50, dt.timedelta(seconds=60))
+    assert sorted(t.id for t in claimed) == sorted([*big_ids, small_id])  # a lone busy tenant fills the claim
+    assert all(t.lease_owner == "test-owner" for t in claimed)  # the rows as the lease left them
