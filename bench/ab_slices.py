@@ -18,8 +18,6 @@ slice pair (its median and quartiles: the spread of the noise).
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import shutil
 import statistics
 import sys
@@ -31,36 +29,30 @@ from pathlib import Path
 
 from common import (
     DEFAULT_OUT,
-    HOST,
     BenchError,
     Server,
-    clean_env,
-    cli_command,
     command_line,
     create_database,
     drop_database,
     exit_code,
-    free_port,
     last_json,
     machine,
     progress,
     shown_url,
-    start_server,
     versions,
-    wait_ready,
 )
 from hot_path import (
-    DATABASE_ENV,
-    DEFAULT_DATABASE_URL,
     LIMITS,
-    UPSTREAM_KEY,
     Setup,
     Target,
-    _variant,
+    add_database_url,
     calibrate,
     cpu_of,
     git_describe,
     make_tasks,
+    parse_variant,
+    start_sandbox,
+    upstream_env,
     wrk,
     wrk_version,
 )
@@ -92,17 +84,8 @@ def run(args: argparse.Namespace) -> int:
     setup: Setup | None = None
     found: dict[tuple[str, int, str], Slices] = {}
     try:
-        sandbox_env = clean_env(SANDBOX_TASK_SECONDS="3", GATEWAY_LOG_LEVEL="warning")
-        sandbox = start_server(
-            "sandbox", [*cli_command(), "sandbox", "--host", HOST], sandbox_env, workdir, free_port()
-        )
-        wait_ready(sandbox, "/")
-        env = {
-            "GATEWAY_UPSTREAM_BASE_URL": sandbox.url,
-            "GATEWAY_UPSTREAM_KEYS": UPSTREAM_KEY,
-            "GATEWAY_ADMIN_TOKEN": "adm-bench-" + secrets.token_urlsafe(16),
-            "GATEWAY_SECRET_KEY": secrets.token_urlsafe(32),
-        }
+        sandbox = start_sandbox(workdir)
+        env = upstream_env(sandbox)
         setup = Setup(workdir, Path(__file__).resolve().parents[1], database_url, sandbox, env)
         setup.cli("migrate")
         setup.tenant_key = last_json(setup.cli("tenants", "create", "bench", "--json"))["key"]
@@ -204,13 +187,9 @@ def render(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_database_url(parser, "its own database")
     parser.add_argument(
-        "--database-url",
-        default=next((os.environ[n] for n in DATABASE_ENV if os.environ.get(n)), DEFAULT_DATABASE_URL),
-        help="PostgreSQL server; the run creates and drops its own database there",
-    )
-    parser.add_argument(
-        "--variant", type=_variant, action="append", required=True, help="NAME:GATEWAY_X=value,... (twice)"
+        "--variant", type=parse_variant, action="append", required=True, help="NAME:GATEWAY_X=value,... (twice)"
     )
     parser.add_argument("--slices", type=int, default=8, help="slice pairs per row and start (default 8)")
     parser.add_argument("--slice", type=float, default=3.0, help="seconds per slice (default 3)")

@@ -267,6 +267,41 @@ class Setup:
         return server
 
 
+def start_sandbox(workdir: Path) -> Server:
+    """The sandbox upstream every benchmark's gateways call (3 s tasks, quiet logs), ready."""
+    sandbox_env = clean_env(SANDBOX_TASK_SECONDS="3", GATEWAY_LOG_LEVEL="warning")
+    sandbox = start_server("sandbox", [*cli_command(), "sandbox", "--host", HOST], sandbox_env, workdir, free_port())
+    wait_ready(sandbox, "/")
+    return sandbox
+
+
+def upstream_env(sandbox: Server) -> dict[str, str]:
+    """A benchmark gateway's settings: the sandbox as its upstream with the bench key, fresh secrets."""
+    return {
+        "GATEWAY_UPSTREAM_BASE_URL": sandbox.url,
+        "GATEWAY_UPSTREAM_KEYS": UPSTREAM_KEY,
+        "GATEWAY_ADMIN_TOKEN": "adm-bench-" + secrets.token_urlsafe(16),
+        "GATEWAY_SECRET_KEY": secrets.token_urlsafe(32),
+    }
+
+
+def add_database_url(parser: argparse.ArgumentParser, what: str = "its own database") -> None:
+    parser.add_argument(
+        "--database-url",
+        default=next((os.environ[n] for n in DATABASE_ENV if os.environ.get(n)), DEFAULT_DATABASE_URL),
+        help=f"PostgreSQL server; the run creates and drops {what} there",
+    )
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """NAME:GATEWAY_X=value,... (a --variant argument)."""
+    name, _, assignments = text.partition(":")
+    env = dict(part.split("=", 1) for part in assignments.split(",") if part.strip())
+    if not name or not all(k.startswith("GATEWAY_") for k in env):
+        raise argparse.ArgumentTypeError("expected NAME:GATEWAY_X=value,...")
+    return name, env
+
+
 def supports_workers(setup: Setup) -> bool:
     done = subprocess.run(
         [*cli_command(), "serve", "--help"],
@@ -408,22 +443,12 @@ def run(args: argparse.Namespace) -> int:
     setup: Setup | None = None
     rows: list[Measured] = []
     try:
-        sandbox_env = clean_env(SANDBOX_TASK_SECONDS="3", GATEWAY_LOG_LEVEL="warning")
-        sandbox = start_server(
-            "sandbox", [*cli_command(), "sandbox", "--host", HOST], sandbox_env, workdir, free_port()
-        )
-        wait_ready(sandbox, "/")
+        sandbox = start_sandbox(workdir)
         minimal = start_server(
             "minimal", [sys.executable, str(ROOT / "bench" / "minimal_app.py")], clean_env(), workdir, free_port()
         )
         wait_ready(minimal, "/task")
-        env = {
-            "GATEWAY_UPSTREAM_BASE_URL": sandbox.url,
-            "GATEWAY_UPSTREAM_KEYS": UPSTREAM_KEY,
-            "GATEWAY_ADMIN_TOKEN": "adm-bench-" + secrets.token_urlsafe(16),
-            "GATEWAY_SECRET_KEY": secrets.token_urlsafe(32),
-        }
-        setup = Setup(workdir, checkout, database_url, sandbox, env)
+        setup = Setup(workdir, checkout, database_url, sandbox, upstream_env(sandbox))
         progress(f"gateway of {checkout}: migrate, tenant, limits")
         setup.cli("migrate")
         created = last_json(setup.cli("tenants", "create", "bench", "--json"))
@@ -804,11 +829,7 @@ def wrk_version() -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--database-url",
-        default=next((os.environ[n] for n in DATABASE_ENV if os.environ.get(n)), DEFAULT_DATABASE_URL),
-        help="PostgreSQL server; the run creates and drops its own database there",
-    )
+    add_database_url(parser)
     parser.add_argument("--checkout", help="measure the gateway of another checkout (e.g. a git worktree)")
     parser.add_argument("--label", default="", help="a word for the report's heading (e.g. before, after)")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per row (default 8)")
@@ -818,7 +839,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=_ints, default=[1, 2], help="gateway workers to measure (default 1,2)")
     parser.add_argument(
         "--variant",
-        type=_variant,
+        type=parse_variant,
         action="append",
         help="NAME:ENV=VALUE,... a gateway configuration to measure (repeatable; the first is the others' reference), "
         "e.g. plain:GATEWAY_METRICS_ENABLED=false,GATEWAY_LOG_LEVEL=warning observed:GATEWAY_LOG_FORMAT=json",
@@ -837,14 +858,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="results file to append to, or - for stdout only")
     parser.add_argument("--keep", action="store_true", help="keep the database and the work directory")
     return parser.parse_args(argv)
-
-
-def _variant(text: str) -> tuple[str, dict[str, str]]:
-    name, _, assignments = text.partition(":")
-    env = dict(part.split("=", 1) for part in assignments.split(",") if part.strip())
-    if not name or not all(k.startswith("GATEWAY_") for k in env):
-        raise argparse.ArgumentTypeError("expected NAME:GATEWAY_X=value,...")
-    return name, env
 
 
 def _positive(text: str) -> int:

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import secrets
 import shutil
 import statistics
 import sys
@@ -44,41 +42,35 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx
 from common import (
     DEFAULT_OUT,
-    HOST,
     BenchError,
     Server,
-    clean_env,
-    cli_command,
     command_line,
     create_database,
     drop_database,
     exit_code,
-    free_port,
     last_json,
     machine,
     plain_url,
     progress,
     shown_url,
-    start_server,
     versions,
-    wait_ready,
 )
 from hot_path import (
-    DATABASE_ENV,
-    DEFAULT_DATABASE_URL,
     LIMITS,
     SUBMIT_BODY,
-    UPSTREAM_KEY,
     Measured,
     Setup,
     Target,
+    add_database_url,
     calibrate,
     cpu_of,
     git_describe,
     measure,
     postgres_pid,
     sandbox_config,
+    start_sandbox,
     submit,
+    upstream_env,
     wrk_version,
 )
 
@@ -175,17 +167,8 @@ def run(args: argparse.Namespace) -> int:
     setup: Setup | None = None
     rounds: list[Round] = []
     try:
-        sandbox_env = clean_env(SANDBOX_TASK_SECONDS="3", GATEWAY_LOG_LEVEL="warning")
-        sandbox = start_server(
-            "sandbox", [*cli_command(), "sandbox", "--host", HOST], sandbox_env, workdir, free_port()
-        )
-        wait_ready(sandbox, "/")
-        env = {
-            "GATEWAY_UPSTREAM_BASE_URL": sandbox.url,
-            "GATEWAY_UPSTREAM_KEYS": UPSTREAM_KEY,
-            "GATEWAY_ADMIN_TOKEN": "adm-bench-" + secrets.token_urlsafe(16),
-            "GATEWAY_SECRET_KEY": secrets.token_urlsafe(32),
-        }
+        sandbox = start_sandbox(workdir)
+        env = upstream_env(sandbox)
         setup = Setup(workdir, Path(__file__).resolve().parents[1], ledgers[0].database_url, sandbox, env)
         for ledger in ledgers:
             progress(f"{ledger.name} ledger: migrate, tenant, limits")
@@ -335,11 +318,7 @@ def render(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--database-url",
-        default=next((os.environ[n] for n in DATABASE_ENV if os.environ.get(n)), DEFAULT_DATABASE_URL),
-        help="PostgreSQL server; the run creates and drops its own two databases there",
-    )
+    add_database_url(parser, "its own two databases")
     parser.add_argument("--open", type=int, default=1000, help="open tasks in the open ledger (default 1,000)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of both ledgers (default 2)")
     parser.add_argument("--settle-in", type=float, default=15.0, help="seconds before the idle window (default 15)")

@@ -35,6 +35,17 @@ async def finish_all(gw: Harness, key: str, ids: list[str]) -> list[dict[str, An
     return [a.json() for a in answers]
 
 
+def completed_values(now: Any) -> dict[str, Any]:
+    """What the upstream's answer writes when a task completed with one image (for `TaskService._record`)."""
+    return {
+        "status": "completed",
+        "progress": 100,
+        "result_urls": ["https://img.test/1.png"],
+        "updated_at": now,
+        "completed_at": now,
+    }
+
+
 async def drift(gw: Harness) -> dict[str, Any]:
     r = await gw.client.get("/admin/v1/quota/drift", headers=ADMIN)
     assert r.status_code == 200, r.text
@@ -310,13 +321,7 @@ async def test_two_replicas_recording_the_same_end_settle_it_once(gw: Harness) -
         "updated_at": now,
         "completed_at": now,
     }
-    completed = {
-        "status": "completed",
-        "progress": 100,
-        "result_urls": ["https://img.test/1.png"],
-        "updated_at": now,
-        "completed_at": now,
-    }
+    completed = completed_values(now)
     tasks = gw.tasks
     first, second = await asyncio.gather(tasks._record(task["id"], failed, 0), tasks._record(task["id"], completed, 1))
     assert first.status == second.status  # both callers see the one end that won
@@ -394,13 +399,7 @@ async def test_ends_racing_submits_keep_the_books_the_slots_and_the_events_exact
         await session.execute(update(Tenant).where(Tenant.id == tenant_id).values(webhook_url="https://hooks.test/a"))
     first = [(await post(gw, key, n=2)).json()["id"] for _ in range(8)]
     now = gw.clock.now()
-    completed = {
-        "status": "completed",
-        "progress": 100,
-        "result_urls": ["https://img.test/1.png"],
-        "updated_at": now,
-        "completed_at": now,
-    }
+    completed = completed_values(now)
     ends = [gw.tasks._record(task_id, completed, 1) for task_id in first for _ in range(2)]
     results = await asyncio.gather(*ends, *(post(gw, key, n=2) for _ in range(8)))
     later = [r for r in results if isinstance(r, httpx.Response)]
