@@ -62,7 +62,7 @@ if str(ROOT) not in sys.path:  # `python bench/upstream_transport.py` puts bench
     sys.path.insert(0, str(ROOT))
 
 from app.config import Settings
-from app.upstream.toapis import build_http_client
+from app.upstream.toapis import ToAPIsAdapter, build_http_client, build_transport
 
 PATH = "/v1/images/generations"
 API_KEY = "sk-bench"
@@ -97,7 +97,7 @@ class Client:
 
 CLIENTS = (
     Client("httpx-default", "httpx, default transport (`httpx.AsyncHTTPTransport`)"),
-    Client("httpx-aiohttp", "httpx + `httpx_aiohttp.AiohttpTransport`: the app's `build_http_client`"),
+    Client("httpx-aiohttp", "httpx + `httpx_aiohttp.AiohttpTransport`: the app's `ToAPIsAdapter.create`"),
     Client("aiohttp", "raw `aiohttp.ClientSession`"),
 )
 BASELINE = "httpx-default"
@@ -138,25 +138,28 @@ async def open_client(kind: str, base_url: str) -> AsyncIterator[Callable[[], Aw
     if kind not in ("httpx-default", "httpx-aiohttp"):
         raise BenchError(f"unknown client {kind!r}")
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    # httpx-default: the transport httpx.AsyncClient makes when it is given none, with the same limits; everything
-    # else (headers, timeouts, base URL) is the app's. httpx-aiohttp: exactly the app's client.
-    transport = httpx.AsyncHTTPTransport(limits=limits) if kind == "httpx-default" else None
+    # httpx-default: the transport httpx.AsyncClient makes when it is given none, with the same limits, under the
+    # client's own request() (headers, timeouts and base URL the app's). httpx-aiohttp: the app's adapter over the
+    # app's transport, exactly as the gateway makes the call.
+    if kind == "httpx-default":
+        transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(limits=limits)
+    else:
+        transport = build_transport(max_connections)
     client = build_http_client(
-        base_url,
-        user_agent=USER_AGENT,
-        timeout_s=timeout_s,
-        connect_timeout_s=connect_timeout_s,
-        max_connections=max_connections,
-        transport=transport,
+        base_url, user_agent=USER_AGENT, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s, transport=transport
     )
+    adapter = ToAPIsAdapter(client, transport)
 
     async def send_httpx() -> dict[str, Any]:
-        # What ToAPIsAdapter.create does: request(..., headers=auth, json=body), then response.json().
         response = await client.request("POST", PATH, headers=AUTH, json=BODY)
         return checked(response.status_code, response.content)
 
+    async def send_adapter() -> dict[str, Any]:
+        task = await adapter.create(API_KEY, BODY)
+        return {"id": task.id}
+
     async with client:
-        yield send_httpx
+        yield send_httpx if kind == "httpx-default" else send_adapter
 
 
 def checked(status: int, raw: bytes) -> dict[str, Any]:

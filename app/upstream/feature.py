@@ -19,7 +19,7 @@ from app.upstream.instrumented import InstrumentedAdapter
 from app.upstream.pool import PoolPolicy, UpstreamKeyPool
 from app.upstream.prober import KeyProber
 from app.upstream.service import UpstreamKeyService
-from app.upstream.toapis import ToAPIsAdapter, build_http_client
+from app.upstream.toapis import ToAPIsAdapter, build_http_client, build_transport
 
 SANDBOX_MOUNT = "/_sandbox"
 SANDBOX_DEMO_UPSTREAM_KEY = "sk-sandbox-demo"
@@ -88,17 +88,17 @@ async def build_upstream(
         pool.subscribe(invalidator)
     settings = kernel.settings
     if adapter is None:
+        transport = transport or build_transport(settings.upstream_max_connections)
         client = build_http_client(
             upstream_base_url(settings),
             user_agent=settings.user_agent,
             timeout_s=settings.upstream_timeout_s,
             connect_timeout_s=settings.upstream_connect_timeout_s,
-            max_connections=settings.upstream_max_connections,
             transport=transport,
         )
         if tracing is not None:
             tracing.instrument_http_client(client)
-        adapter = ToAPIsAdapter(client)
+        adapter = ToAPIsAdapter(client, transport)
     adapter = InstrumentedAdapter(adapter, pool)
     upstream = Upstream(
         adapter=adapter,

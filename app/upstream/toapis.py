@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import httpx
+import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from app.contract import UPSTREAM_STATUS_MAP, PublicTaskStatus, TaskStatus
@@ -27,20 +28,24 @@ _PASSTHROUGH_HEADERS = (
 )
 
 
+def build_transport(max_connections: int) -> httpx.AsyncBaseTransport:
+    """The upstream's connection pool. The aiohttp transport: 5x httpx's default on this path (see README)."""
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return AiohttpTransport(limits=limits)
+
+
 def build_http_client(
     base_url: str,
     *,
     user_agent: str,
     timeout_s: float,
     connect_timeout_s: float,
-    max_connections: int,
-    transport: httpx.AsyncBaseTransport | None = None,
+    transport: httpx.AsyncBaseTransport,
 ) -> httpx.AsyncClient:
-    """One pooled client per upstream. The aiohttp transport: 5x httpx's default on this path (see README)."""
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    """One client per upstream, over `transport` (build_transport, or a test's)."""
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
-        transport=transport or AiohttpTransport(limits=limits),
+        transport=transport,
         timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s, pool=connect_timeout_s),
         headers={"User-Agent": user_agent, "Accept": "application/json"},
     )
@@ -116,13 +121,25 @@ def _headers(api_key: str) -> dict[str, str]:
 
 
 class ToAPIsAdapter:
-    """Speaks /v1/images/generations and /v1/uploads/images to a ToAPIs-compatible upstream."""
+    """Speaks /v1/images/generations and /v1/uploads/images to a ToAPIs-compatible upstream.
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    `client` is built over `transport` (build_http_client). Create and status calls, the hot path, hand a request
+    straight to the transport: the client's own request machinery (URL merging, cookies, auth and redirect hooks,
+    none of which these calls use) cost as much CPU as the transport's whole exchange (`bench/upstream_transport.py`).
+    The request is what the client would send: its base URL, default headers and timeouts. The transport is looked
+    up on each call, so an instrumentation that wraps it in place (tracing) sees these calls too. Uploads (multipart,
+    rare) go through the client.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, transport: httpx.AsyncBaseTransport) -> None:
         self._client = client
+        self._transport = transport
+        self._base_url = str(client.base_url).rstrip("/")
+        self._default_headers = list(client.headers.multi_items())
+        self._timeout = client.timeout.as_dict()
 
     async def create(self, api_key: str, body: dict[str, Any]) -> UpstreamTask:
-        response = await self._send("POST", "/v1/images/generations", api_key, json=body)
+        response = await self._send("POST", "/v1/images/generations", api_key, orjson.dumps(body))
         return parse_task(self._json(response))
 
     async def get(self, api_key: str, upstream_task_id: str) -> UpstreamTask:
@@ -167,9 +184,23 @@ class ToAPIsAdapter:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _send(self, method: str, path: str, api_key: str, **kwargs: Any) -> httpx.Response:
+    async def _exchange(self, method: str, path: str, api_key: str, content: bytes | None) -> httpx.Response:
+        headers = [*self._default_headers, *_headers(api_key).items()]
+        if content is not None:
+            headers.append(("Content-Type", "application/json"))
+        request = httpx.Request(
+            method, self._base_url + path, headers=headers, content=content, extensions={"timeout": self._timeout}
+        )
+        response = await self._transport.handle_async_request(request)
         try:
-            response = await self._client.request(method, path, headers=_headers(api_key), **kwargs)
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
+    async def _send(self, method: str, path: str, api_key: str, content: bytes | None = None) -> httpx.Response:
+        try:
+            response = await self._exchange(method, path, api_key, content)
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as e:  # nothing was sent: certainly not created
             raise UpstreamUnavailable(f"Upstream unreachable: {type(e).__name__}") from e
         except httpx.TimeoutException as e:  # sent, no answer: the upstream may have the task
@@ -190,8 +221,8 @@ class ToAPIsAdapter:
     @staticmethod
     def _json(response: httpx.Response, *, allow_error: bool = False) -> dict[str, Any]:
         try:
-            payload = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            payload = orjson.loads(response.content)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # orjson's error is a json.JSONDecodeError
             if allow_error:
                 return {}
             raise UpstreamUnavailable("Upstream answered with a body that is not JSON") from e

@@ -11,7 +11,7 @@ import respx
 
 from app.core.errors import UpstreamCredentialsRefused, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from app.upstream.base import UploadedFile, UploadRefused
-from app.upstream.toapis import ToAPIsAdapter, build_http_client
+from app.upstream.toapis import ToAPIsAdapter, build_http_client, build_transport
 
 BASE = "http://up.test"
 KEY = "up-key-123"
@@ -42,15 +42,9 @@ def mock() -> Iterator[respx.MockRouter]:
 
 @pytest.fixture
 async def adapter(mock: respx.MockRouter) -> AsyncIterator[ToAPIsAdapter]:
-    client = build_http_client(
-        BASE + "/",
-        user_agent=UA,
-        timeout_s=5.0,
-        connect_timeout_s=1.0,
-        max_connections=4,
-        transport=httpx.AsyncHTTPTransport(),  # respx cannot intercept the default aiohttp transport
-    )
-    adapter = ToAPIsAdapter(client)
+    transport = httpx.AsyncHTTPTransport()  # respx cannot intercept the default aiohttp transport
+    client = build_http_client(BASE + "/", user_agent=UA, timeout_s=5.0, connect_timeout_s=1.0, transport=transport)
+    adapter = ToAPIsAdapter(client, transport)
     yield adapter
     await adapter.aclose()
 
@@ -370,7 +364,7 @@ async def test_upload_transport_failures(
 
 async def test_build_http_client_defaults() -> None:
     client = build_http_client(
-        "http://up.test/", user_agent=UA, timeout_s=12.0, connect_timeout_s=2.0, max_connections=3
+        "http://up.test/", user_agent=UA, timeout_s=12.0, connect_timeout_s=2.0, transport=build_transport(3)
     )
     try:
         assert str(client.base_url) == "http://up.test"  # no trailing slash, no double slash in paths
