@@ -18,7 +18,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Gateway, Processes, Sandbox, Tenant, gateway_env, http_client, start_gateway
+from tests.e2e.conftest import (
+    Gateway,
+    Processes,
+    Sandbox,
+    Tenant,
+    gateway_env,
+    http_client,
+    start_gateway,
+)
+from tests.fixtures.databases import create_sqlite_database, migrated
+from tests.support.processes import Process
 
 pytestmark = pytest.mark.e2e
 
@@ -72,23 +82,59 @@ async def stream_to_end(
     return response, events
 
 
-@pytest.fixture
-def gateway(clean_sqlite: str, sandbox: Sandbox, processes: Processes) -> Gateway:
-    sandbox.configure(task_seconds=3.0, queue_seconds=0.5)  # a few seconds, so progress shows
-    env = gateway_env(
-        clean_sqlite,
+def _gateway_env(database_url: str, sandbox: Sandbox) -> dict[str, str]:
+    return gateway_env(
+        database_url,
         sandbox.url,
         GATEWAY_CORS_ORIGINS=ORIGIN,
         GATEWAY_EVENTS_POLL_INTERVAL_S="0.2",
         GATEWAY_POLL_INTERVAL_S="0",  # nothing but the streams and the status calls looks at the tasks
         GATEWAY_SHUTDOWN_GRACE_S=str(SHUTDOWN_GRACE_S),
     )
-    return start_gateway(processes, env)
+
+
+def _slow_tasks(sandbox: Sandbox) -> None:
+    sandbox.configure(task_seconds=3.0, queue_seconds=0.5)  # a few seconds, so progress shows
+
+
+@pytest.fixture(scope="module")
+def shared(
+    tmp_path_factory: pytest.TempPathFactory, sandbox_process: Process, module_processes: Processes
+) -> tuple[Gateway, Tenant]:
+    """One gateway and one tenant for the tests that only read and refuse (a server start and a `tenants create`
+    cost seconds of imports each): each of them submits its own tasks, and nothing in the background looks at a
+    task (GATEWAY_POLL_INTERVAL_S=0), so they cannot see each other. Its own database, so no other test empties it
+    under it."""
+    database_url = migrated(create_sqlite_database(tmp_path_factory.mktemp("events-sqlite")))
+    env = _gateway_env(database_url, Sandbox(sandbox_process))
+    pending = module_processes.spawn(["tenants", "create", f"browser-{time.monotonic_ns()}", "--json"], env)
+    gateway = start_gateway(module_processes, env)
+    return gateway, gateway.tenant(pending)
 
 
 @pytest.fixture
-def tenant(gateway: Gateway) -> Tenant:
-    return gateway.tenant(gateway.spawn_tenant(f"browser-{time.monotonic_ns()}"))
+def gateway(shared: tuple[Gateway, Tenant], sandbox: Sandbox) -> Gateway:
+    """The module's gateway, in front of the module's sandbox (its tasks reset, a few seconds long)."""
+    gateway = shared[0]
+    if gateway.process.popen.poll() is not None:
+        pytest.fail(f"the shared gateway exited; log tail:\n{gateway.process.tail()}")
+    _slow_tasks(sandbox)
+    return gateway
+
+
+@pytest.fixture
+def tenant(shared: tuple[Gateway, Tenant], gateway: Gateway) -> Tenant:
+    return shared[1]
+
+
+@pytest.fixture
+def own_gateway(clean_sqlite: str, sandbox: Sandbox, processes: Processes) -> tuple[Gateway, Tenant]:
+    """A gateway and a tenant of the test's own, for a test that stops the gateway."""
+    _slow_tasks(sandbox)
+    env = _gateway_env(clean_sqlite, sandbox)
+    pending = processes.spawn(["tenants", "create", f"browser-{time.monotonic_ns()}", "--json"], env)
+    gateway = start_gateway(processes, env)
+    return gateway, gateway.tenant(pending)
 
 
 async def submit(client: httpx.AsyncClient, gateway: Gateway, tenant: Tenant, **body: Any) -> str:
@@ -197,9 +243,10 @@ async def test_cors_preflight_and_answers(gateway: Gateway, tenant: Tenant) -> N
         assert foreign.status_code == 200 and "access-control-allow-origin" not in foreign.headers
 
 
-async def test_a_client_hanging_up_ends_its_stream_in_the_server(gateway: Gateway, tenant: Tenant) -> None:
+async def test_a_client_hanging_up_ends_its_stream_in_the_server(own_gateway: tuple[Gateway, Tenant]) -> None:
     """uvicorn stops only once every request has ended (or after the grace): a stream left running after its
     client went away would hold a SIGTERM for the whole grace, as the slow task stays open for a minute."""
+    gateway, tenant = own_gateway
     async with http_client() as client:
         task_id = await submit(client, gateway, tenant, prompt="a slow lighthouse [fault:slow]")
         url = f"{gateway.generations}/{task_id}/events"
