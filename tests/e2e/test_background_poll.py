@@ -34,8 +34,9 @@ async def test_unpolled_task_settles_in_the_background(
     clean_sqlite: str, sandbox: Sandbox, processes: Processes
 ) -> None:
     env = gateway_env(clean_sqlite, sandbox.url, GATEWAY_POLL_INTERVAL_S="0.3")
+    pending = processes.spawn(["tenants", "create", f"unpolled-{time.monotonic_ns()}", "--json"], env)
     gateway = start_gateway(processes, env)
-    tenant = gateway.tenant(gateway.spawn_tenant(f"unpolled-{time.monotonic_ns()}"))
+    tenant = gateway.tenant(pending)
     admin = {"Authorization": f"Bearer {env['GATEWAY_ADMIN_TOKEN']}"}
     async with http_client() as client:
         r = await client.post(gateway.generations, headers=tenant.headers, json={"prompt": "nobody polls", "n": 2})
@@ -66,9 +67,13 @@ async def test_a_gateway_killed_mid_submit_never_refunds_silently(
     # 50 ms); the task row's "no create call can still be running" deadline is then 2 x (5 + 2 x 0.5) s = 12 s,
     # after which the survivor looks at it.
     env = {**survivor_env, "GATEWAY_UPSTREAM_TIMEOUT_S": "5"}
-    sandbox.configure(timeout_seconds=600)  # the create call hangs until the gateway dies
+    # The create call hangs past the doomed replica's own 5 s timeout, so only the kill ends its wait; and less than
+    # the 12 s the test then waits, so the sandbox's handler is over before the module's sandbox is stopped (a
+    # handler still sleeping holds its SIGTERM until the harness's SIGKILL, 5 s later).
+    sandbox.configure(timeout_seconds=10)
+    pending = processes.spawn(["tenants", "create", "crash", "--json"], env)
     first = start_gateway(processes, env, name="doomed")
-    tenant = first.tenant(first.spawn_tenant("crash"))
+    tenant = first.tenant(pending)
     assert processes.run(["tenants", "limits", tenant.id, "--max-in-flight", "1"], env).returncode == 0
     admin = {"Authorization": f"Bearer {env['GATEWAY_ADMIN_TOKEN']}"}
     async with http_client(timeout=httpx.Timeout(60.0)) as client:
