@@ -75,6 +75,20 @@ class Processes:
         timeout_s: float = READY_TIMEOUT_S,
     ) -> Process:
         """Launch `python -m app.cli ARGS` and wait until `ready_url` answers 200 (or fail with the log tail)."""
+        process = self.launch(args, env, ready_url=ready_url, cwd=cwd, name=name)
+        _wait_ready(process, ready_url, timeout_s)
+        return process
+
+    def launch(
+        self,
+        args: list[str],
+        env: Mapping[str, str],
+        *,
+        ready_url: str,
+        cwd: Path | None = None,
+        name: str | None = None,
+    ) -> Process:
+        """Launch a server like `start`, without waiting for it (see `start_gateways`)."""
         name = name or args[0]
         process = start_process(
             name,
@@ -85,7 +99,6 @@ class Processes:
             base_url="/".join(ready_url.split("/", 3)[:3]),
         )
         self._running.append(process)
-        _wait_ready(process, ready_url, timeout_s)
         return process
 
     def spawn(self, args: list[str], env: Mapping[str, str], *, cwd: Path | None = None) -> subprocess.Popen[str]:
@@ -306,11 +319,30 @@ def gateway_env(database_url: str, upstream_url: str, **overrides: str) -> dict[
 
 
 def start_gateway(processes: Processes, env: dict[str, str], name: str = "serve") -> Gateway:
-    port = free_port()
-    process = processes.start(
-        ["serve", "--host", HOST, "--port", str(port)], env, ready_url=f"http://{HOST}:{port}/healthz", name=name
-    )
-    return Gateway(process, env, processes)
+    [gateway] = start_gateways(processes, env, [name])
+    return gateway
+
+
+def start_gateways(processes: Processes, env: dict[str, str], names: list[str]) -> list[Gateway]:
+    """`serve` replicas on one environment, all launched before any is waited for (each start is seconds of
+    imports, which replicas then spend side by side)."""
+    launched = []
+    ports: set[int] = set()
+    for name in names:
+        port = free_port()
+        while port in ports:  # none is bound yet: the kernel may hand out one twice
+            port = free_port()
+        ports.add(port)
+        ready_url = f"http://{HOST}:{port}/healthz"
+        launched.append(
+            (
+                processes.launch(["serve", "--host", HOST, "--port", str(port)], env, ready_url=ready_url, name=name),
+                ready_url,
+            )
+        )
+    for process, ready_url in launched:
+        _wait_ready(process, ready_url, READY_TIMEOUT_S)
+    return [Gateway(process, env, processes) for process, _ in launched]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import Gateway, Processes, Sandbox, gateway_env, http_client, start_gateway
+from tests.e2e.conftest import Gateway, Processes, Sandbox, gateway_env, http_client, start_gateways
 
 pytestmark = pytest.mark.e2e
 
@@ -42,8 +42,9 @@ async def test_revoke_rotate_and_disable_reach_the_other_replica(
     clean_postgres: str, sandbox: Sandbox, processes: Processes
 ) -> None:
     env = gateway_env(clean_postgres, sandbox.url)
-    a, b = start_gateway(processes, env, name="replica-a"), start_gateway(processes, env, name="replica-b")
-    tenant = a.tenant(a.spawn_tenant("acme"))
+    pending = processes.spawn(["tenants", "create", "acme", "--json"], env)
+    a, b = start_gateways(processes, env, ["replica-a", "replica-b"])
+    tenant = a.tenant(pending)
     admin = {"Authorization": f"Bearer {env['GATEWAY_ADMIN_TOKEN']}"}
     async with http_client() as client:
         assert (

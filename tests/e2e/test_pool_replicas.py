@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Gateway, Processes, Sandbox, gateway_env, http_client, start_gateway
+from tests.e2e.conftest import Gateway, Processes, Sandbox, gateway_env, http_client, start_gateways
 
 pytestmark = pytest.mark.e2e
 
@@ -57,8 +57,7 @@ async def test_replicas_share_cooldowns_and_new_keys(
     # No reconciler: the tasks that wait here would be sent again and blur the per-key counts this test is about.
     env = gateway_env(clean_postgres, sandbox.url, GATEWAY_UPSTREAM_KEYS=KEY_X, GATEWAY_POLL_INTERVAL_S="0")
     pending = processes.spawn(["tenants", "create", "acme", "--json"], env)
-    a = start_gateway(processes, env, name="serve-a")
-    b = start_gateway(processes, env, name="serve-b")
+    a, b = start_gateways(processes, env, ["serve-a", "serve-b"])
     acme = a.tenant(pending)
 
     async with http_client() as client:

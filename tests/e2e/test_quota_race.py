@@ -9,6 +9,7 @@ end (about 30 % failed) and the books must balance.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.e2e.conftest import (
     gateway_env,
     http_client,
     start_gateway,
+    start_gateways,
 )
 
 pytestmark = pytest.mark.e2e
@@ -32,6 +34,7 @@ BUDGET = 100
 SUBMITS = 400
 FAIL_RATE = 0.3
 POLL_DEADLINE_S = 60.0
+RACER = ["tenants", "create", "racer", "--json"]
 
 
 def _configure_sandbox(sandbox: Sandbox, **changes: Any) -> None:
@@ -94,9 +97,10 @@ async def _poll_to_terminal(replicas: list[Gateway], tenant: Tenant, ids: list[s
     return statuses
 
 
-async def _prove(replicas: list[Gateway], sandbox: Sandbox) -> None:
+async def _prove(replicas: list[Gateway], sandbox: Sandbox, pending: subprocess.Popen[str]) -> None:
+    """`pending`: the `tenants create racer` command, spawned while the replicas started."""
     first = replicas[0]
-    tenant = first.tenant(first.spawn_tenant("racer"))
+    tenant = first.tenant(pending)
     _cli_ok(first, "tenants", "limits", tenant.id, "--daily-images", str(BUDGET))
     _configure_sandbox(sandbox, fail_rate=FAIL_RATE, seed=11)
 
@@ -117,20 +121,26 @@ async def _prove(replicas: list[Gateway], sandbox: Sandbox) -> None:
     completed = sum(1 for status in statuses.values() if status == "completed")
     assert 0 < completed < BUDGET, "the sandbox was told to fail about 30 % of tasks"
 
-    usage = _cli_ok(first, "tenants", "usage", tenant.id)
+    # Both read the settled books: run side by side (each command is seconds of imports).
+    usage_cli = first.processes.spawn(["tenants", "usage", tenant.id], first.env)
+    check_cli = first.processes.spawn(["quota", "check"], first.env)
+    usage_run, check_run = first.processes.finish(usage_cli), first.processes.finish(check_cli)
+    assert usage_run.returncode == 0 and check_run.returncode == 0, usage_run.stderr + check_run.stderr
+    usage = usage_run.json()
     assert usage["day"]["used"] == completed, usage
     assert usage["in_flight"]["current"] == 0, usage
-    assert _cli_ok(first, "quota", "check") == {"ok": True, "drift": []}
+    assert check_run.json() == {"ok": True, "drift": []}
 
 
 async def test_two_replicas_on_postgres_never_overdraw(
     clean_postgres: str, sandbox: Sandbox, processes: Processes
 ) -> None:
     env = gateway_env(clean_postgres, sandbox.url, GATEWAY_DB_POOL_SIZE="15")
-    replicas = [start_gateway(processes, env, name="replica-a"), start_gateway(processes, env, name="replica-b")]
-    await _prove(replicas, sandbox)
+    pending = processes.spawn(RACER, env)
+    await _prove(start_gateways(processes, env, ["replica-a", "replica-b"]), sandbox, pending)
 
 
 async def test_one_process_on_sqlite_never_overdraws(clean_sqlite: str, sandbox: Sandbox, processes: Processes) -> None:
     env = gateway_env(clean_sqlite, sandbox.url)
-    await _prove([start_gateway(processes, env)], sandbox)
+    pending = processes.spawn(RACER, env)
+    await _prove([start_gateway(processes, env)], sandbox, pending)

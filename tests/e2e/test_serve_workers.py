@@ -103,13 +103,14 @@ async def test_two_workers_serve_and_stop_on_sigterm(
 ) -> None:
     # PostgreSQL only (the suite's time): SQLite's several workers share the same code path above the engine.
     env = gateway_env(clean_postgres, sandbox.url, GATEWAY_SHUTDOWN_GRACE_S="30")
+    pending = processes.spawn(["tenants", "create", "acme", "--json"], env)
     gateway = _start(processes, env)
     parent = gateway.process.popen.pid
     workers = _workers(parent)
     assert len(workers) == WORKERS, f"children of serve: {_children(parent)}"
     assert os.getpgid(parent) == parent and all(os.getpgid(w) == parent for w in workers)
 
-    tenant = gateway.tenant(gateway.spawn_tenant("acme"))
+    tenant = gateway.tenant(pending)
     async with http_client() as client:
         submitted = await client.post(
             gateway.generations, json={"model": MODEL, "prompt": "a lighthouse", "n": 1}, headers=tenant.headers

@@ -31,8 +31,9 @@ async def test_task_ends_reach_the_endpoint_and_the_callback_signed_with_retries
         GATEWAY_WEBHOOK_POLL_INTERVAL_S="0.3",
         GATEWAY_POLL_INTERVAL_S="0.3",
     )
+    pending = processes.spawn(["tenants", "create", f"hooks-{time.monotonic_ns()}", "--json"], env)
     gateway = start_gateway(processes, env)
-    tenant = gateway.tenant(gateway.spawn_tenant(f"hooks-{time.monotonic_ns()}"))
+    tenant = gateway.tenant(pending)
     admin = {"Authorization": f"Bearer {env['GATEWAY_ADMIN_TOKEN']}"}
     async with receiving(fail_first=1, path="/endpoint") as endpoint, receiving(path="/cb") as callback:
         origin = callback.url.rsplit("/", 1)[0]
@@ -41,8 +42,7 @@ async def test_task_ends_reach_the_endpoint_and_the_callback_signed_with_retries
         )
         assert configured.returncode == 0, configured.stderr
         secret = configured.json()["secret"]
-        shown = processes.run(["webhooks", "show", tenant.name], env)
-        assert shown.returncode == 0 and secret not in shown.stdout and endpoint.url in shown.stdout
+        showing = processes.spawn(["webhooks", "show", tenant.name], env)  # read back while the task runs
 
         async with http_client() as client:
             refused = await client.post(
@@ -76,6 +76,8 @@ async def test_task_ends_reach_the_endpoint_and_the_callback_signed_with_retries
             assert by_url[endpoint.url]["attempts"] == 2 and by_url[endpoint.url]["last_status_code"] == 204
             assert by_url[callback.url + "?order=7"]["attempts"] == 1
 
+        shown = processes.finish(showing)
+        assert shown.returncode == 0 and secret not in shown.stdout and endpoint.url in shown.stdout
         # The command line enqueues; the server's deliverer sends it within its poll interval.
         tested = processes.run(["webhooks", "test", tenant.id, "--json"], env)
         assert tested.returncode == 0, tested.stderr
@@ -84,10 +86,11 @@ async def test_task_ends_reach_the_endpoint_and_the_callback_signed_with_retries
         assert third.headers["x-toapis-webhook-id"] == test_id and signed_by(third, secret)
         assert json.loads(third.body)["type"] == "endpoint.test"
 
-        listed = processes.run(["webhooks", "deliveries", "--tenant", tenant.id, "--json"], env)
+        listing = processes.spawn(["webhooks", "deliveries", "--tenant", tenant.id, "--json"], env)
+        tabling = processes.spawn(["webhooks", "deliveries", "--tenant", tenant.name], env)
+        listed, table = processes.finish(listing), processes.finish(tabling)
         assert listed.returncode == 0, listed.stderr
         assert len(listed.json()["data"]) == 3 and secret not in listed.stdout
-        table = processes.run(["webhooks", "deliveries", "--tenant", tenant.name], env)
         assert table.returncode == 0 and test_id in table.stdout
 
         replayed = processes.run(["webhooks", "replay", test_id, "--json"], env)
