@@ -39,7 +39,7 @@ from app.tasks import admin_router as admin_tasks
 from app.tasks import events_router as generation_events
 from app.tasks import router as generations
 from app.tasks.events import TaskEvents
-from app.tasks.fast_path import StatusFastPath
+from app.tasks.fast_path import StatusFastPath, SubmitFastPath
 from app.tasks.feature import build_tasks
 from app.tenants import admin_router as admin_tenants
 from app.tenants.service import TenantService
@@ -162,6 +162,8 @@ def create_app(
     )
     install_error_handlers(app)
     install_openapi(app)
+    # A submit by a known key is answered before routing, with the body BodySizeLimit has read (app/tasks/fast_path.py).
+    app.add_middleware(SubmitFastPath, state=app.state)
     app.add_middleware(
         BodySizeLimit,
         max_body_bytes=settings.max_body_bytes,

@@ -75,13 +75,22 @@ def allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+def error_answer(request: Request, exc: Exception) -> JSONResponse:
+    """The answer to an error raised while serving `request`, as the handlers below give it: a GatewayError in its
+    envelope (with the request's rate headers), a database outage as 503, anything else as a logged 500. For code
+    that answers outside routing (app/tasks/fast_path.py)."""
+    if not isinstance(exc, GatewayError):
+        return _unexpected_error(request, exc)
+    response = error_response(exc)
+    for name, value in getattr(request.state, "rate_headers", {}).items():
+        response.headers.setdefault(name, value)
+    return response
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-        response = error_response(exc)
-        for name, value in getattr(request.state, "rate_headers", {}).items():
-            response.headers.setdefault(name, value)
-        return response
+        return error_answer(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

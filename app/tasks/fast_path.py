@@ -1,4 +1,6 @@
-"""The warm status call answered before routing: what a cache in front of the app would do, inside it.
+"""The two calls of the hot path answered before routing: a warm status call, and a submit by a known key.
+
+## Status
 
 A status call (`GET /v1/images/generations/{task_id}`) whose key is known in memory (app/tenants/auth_cache.py), with
 the `read` scope, of a tenant without a per-minute query limit, for a task whose answer memory holds
@@ -9,24 +11,48 @@ goes on to the app unchanged, which applies every rule and error as before. So t
 own: both paths read the same caches, filled and invalidated in one place each.
 
 A tenant with a query limit takes the usual path, where its window is counted (a database or Redis call anyway).
+
+## Submit
+A submit (`POST /v1/images/generations`) by a key known in memory, with the `submit` scope, of a tenant without a
+per-minute submit limit, with a JSON Content-Type, no query string, at most one well-formed `Idempotency-Key`, and a
+body that parses and validates as a GenerationRequest, needs nothing from FastAPI but what this middleware does:
+it calls the same `TaskService.submit` with the same arguments, answers the same bytes, and renders an error
+exactly as the app's exception handlers do (`error_answer`). Routing, dependency solving and FastAPI's request
+and response machinery cost a submit more CPU than its own ledger statement. Anything else goes on to the app,
+with the body it read replayed, where every rule and error applies as before (an invalid body gets the app's own
+400). It sits inside BodySizeLimit, which has read the body whole, up to the limit, already; and it puts the route
+in the scope, as routing does, so access lines, metrics and traces name it alike.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
+from typing import TYPE_CHECKING, Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+import orjson
+from fastapi.routing import APIRoute, iter_route_contexts
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.contract import GenerationRequest
+from app.core.context import set_tenant
+from app.core.error_handlers import error_answer
 from app.core.ids import is_task_id
+from app.tasks.router import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN, is_json
+from app.tasks.service import render
 
 if TYPE_CHECKING:
     from starlette.datastructures import State
 
     from app.tasks.service import TaskService
-    from app.tenants.service import TenantService
+    from app.tenants.service import AuthenticatedKey, TenantService
 
 PREFIX = "/v1/images/generations/"
+SUBMIT_PATH = "/v1/images/generations"
 _JSON = (b"content-type", b"application/json")
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 class StatusFastPath:
@@ -60,3 +86,99 @@ class StatusFastPath:
 
 def _headers(body: bytes) -> list[tuple[bytes, bytes]]:
     return [(b"content-length", str(len(body)).encode()), _JSON]
+
+
+class SubmitFastPath:
+    def __init__(self, app: ASGIApp, state: State) -> None:
+        self.app = app
+        self.state = state
+        self._route: APIRoute | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != SUBMIT_PATH:
+            await self.app(scope, receive, send)
+            return
+        caller = self._caller(scope)
+        if caller is None:
+            await self.app(scope, receive, send)
+            return
+        message = await receive()  # BodySizeLimit's replay: the whole body, in one message
+        request = _parse(message)
+        route = self._route or self._find_route(scope)
+        if request is None or route is None:
+            await self.app(scope, _replay(message, receive), send)
+            return
+        who, idempotency_key = caller
+        tasks: TaskService = self.state.tasks
+        scope["route"] = route  # as routing would: the route's name in access lines, metrics and traces
+        set_tenant(who.tenant.id)  # for the request's log lines, as the route's dependency does
+        try:
+            task = await tasks.submit(who.tenant, request, idempotency_key=idempotency_key)
+        except Exception as exc:  # answered as the app's exception handlers answer it
+            answer: Response = error_answer(Request(scope, receive), exc)
+        else:
+            answer = Response(render(task, created=True), media_type="application/json")
+        await answer(scope, receive, send)
+
+    def _caller(self, scope: Scope) -> tuple[AuthenticatedKey, str | None] | None:
+        """The known key of an eligible submit, and its Idempotency-Key; None when the app must decide."""
+        tenants: TenantService | None = getattr(self.state, "tenants", None)
+        if tenants is None or getattr(self.state, "tasks", None) is None or scope.get("query_string"):
+            return None
+        authorization = content_type = None
+        keys: list[bytes] = []
+        for name, value in scope["headers"]:
+            if name == b"authorization" and authorization is None:
+                authorization = value
+            elif name == b"content-type" and content_type is None:
+                content_type = value
+            elif name == b"idempotency-key":
+                keys.append(value)
+        if authorization is None or not is_json(content_type.decode("latin-1") if content_type else None):
+            return None
+        idempotency_key = None
+        if keys:
+            if len(keys) > 1:
+                return None
+            idempotency_key = keys[0].decode("latin-1")
+            if len(idempotency_key) > IDEMPOTENCY_KEY_MAX or not _IDEMPOTENCY_KEY.match(idempotency_key):
+                return None
+        who = tenants.known_key(authorization.decode("latin-1"))
+        if who is None or "submit" not in who.scopes or who.tenant.submit_rpm is not None:
+            return None
+        return who, idempotency_key
+
+    def _find_route(self, scope: Scope) -> APIRoute | None:
+        """The app's own submit route, as routing puts it in the scope (found once)."""
+        app: Any = scope.get("app")
+        for context in iter_route_contexts(getattr(getattr(app, "router", None), "routes", [])):
+            route = context.original_route
+            if isinstance(route, APIRoute) and context.path == SUBMIT_PATH and "POST" in (context.methods or ()):
+                self._route = route
+                break
+        return self._route
+
+
+def _parse(message: Message) -> GenerationRequest | None:
+    """The body as FastAPI reads it (JSON, then the model validated in Python mode); None when it is not a whole,
+    valid request: the app then answers it."""
+    if message["type"] != "http.request" or message.get("more_body", False):
+        return None
+    try:
+        return GenerationRequest.model_validate(orjson.loads(message.get("body", b"")))
+    except (ValueError, ValidationError):  # orjson's JSONDecodeError is a ValueError
+        return None
+
+
+def _replay(message: Message, receive: Receive) -> Receive:
+    """`receive` with `message`, already taken from it, given back first."""
+    delivered = False
+
+    async def replaying_receive() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return message
+        return await receive()
+
+    return replaying_receive

@@ -47,10 +47,19 @@ _STATUS_ERRORS = _errors(
 )
 
 
-async def require_json(content_type: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
+def is_json(content_type: str | None) -> bool:
+    """Whether a Content-Type names JSON (application/json, or any +json type), parameters aside."""
     media = (content_type or "").split(";")[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
+    return media == "application/json" or media.endswith("+json")
+
+
+async def require_json(content_type: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
+    if not is_json(content_type):
         raise UnsupportedMediaType("Content-Type must be application/json.")
+
+
+IDEMPOTENCY_KEY_MAX = 255
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
 
 
 @router.post(
@@ -71,8 +80,8 @@ async def create_generation(
         Header(
             alias="Idempotency-Key",
             min_length=1,
-            max_length=255,
-            pattern=r"^[\x21-\x7e]+$",
+            max_length=IDEMPOTENCY_KEY_MAX,
+            pattern=IDEMPOTENCY_KEY_PATTERN,
             description="Makes a retried create safe: the same key with the same body within 24 h answers the task "
             "it made, charging nothing more; with another body, 409 `idempotency_key_reused`. Printable ASCII, "
             "1-255 characters, unique per tenant.",
