@@ -67,7 +67,7 @@ class BodySizeLimit:
             if isinstance(body, _Over):
                 await _too_large(send, limit, upload=upload)
                 return
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay({"type": "http.request", "body": body, "more_body": False}, receive), send)
         finally:
             if counted:
                 self.uploads_in_flight -= 1
@@ -109,15 +109,15 @@ async def _read_body(receive: Receive, limit: int) -> bytes | _Over | None:
             return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """The buffered body as one message, then the real channel (so a disconnect still reaches the app)."""
+def replay(message: Message, receive: Receive) -> Receive:
+    """`message` (the buffered body), then the real channel (so a disconnect still reaches the app)."""
     delivered = False
 
     async def replaying_receive() -> Message:
         nonlocal delivered
         if not delivered:
             delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return message
         return await receive()
 
     return replaying_receive

@@ -37,6 +37,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.contract import GenerationRequest
+from app.core.body_limit import replay
 from app.core.context import set_tenant
 from app.core.error_handlers import error_answer
 from app.core.ids import is_task_id
@@ -106,7 +107,7 @@ class SubmitFastPath:
         request = _parse(message)
         route = self._route or self._find_route(scope)
         if request is None or route is None:
-            await self.app(scope, _replay(message, receive), send)
+            await self.app(scope, replay(message, receive), send)
             return
         who, idempotency_key = caller
         tasks: TaskService = self.state.tasks
@@ -141,7 +142,7 @@ class SubmitFastPath:
             if len(keys) > 1:
                 return None
             idempotency_key = keys[0].decode("latin-1")
-            if len(idempotency_key) > IDEMPOTENCY_KEY_MAX or not _IDEMPOTENCY_KEY.match(idempotency_key):
+            if len(idempotency_key) > IDEMPOTENCY_KEY_MAX or not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
                 return None
         who = tenants.known_key(authorization.decode("latin-1"))
         if who is None or "submit" not in who.scopes or who.tenant.submit_rpm is not None:
@@ -168,17 +169,3 @@ def _parse(message: Message) -> GenerationRequest | None:
         return GenerationRequest.model_validate(orjson.loads(message.get("body", b"")))
     except (ValueError, ValidationError):  # orjson's JSONDecodeError is a ValueError
         return None
-
-
-def _replay(message: Message, receive: Receive) -> Receive:
-    """`receive` with `message`, already taken from it, given back first."""
-    delivered = False
-
-    async def replaying_receive() -> Message:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return message
-        return await receive()
-
-    return replaying_receive
