@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from tests.fixtures.gateway import ADMIN_TOKEN, Harness, completed_task, running_gateway
+from tests.fixtures.gateway import ADMIN_TOKEN, Harness, completed_task, key_known, running_gateway, until_fresh
 
 URL = "/v1/images/generations"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -45,18 +45,13 @@ def statements(gw: Harness) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", on_execute)
 
 
-async def until_fresh(gw: Harness) -> None:
-    """Make the invalidator read now (its loop does it every 0.25 s): before a first read, caches are not trusted."""
-    await gw.app.state.invalidator.poll_once()
-    assert gw.app.state.invalidator.fresh
-
-
 async def test_a_warm_completed_task_status_makes_no_database_call(gw: Harness) -> None:
     key = await gw.new_tenant("acme")
     task_id = await completed_task(gw, key)
     await until_fresh(gw)
     first = await gw.client.get(f"{URL}/{task_id}", headers=bearer(key))  # warms the key and the answer
     assert first.status_code == 200
+    await key_known(gw, key)
     with statements(gw) as sent:
         answers = [await gw.client.get(f"{URL}/{task_id}", headers=bearer(key)) for _ in range(5)]
     assert sent == []
@@ -73,6 +68,7 @@ async def test_a_cold_status_reads_the_ledger_once(gw: Harness) -> None:
     gw.tasks._answers = type(gw.tasks._answers)(gw.tasks._refresh_interval)  # forget the answers
     await until_fresh(gw)
     await gw.client.get("/v1/usage", headers=bearer(key))  # warms the key only
+    await key_known(gw, key)
     with statements(gw) as sent:
         r = await gw.client.get(f"{URL}/{task_id}", headers=bearer(key))
     assert r.status_code == 200
@@ -87,6 +83,7 @@ async def test_an_open_task_answer_is_kept_only_until_its_next_refresh(gw: Harne
     gw.clock.advance(2)
     assert (await gw.client.get(f"{URL}/{task_id}", headers=bearer(key))).json()["status"] == "in_progress"
     refreshes = gw.sandbox_stats()["status"]
+    await key_known(gw, key)
     with statements(gw) as sent:
         for _ in range(5):  # within the refresh interval: memory
             assert (await gw.client.get(f"{URL}/{task_id}", headers=bearer(key))).status_code == 200
@@ -168,7 +165,7 @@ async def test_the_fast_path_answers_byte_for_byte_as_the_route_does(
         raise AssertionError("a warm status call reached the route")
 
     monkeypatch.setattr(gw.tasks, "status_answer", not_routed)
-    await until_fresh(gw)  # the routed call may have taken longer than the freshness bound on a busy machine
+    await key_known(gw, key)  # the routed call may have taken longer than the freshness bound on a busy machine
     fast = await gw.client.get(f"{URL}/{task_id}", headers=headers)
     assert fast.status_code == routed.status_code == 200
     assert fast.content == routed.content

@@ -16,9 +16,8 @@ from sqlalchemy.exc import OperationalError
 
 from app.tasks.service import TaskService
 from app.tenants.service import TenantService
-from tests.api.test_hot_path_caches import until_fresh
 from tests.api.test_metrics import delta, scrape
-from tests.fixtures.gateway import Harness
+from tests.fixtures.gateway import Harness, until_fresh
 
 URL = "/v1/images/generations"
 HIGH_RPM = 100_000

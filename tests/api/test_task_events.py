@@ -19,7 +19,7 @@ from starlette.types import Message
 
 from app.tasks.events import KEEP_ALIVE, TaskEvents, parse_last_event_id, step_of
 from app.tasks.service import TaskService
-from tests.fixtures.gateway import Harness, running_gateway
+from tests.fixtures.gateway import Harness, key_known, running_gateway
 
 URL = "/v1/images/generations"
 ORIGIN = "https://app.example"
@@ -443,12 +443,12 @@ async def test_a_warm_status_answered_before_routing_carries_cors_headers(
 
     monkeypatch.setattr(TaskService, "status_answer", not_routed)
     # Caches are trusted only while the invalidator's last read is recent: on a busy machine its loop may lag.
-    await cors.app.state.invalidator.poll_once()
+    await key_known(cors, key)
     r = await cors.client.get(f"{URL}/{task_id}", headers={**bearer(key), "Origin": ORIGIN})
     assert r.status_code == 200 and r.content == warm.content
     assert r.headers["access-control-allow-origin"] == ORIGIN
     assert "access-control-expose-headers" in r.headers
-    await cors.app.state.invalidator.poll_once()
+    await key_known(cors, key)
     foreign = await cors.client.get(f"{URL}/{task_id}", headers={**bearer(key), "Origin": "https://evil.example"})
     assert foreign.status_code == 200 and "access-control-allow-origin" not in foreign.headers
 

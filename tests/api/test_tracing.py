@@ -30,7 +30,7 @@ from app.main import create_app
 from app.sandbox.app import create_sandbox_app
 from app.sandbox.config import SandboxConfig
 from tests.fixtures.clock import FakeClock
-from tests.fixtures.gateway import ADMIN_TOKEN, SECRET_KEY, UPSTREAM_KEY, Harness, completed_task
+from tests.fixtures.gateway import ADMIN_TOKEN, SECRET_KEY, UPSTREAM_KEY, Harness, completed_task, key_known
 from tests.fixtures.gateway import test_settings as gateway_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,7 +206,7 @@ async def test_a_status_call_answered_before_routing_gets_its_server_span(
             raise AssertionError("a warm status call reached the route")
 
         monkeypatch.setattr(gw.tasks, "status_answer", not_routed)
-        await gw.app.state.invalidator.poll_once()  # caches are trusted only while its last read is recent
+        await key_known(gw, key)  # caches are trusted only while the invalidator's last read is recent
         r = await gw.client.get(f"{URL}/{task_id}", headers=bearer(key, "trace-fast-path"))
         assert r.status_code == 200
         spans = exporter.get_finished_spans()
