@@ -104,6 +104,11 @@ class Processes:
         self._running.append(process)
         return process
 
+    def spawn_tenant(self, name: str, env: Mapping[str, str]) -> subprocess.Popen[str]:
+        """`tenants create NAME --json`, not waited for: `Gateway.tenant` reads its answer (a tenant can be created
+        while the gateway starts)."""
+        return self.spawn(["tenants", "create", name, "--json"], env)
+
     def spawn(self, args: list[str], env: Mapping[str, str], *, cwd: Path | None = None) -> subprocess.Popen[str]:
         """Launch a one-shot command without waiting for it (see `finish`)."""
         popen = subprocess.Popen(
@@ -286,7 +291,7 @@ class Gateway:
         return f"{self.url}/v1/images/generations"
 
     def spawn_tenant(self, name: str) -> subprocess.Popen[str]:
-        return self.processes.spawn(["tenants", "create", name, "--json"], self.env)
+        return self.processes.spawn_tenant(name, self.env)
 
     def tenant(self, popen: subprocess.Popen[str]) -> Tenant:
         result = self.processes.finish(popen)

@@ -34,7 +34,7 @@ async def test_unpolled_task_settles_in_the_background(
     clean_sqlite: str, sandbox: Sandbox, processes: Processes
 ) -> None:
     env = gateway_env(clean_sqlite, sandbox.url, GATEWAY_POLL_INTERVAL_S="0.3")
-    pending = processes.spawn(["tenants", "create", f"unpolled-{time.monotonic_ns()}", "--json"], env)
+    pending = processes.spawn_tenant(f"unpolled-{time.monotonic_ns()}", env)
     gateway = start_gateway(processes, env)
     tenant = gateway.tenant(pending)
     admin = {"Authorization": f"Bearer {env['GATEWAY_ADMIN_TOKEN']}"}
@@ -71,7 +71,7 @@ async def test_a_gateway_killed_mid_submit_never_refunds_silently(
     # the 12 s the test then waits, so the sandbox's handler is over before the module's sandbox is stopped (a
     # handler still sleeping holds its SIGTERM until the harness's SIGKILL, 5 s later).
     sandbox.configure(timeout_seconds=10)
-    pending = processes.spawn(["tenants", "create", "crash", "--json"], env)
+    pending = processes.spawn_tenant("crash", env)
     first = start_gateway(processes, env, name="doomed")
     tenant = first.tenant(pending)
     assert processes.run(["tenants", "limits", tenant.id, "--max-in-flight", "1"], env).returncode == 0

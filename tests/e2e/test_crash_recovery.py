@@ -45,7 +45,7 @@ async def test_a_gateway_killed_with_tasks_in_flight_and_waiting_loses_nothing(
         GATEWAY_WEBHOOK_ALLOW_PRIVATE="true",  # the receiver is on 127.0.0.1
         GATEWAY_WEBHOOK_POLL_INTERVAL_S="0.3",
     )
-    pending = processes.spawn(["tenants", "create", "crash", "--json"], env)
+    pending = processes.spawn_tenant("crash", env)
     first = start_gateway(processes, env, name="doomed")
     tenant = first.tenant(pending)
     admin = {"Authorization": f"Bearer {env['GATEWAY_ADMIN_TOKEN']}"}

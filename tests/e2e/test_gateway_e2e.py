@@ -113,7 +113,7 @@ async def test_ops_flow_submit_poll_download(fresh_database_url: str, processes:
     migrated = processes.run(["migrate"], env)
     assert migrated.returncode == 0, migrated.stderr[-2000:]
     assert "migrated to head" in migrated.stdout
-    pending = [processes.spawn(["tenants", "create", name, "--json"], env) for name in ("acme", "globex")]
+    pending = [processes.spawn_tenant(name, env) for name in ("acme", "globex")]
     gateway = start_gateway(processes, env)
     acme, globex = (gateway.tenant(p) for p in pending)
     assert acme.name == "acme" and acme.id and acme.key.startswith("sk-gw-")
@@ -170,7 +170,7 @@ async def test_ops_flow_submit_poll_download(fresh_database_url: str, processes:
 
 async def test_failure_paths(database_url: str, processes: Processes, sandbox: Sandbox) -> None:
     env = gateway_env(database_url, sandbox.url)
-    pending = processes.spawn(["tenants", "create", "acme", "--json"], env)
+    pending = processes.spawn_tenant("acme", env)
     gateway = start_gateway(processes, env)
     acme = gateway.tenant(pending)
 
@@ -216,7 +216,7 @@ async def test_many_pollers_one_upstream_call(database_url: str, processes: Proc
     # A refresh interval longer than any run of this test: every poll after the first one must be answered from
     # the ledger (single-flight in the process, the refresh claim in the database), however slow the machine.
     env = gateway_env(database_url, sandbox.url, GATEWAY_STATUS_REFRESH_INTERVAL_S="600")
-    pending = processes.spawn(["tenants", "create", "acme", "--json"], env)
+    pending = processes.spawn_tenant("acme", env)
     gateway = start_gateway(processes, env)
     acme = gateway.tenant(pending)
     pollers = 200

@@ -42,7 +42,7 @@ async def test_revoke_rotate_and_disable_reach_the_other_replica(
     clean_postgres: str, sandbox: Sandbox, processes: Processes
 ) -> None:
     env = gateway_env(clean_postgres, sandbox.url)
-    pending = processes.spawn(["tenants", "create", "acme", "--json"], env)
+    pending = processes.spawn_tenant("acme", env)
     a, b = start_gateways(processes, env, ["replica-a", "replica-b"])
     tenant = a.tenant(pending)
     admin = {"Authorization": f"Bearer {env['GATEWAY_ADMIN_TOKEN']}"}

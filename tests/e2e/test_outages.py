@@ -62,7 +62,7 @@ async def test_postgres_cut_and_restored_under_a_real_gateway(
 ) -> None:
     with TcpProxy.for_url(clean_postgres) as proxy:
         env = gateway_env(proxy.url_for(clean_postgres), sandbox.url, GATEWAY_POLL_INTERVAL_S="0.2")
-        pending = processes.spawn(["tenants", "create", f"pg-outage-{time.monotonic_ns()}", "--json"], env)
+        pending = processes.spawn_tenant(f"pg-outage-{time.monotonic_ns()}", env)
         gateway = start_gateway(processes, env)
         tenant = gateway.tenant(pending)
         async with http_client() as client:
@@ -128,7 +128,7 @@ async def test_redis_cut_fails_open_and_limits_come_back(
     limit = 3
     with TcpProxy.for_url(redis_url) as proxy:
         env = gateway_env(clean_sqlite, sandbox.url, GATEWAY_REDIS_URL=proxy.url_for(redis_url))
-        pending = processes.spawn(["tenants", "create", f"redis-outage-{time.monotonic_ns()}", "--json"], env)
+        pending = processes.spawn_tenant(f"redis-outage-{time.monotonic_ns()}", env)
         gateway = start_gateway(processes, env)
         tenant = gateway.tenant(pending)
         set_limit = processes.run(["tenants", "limits", tenant.id, "--submit-rpm", str(limit)], env)

@@ -56,7 +56,7 @@ async def test_replicas_share_cooldowns_and_new_keys(
     sandbox.configure(retry_after_seconds=COOLDOWN_S)
     # No reconciler: the tasks that wait here would be sent again and blur the per-key counts this test is about.
     env = gateway_env(clean_postgres, sandbox.url, GATEWAY_UPSTREAM_KEYS=KEY_X, GATEWAY_POLL_INTERVAL_S="0")
-    pending = processes.spawn(["tenants", "create", "acme", "--json"], env)
+    pending = processes.spawn_tenant("acme", env)
     a, b = start_gateways(processes, env, ["serve-a", "serve-b"])
     acme = a.tenant(pending)
 

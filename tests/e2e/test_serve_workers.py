@@ -103,7 +103,7 @@ async def test_two_workers_serve_and_stop_on_sigterm(
 ) -> None:
     # PostgreSQL only (the suite's time): SQLite's several workers share the same code path above the engine.
     env = gateway_env(clean_postgres, sandbox.url, GATEWAY_SHUTDOWN_GRACE_S="30")
-    pending = processes.spawn(["tenants", "create", "acme", "--json"], env)
+    pending = processes.spawn_tenant("acme", env)
     gateway = _start(processes, env)
     parent = gateway.process.popen.pid
     workers = _workers(parent)

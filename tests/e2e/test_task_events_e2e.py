@@ -107,7 +107,7 @@ def shared(
     under it."""
     database_url = migrated(create_sqlite_database(tmp_path_factory.mktemp("events-sqlite")))
     env = _gateway_env(database_url, Sandbox(sandbox_process))
-    pending = module_processes.spawn(["tenants", "create", f"browser-{time.monotonic_ns()}", "--json"], env)
+    pending = module_processes.spawn_tenant(f"browser-{time.monotonic_ns()}", env)
     gateway = start_gateway(module_processes, env)
     return gateway, gateway.tenant(pending)
 
@@ -132,7 +132,7 @@ def own_gateway(clean_sqlite: str, sandbox: Sandbox, processes: Processes) -> tu
     """A gateway and a tenant of the test's own, for a test that stops the gateway."""
     _slow_tasks(sandbox)
     env = _gateway_env(clean_sqlite, sandbox)
-    pending = processes.spawn(["tenants", "create", f"browser-{time.monotonic_ns()}", "--json"], env)
+    pending = processes.spawn_tenant(f"browser-{time.monotonic_ns()}", env)
     gateway = start_gateway(processes, env)
     return gateway, gateway.tenant(pending)
 

@@ -31,7 +31,7 @@ async def test_task_ends_reach_the_endpoint_and_the_callback_signed_with_retries
         GATEWAY_WEBHOOK_POLL_INTERVAL_S="0.3",
         GATEWAY_POLL_INTERVAL_S="0.3",
     )
-    pending = processes.spawn(["tenants", "create", f"hooks-{time.monotonic_ns()}", "--json"], env)
+    pending = processes.spawn_tenant(f"hooks-{time.monotonic_ns()}", env)
     gateway = start_gateway(processes, env)
     tenant = gateway.tenant(pending)
     admin = {"Authorization": f"Bearer {env['GATEWAY_ADMIN_TOKEN']}"}
