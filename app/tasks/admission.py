@@ -10,6 +10,8 @@ statement sent outside any explicit transaction (one round trip, where BEGIN, th
 - Counter rows are locked in the reservation's order (day, month, in flight), then the key's row: the order the
   settle transaction uses, so the two cannot deadlock.
 
+The statement goes straight to the driver where it can (app/core/db/direct.py).
+
 SQLite has no data-modifying CTEs; the tasks service runs the same rules there as three statements in one
 transaction.
 """
@@ -21,10 +23,10 @@ from typing import Any, cast
 
 from sqlalchemy import Table, TextClause, bindparam, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.contract import TaskStatus
 from app.core.db.base import UTCDateTime
+from app.core.db.direct import Statements
 from app.models.task import Task
 from app.quotas.repository import RESERVE_COUNTERS_SQL, RESERVE_ENTRY_SQL, RESERVE_PARAMS, Reservation
 from app.upstream.repository import TAKE_SLOT_SQL
@@ -100,7 +102,7 @@ def _column_values(task: Task) -> dict[str, Any]:
 
 
 async def admit(
-    session: AsyncSession,
+    statements: Statements,
     task: Task,
     reservation: Reservation | None,
     key_id: str | None,
@@ -126,9 +128,7 @@ async def admit(
     if reservation is not None:
         params.update(reservation.params())
     try:
-        slotted = bool(
-            (await session.execute(_WITH_QUOTA if reservation is not None else _WITHOUT_QUOTA, params)).scalar()
-        )
+        slotted = bool(await statements.scalar(_WITH_QUOTA if reservation is not None else _WITHOUT_QUOTA, params))
     except DBAPIError as e:
         if getattr(e.orig, "sqlstate", None) != REFUSED_SQLSTATE:
             raise

@@ -7,6 +7,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from app.core.background import cancel_and_wait
+from app.core.db.direct import Statements
 from app.runtime import Kernel
 from app.tasks.reconciler import Reconciler
 from app.tasks.service import TaskService
@@ -34,6 +35,7 @@ def build_tasks(kernel: Kernel, upstream: Upstream) -> Tasks:
     settings = kernel.settings
     service = TaskService(
         kernel.sessions,
+        Statements(kernel.engine, kernel.sessions),
         upstream.adapter,
         upstream.pool,
         kernel.clock,

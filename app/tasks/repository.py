@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.contract import OPEN_STATUSES, TaskStatus
 from app.core.db.dialect import is_postgresql
+from app.core.db.direct import Statements
 from app.models.task import Task
 
 _TASKS = cast(Table, Task.__table__)
@@ -63,10 +64,10 @@ async def apply_update(session: AsyncSession, task_id: str, values: dict[str, An
     return None if row is None else Task(**row._asdict())
 
 
-async def apply_update_to(session: AsyncSession, task: Task, values: dict[str, Any]) -> bool:
-    """`apply_update` for a task already in memory: nothing read back, `task` updated when the row was."""
-    result = await session.execute(_update_open(frozenset(values), returning=False), {**values, "_id": task.id})
-    if not result.rowcount:  # type: ignore[attr-defined]
+async def apply_update_to(statements: Statements, task: Task, values: dict[str, Any]) -> bool:
+    """`apply_update` for a task already in memory, in one statement of its own (straight to the driver where it
+    can: app/core/db/direct.py): nothing read back, `task` updated when the row was."""
+    if not await statements.rowcount(_update_open(frozenset(values), returning=False), {**values, "_id": task.id}):
         return False
     for name, value in values.items():
         setattr(task, name, value)

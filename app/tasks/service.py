@@ -27,7 +27,8 @@ from app.contract import (
 )
 from app.core.clock import Clock, from_unix, to_unix
 from app.core.db.dialect import is_postgresql
-from app.core.db.engine import autocommit, one_statement, reads_only
+from app.core.db.direct import Statements
+from app.core.db.engine import one_statement, reads_only
 from app.core.errors import (
     Conflict,
     GatewayError,
@@ -97,6 +98,7 @@ class TaskService:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
+        statements: Statements,
         adapter: UpstreamAdapter,
         pool: UpstreamKeyPool,
         clock: Clock,
@@ -115,6 +117,7 @@ class TaskService:
         self._submit_deadline = submit_deadline  # longer than any create call can take
         self.on_waiting: Callable[[], None] | None = None  # the reconciler's wake-up: a task started waiting
         self._sessions = sessions
+        self._statements = statements  # the submit path's single statements (app/core/db/direct.py)
         self._adapter = adapter
         self._pool = pool
         self._clock = clock
@@ -212,45 +215,43 @@ class TaskService:
         if reservation is not None:
             quotas.refuse_unless_fitted(tenant, reservation, quotas.could_fit(reservation), now)
         waiting_check = now + dt.timedelta(seconds=self._pool.retry_after_s())
-        async with self._sessions() as session:
-            if is_postgresql(session):
-                await autocommit(session)
-                try:
-                    slotted = await admission.admit(
-                        session,
-                        task,
-                        reservation,
-                        key.id if key is not None else None,
-                        check_sent=now + self._submit_deadline,
-                        check_waiting=waiting_check,
-                    )
-                except admission.AdmissionRefused as refused:
-                    assert reservation is not None
-                    quotas.refuse_unless_fitted(tenant, reservation, refused.fitted, now)
-                    raise  # not reached: a refusal leaves a period out
-                if key is None or slotted:
-                    return key
-                # The key was cooled or filled by another replica: another key, or the task waits.
-                self._pool.mark_full(key.id)
-                return await self._take_other_slot(task, {key.id}, waiting_check)
-            async with session.begin():
-                await repo.insert(session, task)
-                if reservation is not None:
-                    fitted = await quota_sql.reserve(session, reservation)
-                    quotas.refuse_unless_fitted(tenant, reservation, fitted, now)
-                if key is None:
-                    return None
-                try:
-                    taken = await self._pool.take_slot(session, key)
-                except NoUpstreamKey:  # another replica cooled or filled the keys meanwhile
-                    if not self._pool.recovers_by_itself():
-                        raise
-                    await self._to_waiting(session, task, waiting_check)
-                    return None
-                if taken.id != key.id:
-                    await repo.set_upstream_key(session, task.id, taken.id)
-                    task.upstream_key_id = taken.id
-                return taken
+        if self._statements.postgresql:
+            try:
+                slotted = await admission.admit(
+                    self._statements,
+                    task,
+                    reservation,
+                    key.id if key is not None else None,
+                    check_sent=now + self._submit_deadline,
+                    check_waiting=waiting_check,
+                )
+            except admission.AdmissionRefused as refused:
+                assert reservation is not None
+                quotas.refuse_unless_fitted(tenant, reservation, refused.fitted, now)
+                raise  # not reached: a refusal leaves a period out
+            if key is None or slotted:
+                return key
+            # The key was cooled or filled by another replica: another key, or the task waits.
+            self._pool.mark_full(key.id)
+            return await self._take_other_slot(task, {key.id}, waiting_check)
+        async with self._sessions() as session, session.begin():
+            await repo.insert(session, task)
+            if reservation is not None:
+                fitted = await quota_sql.reserve(session, reservation)
+                quotas.refuse_unless_fitted(tenant, reservation, fitted, now)
+            if key is None:
+                return None
+            try:
+                taken = await self._pool.take_slot(session, key)
+            except NoUpstreamKey:  # another replica cooled or filled the keys meanwhile
+                if not self._pool.recovers_by_itself():
+                    raise
+                await self._to_waiting(session, task, waiting_check)
+                return None
+            if taken.id != key.id:
+                await repo.set_upstream_key(session, task.id, taken.id)
+                task.upstream_key_id = taken.id
+            return taken
 
     async def _take_other_slot(self, task: Task, tried: set[str], waiting_check: dt.datetime) -> PoolKey | None:
         """A task admitted `waiting` because its key gave no slot: a slot on another key, or it stays waiting."""
@@ -582,9 +583,9 @@ class TaskService:
         and frees its slot on its upstream key. `known`: the task as this process holds it, updated in place
         rather than read back."""
         if values.get("status") not in TERMINAL_STATUSES:  # one statement, nothing to settle
+            if known is not None and await repo.apply_update_to(self._statements, known, values):
+                return known
             async with one_statement(self._sessions) as session:
-                if known is not None and await repo.apply_update_to(session, known, values):
-                    return known
                 stored = await repo.apply_update(session, task_id, values)
                 if stored is None:  # already terminal: another caller or replica recorded the end first
                     stored = await repo.get(session, task_id)

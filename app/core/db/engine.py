@@ -9,13 +9,14 @@ or a key hash), and reports to the database's outage tracker
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.engine import Engine, ExceptionContext, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -31,6 +32,7 @@ _RETURNED_AT = "gw_returned_at"
 PING_AFTER_IDLE_S = 5.0
 # Execution option of a connection whose transaction only reads (a deferred BEGIN on SQLite).
 READ_ONLY = "gateway_read_only"
+_trackers: weakref.WeakKeyDictionary[Engine, outage.OutageTracker] = weakref.WeakKeyDictionary()
 
 
 def create_engine(url: str, *, pool_size: int = 20, tracker: outage.OutageTracker | None = None) -> AsyncEngine:
@@ -99,12 +101,19 @@ def _redact_errors(engine: AsyncEngine) -> None:
         redact_in_place(context.original_exception)
 
 
+def recovery_tracker(engine: AsyncEngine) -> outage.OutageTracker | None:
+    """The outage tracker whose outage a successful statement of `engine` ends (app/core/db/direct.py's
+    statements report to it too)."""
+    return _trackers.get(engine.sync_engine)
+
+
 def _report_recovery(engine: AsyncEngine, tracker: outage.OutageTracker) -> None:
     """End the tracker's outage when a statement *started after it began* succeeds.
 
     A statement that was sent before the outage was noticed and answered just in time proves nothing, so the start
     is stamped on the connection (only while an outage is on: nothing is done per statement otherwise).
     """
+    _trackers[engine.sync_engine] = tracker
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def _before(conn: Any, _cursor: Any, _statement: Any, _params: Any, _context: Any, _many: Any) -> None:
