@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import httpx
 import orjson
+from aiohttp import ClientSession, ClientTimeout
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import map_aiohttp_exceptions
 
 from app.contract import UPSTREAM_STATUS_MAP, PublicTaskStatus, TaskStatus
 from app.core.clock import utcnow
@@ -17,6 +20,15 @@ from app.core.errors import UpstreamCredentialsRefused, UpstreamRejected, Upstre
 from app.upstream.base import UploadedFile, UploadRefused, UpstreamServerError, UpstreamTask, parse_retry_after
 
 log = logging.getLogger(__name__)
+
+
+class Answer(NamedTuple):
+    """An upstream's answer to a create or status call, read whole."""
+
+    status_code: int
+    headers: Mapping[str, str]  # case-insensitive: httpx's or aiohttp's
+    content: bytes
+
 
 # Headers of a 4xx worth passing on to the caller (rate-limit hints in particular).
 _PASSTHROUGH_HEADERS = (
@@ -137,6 +149,12 @@ class ToAPIsAdapter:
         self._base_url = str(client.base_url).rstrip("/")
         self._default_headers = list(client.headers.multi_items())
         self._timeout = client.timeout.as_dict()
+        # The transport's own mapping of httpx's timeouts (httpx_aiohttp: the pool's wait is aiohttp's `connect`).
+        self._aiohttp_timeout = ClientTimeout(
+            sock_connect=self._timeout.get("connect"),
+            sock_read=self._timeout.get("read"),
+            connect=self._timeout.get("pool"),
+        )
 
     async def create(self, api_key: str, body: dict[str, Any]) -> UpstreamTask:
         response = await self._send("POST", "/v1/images/generations", api_key, orjson.dumps(body))
@@ -184,21 +202,46 @@ class ToAPIsAdapter:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _exchange(self, method: str, path: str, api_key: str, content: bytes | None) -> httpx.Response:
+    async def _exchange(self, method: str, path: str, api_key: str, content: bytes | None) -> Answer:
         headers = [*self._default_headers, *_headers(api_key).items()]
         if content is not None:
             headers.append(("Content-Type", "application/json"))
+        transport = self._transport
+        if isinstance(transport, AiohttpTransport) and "handle_async_request" not in vars(transport):
+            return await self._exchange_over_aiohttp(transport, method, self._base_url + path, headers, content)
         request = httpx.Request(
             method, self._base_url + path, headers=headers, content=content, extensions={"timeout": self._timeout}
         )
-        response = await self._transport.handle_async_request(request)
+        response = await transport.handle_async_request(request)
         try:
             await response.aread()
         finally:
             await response.aclose()
-        return response
+        return Answer(response.status_code, response.headers, response.content)
 
-    async def _send(self, method: str, path: str, api_key: str, content: bytes | None = None) -> httpx.Response:
+    async def _exchange_over_aiohttp(
+        self, transport: AiohttpTransport, method: str, url: str, headers: list[tuple[str, str]], body: bytes | None
+    ) -> Answer:
+        """What the transport does with the same request (its session, timeouts and error mapping, so callers see the
+        same httpx exceptions), without building an httpx request and response around aiohttp's: that wrapping cost
+        as much CPU as the exchange. Not used once an instrumentation has wrapped the transport (tracing), so its
+        spans see every call."""
+        session = transport.client
+        if not isinstance(session, ClientSession):
+            session = transport.client = transport.get_client()
+        with map_aiohttp_exceptions():
+            async with session.request(
+                method,
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                compress=False,
+                timeout=self._aiohttp_timeout,
+            ) as response:
+                return Answer(response.status, response.headers, await response.read())
+
+    async def _send(self, method: str, path: str, api_key: str, content: bytes | None = None) -> Answer:
         try:
             response = await self._exchange(method, path, api_key, content)
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as e:  # nothing was sent: certainly not created
@@ -214,12 +257,12 @@ class ToAPIsAdapter:
             raise _credentials_refused(response.status_code, method, path)
         if response.status_code >= 400:
             body = self._json(response, allow_error=True)
-            headers = {k: v for k, v in response.headers.items() if k.lower() in _PASSTHROUGH_HEADERS}
+            headers = {k.lower(): v for k, v in response.headers.items() if k.lower() in _PASSTHROUGH_HEADERS}
             raise UpstreamRejected(response.status_code, body, headers)
         return response
 
     @staticmethod
-    def _json(response: httpx.Response, *, allow_error: bool = False) -> dict[str, Any]:
+    def _json(response: Answer | httpx.Response, *, allow_error: bool = False) -> dict[str, Any]:
         try:
             payload = orjson.loads(response.content)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:  # orjson's error is a json.JSONDecodeError
