@@ -22,8 +22,13 @@ from app.upstream.toapis import ToAPIsAdapter, build_http_client, build_transpor
 
 KEY = "up-key-123"
 UA = "seedream-gateway-test/9.9"
-TASK = {"id": "task_img_abc123", "status": "completed", "progress": 100, "created_at": 1703884800}
-TASK["result"] = {"data": [{"url": "https://cdn.example/fox.png"}]}  # type: ignore[assignment]
+TASK: dict[str, Any] = {
+    "id": "task_img_abc123",
+    "status": "completed",
+    "progress": 100,
+    "created_at": 1703884800,
+    "result": {"data": [{"url": "https://cdn.example/fox.png"}]},
+}
 REFUSED = {"error": {"code": "rate_limited", "message": "slow down", "type": "rate_limit_error"}}
 
 
@@ -88,19 +93,23 @@ async def outcome(call: Callable[[], Awaitable[UpstreamTask]]) -> Any:
         return (type(e).__name__, e.status_code, e.code, e.message, headers)
 
 
+async def both_ways(base: str, call: Callable[[ToAPIsAdapter], Awaitable[UpstreamTask]]) -> list[Any]:
+    """What `call` gives the direct way (aiohttp's session), then through the transport's httpx interface."""
+    results = []
+    for wrapped in (False, True):
+        adapter, _ = make_adapter(base, wrapped=wrapped)
+        try:
+            results.append(await outcome(lambda: call(adapter)))  # noqa: B023 - awaited at once
+        finally:
+            await adapter.aclose()
+    return results
+
+
 @pytest.mark.parametrize("task_id", ["done", "gzipped", "limited", "broken", "unauthorized", "not-json", "slow"])
 async def test_a_status_call_comes_out_the_same_both_ways(
     upstream: tuple[str, list[dict[str, Any]]], task_id: str
 ) -> None:
-    base, _ = upstream
-    results = []
-    for wrapped in (False, True):
-        adapter, _transport = make_adapter(base, wrapped=wrapped)
-        try:
-            results.append(await outcome(lambda: adapter.get(KEY, task_id)))  # noqa: B023 - awaited at once
-        finally:
-            await adapter.aclose()
-    direct, through_httpx = results
+    direct, through_httpx = await both_ways(upstream[0], lambda adapter: adapter.get(KEY, task_id))
     assert direct == through_httpx
     if task_id in ("done", "gzipped"):
         assert isinstance(direct, UpstreamTask) and direct.urls == ["https://cdn.example/fox.png"]
@@ -113,14 +122,8 @@ async def test_a_status_call_comes_out_the_same_both_ways(
 async def test_the_create_call_sends_the_same_request_both_ways(upstream: tuple[str, list[dict[str, Any]]]) -> None:
     base, seen = upstream
     body = {"model": "doubao-seedream-4-0", "prompt": "a red fox", "n": 2}
-    tasks = []
-    for wrapped in (False, True):
-        adapter, _ = make_adapter(base, wrapped=wrapped)
-        try:
-            tasks.append(await adapter.create(KEY, body))
-        finally:
-            await adapter.aclose()
-    assert tasks[0] == tasks[1]
+    tasks = await both_ways(base, lambda adapter: adapter.create(KEY, body))
+    assert isinstance(tasks[0], UpstreamTask) and tasks[0] == tasks[1]
     direct, through_httpx = seen
     assert json.loads(direct["body"]) == json.loads(through_httpx["body"]) == body
     for sent in (direct, through_httpx):
@@ -147,30 +150,15 @@ async def test_the_direct_way_is_taken_unless_the_transport_is_wrapped(
         return await original(self, request)
 
     monkeypatch.setattr(AiohttpTransport, "handle_async_request", counted)
-    adapter, _ = make_adapter(base, wrapped=False)
-    try:
-        await adapter.get(KEY, "done")
-        assert calls == 0
-    finally:
-        await adapter.aclose()
-    adapter, _ = make_adapter(base, wrapped=True)
-    try:
-        await adapter.get(KEY, "done")
-        assert calls == 1
-    finally:
-        await adapter.aclose()
+    direct, through_httpx = await both_ways(base, lambda adapter: adapter.get(KEY, "done"))
+    assert isinstance(direct, UpstreamTask) and direct == through_httpx
+    assert calls == 1  # the wrapped transport's call only
 
 
 async def test_an_upstream_nobody_listens_on_is_unavailable_both_ways() -> None:
     with socket.socket() as probe:  # a port that was free a moment ago: refused
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    results = []
-    for wrapped in (False, True):
-        adapter, _ = make_adapter(f"http://127.0.0.1:{port}", wrapped=wrapped)
-        try:
-            results.append(await outcome(lambda: adapter.get(KEY, "done")))  # noqa: B023 - awaited at once
-        finally:
-            await adapter.aclose()
+    results = await both_ways(f"http://127.0.0.1:{port}", lambda adapter: adapter.get(KEY, "done"))
     assert results[0] == results[1]
     assert results[0][0] == "UpstreamUnavailable"
