@@ -124,9 +124,12 @@ async def test_a_lost_connection_is_invalidated_and_the_next_statement_gets_a_ne
     killer = await asyncpg.connect(pg.engine.url.render_as_string(hide_password=False).replace("+asyncpg", ""))
     try:
         assert await killer.fetchval("SELECT pg_terminate_backend($1)", pid)
+        for _ in range(200):  # until the backend is gone, so the pooled connection is closed at its other end
+            if not await killer.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+                break
+            await asyncio.sleep(0.05)
     finally:
         await killer.close()
-    await asyncio.sleep(0.2)
     with pytest.raises(DBAPIError) as caught:
         await pg.statements.scalar(text("SELECT pg_backend_pid()"), {})
     assert caught.value.connection_invalidated
