@@ -108,6 +108,19 @@ class OutageTracker:
         self._log.info("%s available again after %.1f s (%d failed operations meanwhile)", self.name, lasted, failures)
         return True
 
+    def operation_started(self) -> float | None:
+        """A stamp for an operation starting now while an outage is on, for `operation_succeeded`; None when up
+        (nothing to prove, nothing to do per operation)."""
+        return self._clock() if self._since is not None else None
+
+    def operation_succeeded(self, started: float | None) -> bool:
+        """The operation stamped `started` succeeded: it ends the outage if it started after the outage began. One
+        sent before the outage was noticed and answered just in time proves nothing."""
+        if started is None:
+            return False
+        since = self._since
+        return since is not None and started >= since and self.recovered()
+
     def reset(self) -> None:
         """Forget the current outage without logging (tests)."""
         with self._lock:

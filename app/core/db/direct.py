@@ -112,7 +112,7 @@ class Statements:
         tracker = self._tracker
         pooled = await self._engine.raw_connection()
         try:
-            started = tracker.now() if tracker is not None and tracker.is_down else None
+            started = tracker.operation_started() if tracker is not None else None
             try:
                 result = await call(pooled.driver_connection, statement.sql, args)
             except Exception as error:
@@ -124,9 +124,7 @@ class Statements:
                 pooled.invalidate()
                 raise
             if started is not None and tracker is not None:
-                since = tracker.since
-                if since is not None and started >= since:
-                    tracker.recovered()
+                tracker.operation_succeeded(started)
             return result
         finally:
             if pooled.is_valid:

@@ -117,17 +117,14 @@ def _report_recovery(engine: AsyncEngine, tracker: outage.OutageTracker) -> None
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def _before(conn: Any, _cursor: Any, _statement: Any, _params: Any, _context: Any, _many: Any) -> None:
-        if tracker.is_down:
-            conn.info[_STARTED_DURING_OUTAGE] = tracker.now()
+        started = tracker.operation_started()
+        if started is not None:
+            conn.info[_STARTED_DURING_OUTAGE] = started
 
     @event.listens_for(engine.sync_engine, "after_cursor_execute")
     def _after(conn: Any, _cursor: Any, _statement: Any, _params: Any, _context: Any, _many: Any) -> None:
-        if not tracker.is_down:
-            return
-        started = conn.info.pop(_STARTED_DURING_OUTAGE, None)
-        since = tracker.since
-        if started is not None and since is not None and started >= since:
-            tracker.recovered()
+        if tracker.is_down:
+            tracker.operation_succeeded(conn.info.pop(_STARTED_DURING_OUTAGE, None))
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
