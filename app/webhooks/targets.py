@@ -1,10 +1,12 @@
 """Where a webhook may go: http(s) URLs, origins, and the addresses they resolve to (SSRF guard).
 
-A target is refused when it is not http(s), carries user info, or resolves to an address that is not global
-(loopback, private, link-local, shared, multicast, reserved, unspecified), unless GATEWAY_WEBHOOK_ALLOW_PRIVATE is
-set. The check runs when a target is configured (the name resolved) and again at every delivery, on the very
-addresses the sender then connects to (app/webhooks/sender.py), so a name that changes what it points to between the
-two (DNS rebinding) cannot reach an internal address.
+A target is refused when it is not http(s), carries user info, or resolves to an address that is not global unicast,
+unless GATEWAY_WEBHOOK_ALLOW_PRIVATE is set. Global unicast is an allow-list (`address_problem`): IPv6 only inside
+2000::/3 less its special-purpose blocks (Teredo among them), IPv4 only outside the special-purpose blocks, and an
+address that wraps an IPv4 one (IPv4-mapped, 6to4, NAT64) is judged by what it wraps. The check runs when a target
+is configured (the name resolved) and again at every delivery, on the very addresses the sender then connects to
+(app/webhooks/sender.py), so a name that changes what it points to between the two (DNS rebinding) cannot reach an
+internal address.
 """
 
 from __future__ import annotations
@@ -96,20 +98,73 @@ def parse_origin(value: str) -> str:
     return target.origin
 
 
+# IPv4 outside these blocks is global unicast: the IANA special-purpose registry's blocks that are not globally
+# reachable (all of 192.0.0.0/24, whose two anycast exceptions are no webhook receivers), the deprecated 6to4 relay
+# anycast, multicast, and 240/4 with the broadcast address. Spelled out rather than taken from `is_global`, whose
+# table differs between Python versions (3.11 calls 192.0.0.8 global).
+_NOT_GLOBAL_V4 = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+    )
+)
+# IPv6 global unicast is 2000::/3 (which leaves out loopback, unspecified, IPv4-compatible, site-local fec0::/10, unique
+# local fc00::/7, link-local, multicast, 64:ff9b::/96 unless unwrapped), less its special-purpose blocks: 2001::/23
+# (IETF assignments: Teredo 2001::/32, benchmarking, ORCHID, documentation 2001:db8::/32) and documentation
+# 3fff::/20. 2002::/16 (6to4) is unwrapped before this test is reached.
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+_NOT_GLOBAL_V6 = tuple(ipaddress.IPv6Network(n) for n in ("2001::/23", "2001:db8::/32", "3fff::/20"))
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix: a DNS64 host's view of IPv4
+
+
+def _wrapped_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries to the network (IPv4-mapped, 6to4, NAT64), if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def address_problem(address: str, *, allow_private: bool) -> str | None:
-    """Why a connection to `address` is refused (None when it is allowed)."""
+    """Why a connection to `address` is refused (None when it is allowed): the one rule for every address the
+    gateway connects to on a tenant's or an operator's behalf."""
     try:
         ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return f"{address!r} is not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     if allow_private:
         return None
-    if not ip.is_global or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+    shown = str(ip)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.teredo is not None:  # inside 2001::/23, refused below; named here so the operator sees what it hides
+            shown = f"{ip} (Teredo, server {ip.teredo[0]}, client {ip.teredo[1]})"
+        elif (inner := _wrapped_v4(ip)) is not None:
+            shown, ip = f"{ip} (wrapping {inner})", inner
+    if isinstance(ip, ipaddress.IPv4Address):
+        allowed = not any(ip in n for n in _NOT_GLOBAL_V4)
+    else:
+        allowed = ip in _GLOBAL_UNICAST_V6 and not any(ip in n for n in _NOT_GLOBAL_V6)
+    if not allowed or not ip.is_global:  # Python's table as well: whatever either calls internal is refused
         return (
-            f"{ip} is not a public address (loopback, private, link-local and other internal addresses are refused "
-            "unless GATEWAY_WEBHOOK_ALLOW_PRIVATE is set)"
+            f"{shown} is not a global unicast address (loopback, private, link-local, site-local, special-purpose "
+            "and other internal addresses are refused unless GATEWAY_WEBHOOK_ALLOW_PRIVATE is set)"
         )
     return None
 

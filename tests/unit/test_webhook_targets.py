@@ -30,15 +30,39 @@ from tests.fixtures.webhook_receiver import receiving
         "::ffff:127.0.0.1",
         "::ffff:10.0.0.1",
         "not-an-ip",
+        # issue 19: 6to4 around the metadata service and loopback, site-local, IPv4 special-purpose
+        "2002:a9fe:a9fe::1",
+        "2002:7f00:1::1",
+        "2002:a00:1::1",
+        "fec0::1",
+        "192.0.0.8",
+        "192.0.0.9",
+        "192.88.99.1",
+        "198.18.0.1",
+        # NAT64 around loopback, IPv4-compatible, Teredo (its client 192.0.2.45), documentation
+        "64:ff9b::7f00:1",
+        "::7f00:1",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        "2001:db8::1",
+        "3fff::1",
+        "ff0e::1",
     ],
 )
 def test_internal_addresses_are_refused(address: str) -> None:
     assert address_problem(address, allow_private=False) is not None
 
 
-@pytest.mark.parametrize("address", ["93.184.215.14", "8.8.8.8", "2606:4700:4700::1111"])
+@pytest.mark.parametrize(
+    "address",
+    # a wrapper around a public IPv4 address is as public as it (6to4, NAT64 on a DNS64 host, IPv4-mapped)
+    ["93.184.215.14", "8.8.8.8", "2606:4700:4700::1111", "2002:808:808::1", "64:ff9b::808:808", "::ffff:8.8.8.8"],
+)
 def test_public_addresses_are_allowed(address: str) -> None:
     assert address_problem(address, allow_private=False) is None
+
+
+def test_a_refusal_names_the_address_a_wrapper_carries() -> None:
+    assert "169.254.169.254" in (address_problem("2002:a9fe:a9fe::1", allow_private=False) or "")
 
 
 def test_the_setting_allows_internal_addresses() -> None:
