@@ -293,21 +293,12 @@ class GenerationRequest(BaseModel):
 
     @property
     def max_output_images(self) -> int:
-        """The most images this request can make the upstream produce: what a quota must reserve.
+        """The images a quota must reserve for this request: `images_reserved_for` of the exact body sent."""
+        return images_reserved_for(self.to_upstream())
 
-        `n`, unless the caller asked for sequential generation (`metadata.sequential_image_generation: auto`): the
-        upstream then makes up to `sequential_image_generation_options.max_images` images (15 when not given)
-        whatever `n` is, bounded by the contract's `n + len(image_urls) <= 15` and never fewer than `n`.
-        The `auto` that `to_upstream()` adds by itself for `n > 1` comes with `max_images: n`, so it does not
-        count here.
-        """
-        meta = self.metadata
-        if meta is None or meta.sequential_image_generation != "auto":
-            return self.n
-        options = meta.sequential_image_generation_options
-        asked = options.max_images if options is not None and options.max_images is not None else MAX_IMAGES
-        room = MAX_IMAGES - len(self.image_urls or [])
-        return max(self.n, min(asked, room))
+    @property
+    def _asked_for_auto(self) -> bool:
+        return self.metadata is not None and self.metadata.sequential_image_generation == "auto"
 
     @property
     def effective_resolution(self) -> Resolution:
@@ -324,15 +315,40 @@ class GenerationRequest(BaseModel):
         if "resolution" not in meta and self.resolution is not None:
             meta["resolution"] = self.resolution
         if self.n > 1 and "sequential_image_generation" not in meta:
-            # The documented way to ask for n images; capping it at n keeps the upstream (which makes up to 15 in
-            # `auto` without a cap) within what the tenant asked and was charged for.
-            meta["sequential_image_generation"] = "auto"
-            meta.setdefault("sequential_image_generation_options", {"max_images": self.n})
+            meta["sequential_image_generation"] = "auto"  # the documented way to ask for n images
+        if meta.get("sequential_image_generation") == "auto":
+            # In `auto` the upstream makes up to `max_images` images (15 without a cap) whatever `n` is. The cap
+            # sent is always explicit: the caller's own when it asked for `auto` itself, else `n`; never more than
+            # the contract's room. The reservation is read back from this body (`images_reserved_for`).
+            asked = meta.get("sequential_image_generation_options", {}).get("max_images")
+            wanted = asked if self._asked_for_auto else self.n
+            cap = max(self.n, min(wanted if wanted is not None else MAX_IMAGES, _room(body)))
+            meta["sequential_image_generation_options"] = {"max_images": cap}
         if meta:
             body["metadata"] = meta
         if self.client_business_id is not None:
             body["client_business_id"] = self.client_business_id
         return body
+
+
+def _room(body: dict[str, Any]) -> int:
+    """The most output images the contract allows beside the body's reference images."""
+    return MAX_IMAGES - len(body.get("image_urls") or [])
+
+
+def images_reserved_for(body: dict[str, Any]) -> int:
+    """The most images the upstream can make for this exact upstream body: what a quota reserves for it.
+
+    `n`; in `sequential_image_generation: auto`, up to `max_images` (15 when absent), bounded by the contract's room
+    beside the reference images and never fewer than `n`. Read from the body that goes upstream, never from the
+    caller's request, so nothing filled in afterwards can ask the upstream for more than was reserved.
+    """
+    n = int(body.get("n", 1))
+    meta = body.get("metadata") or {}
+    if meta.get("sequential_image_generation") != "auto":
+        return n
+    asked = (meta.get("sequential_image_generation_options") or {}).get("max_images")
+    return max(n, min(asked if asked is not None else MAX_IMAGES, _room(body)))
 
 
 class ImageRef(BaseModel):

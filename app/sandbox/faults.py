@@ -8,7 +8,7 @@ import re
 from app.sandbox.config import SandboxConfig
 
 FAULT_HEADER = "X-Sandbox-Fault"
-FAULT_NAMES = frozenset({"429", "500", "timeout", "fail", "slow", "fewer", "content_policy"})
+FAULT_NAMES = frozenset({"429", "500", "timeout", "fail", "slow", "fewer", "extra", "content_policy"})
 # Faults that make sense on a status call; the rest only shape a new task.
 QUERY_FAULTS = frozenset({"429", "500", "timeout"})
 

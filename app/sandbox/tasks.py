@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from app.contract import GenerationRequest
+from app.contract import MAX_IMAGES, GenerationRequest
 from app.sandbox.config import SandboxConfig
 
 ResultStyle = Literal["result", "url", "images"]
@@ -104,19 +104,19 @@ class Task:
 
 
 def images_for(request: GenerationRequest) -> int:
-    """How many images a completed task returns, before the `fewer` fault.
+    """How many images a completed task returns, before the `fewer` and `extra` faults.
 
-    `n`, except with `metadata.sequential_image_generation` = `auto` and
-    `sequential_image_generation_options.max_images` set: then max(n, max_images). The upstream makes *up to*
-    max_images images in that mode, even for n=1; the sandbox always makes the most, the case a quota must cover.
+    `n`, except with `metadata.sequential_image_generation` = `auto`: the upstream then makes *up to* `max_images`
+    images (15 less the reference images when no cap is sent), even for n=1, and never fewer than `n`. The sandbox
+    always makes the most, the case a quota must cover.
     """
     meta = request.metadata
     if meta is None or meta.sequential_image_generation != "auto":
         return request.n
     options = meta.sequential_image_generation_options
-    if options is None or options.max_images is None:
-        return request.n
-    return max(request.n, options.max_images)
+    room = MAX_IMAGES - len(request.image_urls or [])
+    cap = options.max_images if options is not None and options.max_images is not None else room
+    return max(request.n, min(cap, room))
 
 
 def new_task(
@@ -132,14 +132,15 @@ def new_task(
     now: float,
 ) -> Task:
     """A task whose timings and outcome follow the config and the faults chosen for its create call; it makes `n`
-    images (`images_for` of the request), one fewer with the `fewer` fault."""
+    images (`images_for` of the request), one fewer with the `fewer` fault, 15 whatever was asked with the `extra`
+    fault (an upstream that ignores the cap it was sent)."""
     total = config.task_seconds * (config.slow_factor if "slow" in faults else 1.0)
     return Task(
         id=f"img_{uuid.uuid4().hex}",
         owner=owner,
         model=model,
         size=size,
-        images=max(1, n - 1) if "fewer" in faults else n,
+        images=MAX_IMAGES if "extra" in faults else max(1, n - 1) if "fewer" in faults else n,
         created_at=now,
         queued_until=now + min(config.queue_seconds, total),
         finishes_at=now + total,

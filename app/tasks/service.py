@@ -24,6 +24,7 @@ from app.contract import (
     TaskObject,
     TaskResult,
     TaskStatus,
+    images_reserved_for,
 )
 from app.core.clock import Clock, from_unix, to_unix
 from app.core.db.dialect import is_postgresql
@@ -89,9 +90,12 @@ def _queue_expired(error: GatewayError | None) -> str:
     return f"The upstream could not take the task before its queue deadline{why}; nothing was charged."
 
 
-def _request_hash(body: dict[str, Any]) -> str:
-    """What an Idempotency-Key is bound to: the request as the gateway reads it (key order and spacing aside)."""
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def _request_hash(body: dict[str, Any], callback_url: str | None) -> str:
+    """What an Idempotency-Key is bound to: the request as the gateway reads it (key order and spacing aside),
+    its callback URL included (the same body to another callback is another request). Without a callback URL the
+    hash is the body's alone, as before, so keys recorded by an earlier version still replay."""
+    bound = body if callback_url is None else {**body, "callback_url": callback_url}
+    return hashlib.sha256(json.dumps(bound, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class TaskService:
@@ -154,7 +158,7 @@ class TaskService:
         check_callback_url(tenant, callback_url)  # 400 unless at an origin the tenant allows (app/webhooks)
         body = request.to_upstream()
         now = self._clock()
-        request_hash = _request_hash(body) if idempotency_key is not None else None
+        request_hash = _request_hash(body, callback_url) if idempotency_key is not None else None
         if idempotency_key is not None:
             replay = await self._replay(tenant.id, idempotency_key, request_hash, now)
             if replay is not None:
@@ -190,7 +194,7 @@ class TaskService:
         # cannot lose a task the upstream accepted, nothing is spent upstream that the quota refused, and no
         # transaction (and no lock on the tenant's counters or the key's row) is held open across the network.
         try:
-            taken = await self._admit(tenant, task, request.max_output_images, key, now)
+            taken = await self._admit(tenant, task, images_reserved_for(body), key, now)
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -338,10 +342,10 @@ class TaskService:
                     return await self._wait(task_id, key, e)
         await self._pool.report_success(key)
         now = self._clock()
-        values = _values_from_upstream(upstream, now)
+        values, produced = _values_from_upstream(upstream, now, images_reserved_for(body))
         values.update(upstream_task_id=upstream.id, upstream_key_id=key.id, last_error=None)
         values["next_check_at"] = now + FIRST_LOOK if upstream.status not in TERMINAL_STATUSES else None
-        return await self._record(task_id, values, len(upstream.urls), known=task)
+        return await self._record(task_id, values, produced, known=task)
 
     async def _wait(self, task_id: str, key: PoolKey, error: GatewayError) -> Task:
         """No key can take the task now: it waits in the ledger (slot freed) until the reconciler sends it, or fails
@@ -475,7 +479,8 @@ class TaskService:
             await self._check(task, now)
         elif task.outcome_unknown:
             if task.next_check_at is not None and task.next_check_at <= now:
-                await self._fail(task.id, "submit_outcome_unknown", _OUTCOME_UNKNOWN, produced=task.n)
+                charged = images_reserved_for(task.request)  # the create may have been billed in full
+                await self._fail(task.id, "submit_outcome_unknown", _OUTCOME_UNKNOWN, produced=charged)
         else:  # `submitting` long after any create call could last: the process making it died mid-call
             log.warning("task %s: create call never answered (process stopped?); outcome unknown", task.id)
             await self._mark_outcome_unknown(task.id, UpstreamTimeout("The gateway stopped during the create call"))
@@ -559,9 +564,9 @@ class TaskService:
                 async with one_statement(self._sessions) as session:
                     await repo.update_task(session, task.id, last_error=_text(e.message)[:500], **look)
             else:
-                values = {**_values_from_upstream(upstream, self._clock()), **look}
+                values, produced = _values_from_upstream(upstream, self._clock(), images_reserved_for(task.request))
                 # The reconciler's task is its own copy (claim_due's row): written without reading it back.
-                return await self._record(task.id, values, len(upstream.urls), known=task if force else None)
+                return await self._record(task.id, {**values, **look}, produced, known=task if force else None)
         async with self._sessions() as session:
             await reads_only(session)
             fresh = await repo.get(session, task.id)
@@ -639,12 +644,19 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\ufffd")
 
 
-def _values_from_upstream(upstream: UpstreamTask, now: dt.datetime) -> dict[str, Any]:
+def _values_from_upstream(upstream: UpstreamTask, now: dt.datetime, reserved: int) -> tuple[dict[str, Any], int]:
+    """The ledger's values for the upstream's view of a task, and the images it produced for the caller.
+
+    A completed task hands out at most the `reserved` images it was charged for: an upstream that makes more than
+    the body asked for (it should not) gives the caller nothing beyond what the quota covered."""
     values: dict[str, Any] = {"status": upstream.status, "progress": upstream.progress, "updated_at": now}
+    urls = upstream.urls[:reserved]
     if upstream.status == TaskStatus.COMPLETED:
+        if len(upstream.urls) > reserved:
+            log.warning("upstream task %s made %d images, %d reserved", upstream.id, len(upstream.urls), reserved)
         completed = from_unix(upstream.completed_at) or now
         values.update(
-            result_urls=upstream.urls,
+            result_urls=urls,
             completed_at=completed,
             expires_at=from_unix(upstream.expires_at) or completed + RESULT_TTL,
         )
@@ -654,7 +666,7 @@ def _values_from_upstream(upstream: UpstreamTask, now: dt.datetime) -> dict[str,
             error_message=_text(upstream.error_message or "Generation failed"),
             completed_at=from_unix(upstream.completed_at) or now,
         )
-    return values
+    return values, len(urls)
 
 
 def render(task: Task, *, created: bool = False) -> bytes:

@@ -315,6 +315,23 @@ async def test_one_event_per_target_per_task_end(hooks: Harness) -> None:
         assert len(endpoint.requests) == 3 and len(callback.requests) == 1
 
 
+async def test_an_idempotency_key_is_bound_to_the_callback_url_too(hooks: Harness) -> None:
+    """The same key and body with another callback URL is another request: 409, never the first task replayed with
+    the new URL silently dropped."""
+    key, tenant_id = await tenant(hooks, "acme")
+    async with receiving() as receiver:
+        await configure(hooks, tenant_id, callback_origins=[receiver.url.rsplit("/", 1)[0]])
+        headers = {**bearer(key), "Idempotency-Key": "order-1"}
+        first = {"prompt": "a fox", "callback_url": receiver.url + "?to=a"}
+        made = await hooks.client.post(URL, headers=headers, json=first)
+        assert made.status_code == 200, made.text
+        again = await hooks.client.post(URL, headers=headers, json=first)
+        assert again.status_code == 200 and again.json()["id"] == made.json()["id"]
+        other = await hooks.client.post(URL, headers=headers, json={**first, "callback_url": receiver.url + "?to=b"})
+        assert other.status_code == 409, other.text
+        assert other.json()["error"]["code"] == "idempotency_key_reused"
+
+
 def test_callback_url_is_not_forwarded_upstream() -> None:
     request = GenerationRequest.model_validate({"prompt": "x", "callback_url": "https://example.com/cb"})
     assert "callback_url" not in request.to_upstream()

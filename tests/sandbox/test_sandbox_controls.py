@@ -295,7 +295,7 @@ def sequential(mode: str | None, max_images: int | None = None) -> dict[str, Any
         (1, sequential("auto", 4), 4),  # the upstream makes up to max_images even for n=1
         (2, sequential("auto", 4), 4),
         (5, sequential("auto", 3), 5),  # never fewer than n
-        (1, sequential("auto"), 1),  # auto without max_images: n
+        (1, sequential("auto"), 15),  # auto without max_images: up to 15, the most the upstream makes
         (2, sequential("disabled", 4), 2),  # max_images counts only in auto mode
         (1, sequential(None, 4), 1),
     ],

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from app.contract import GenerationRequest
+from app.contract import GenerationRequest, images_reserved_for
 from app.core.error_handlers import install_error_handlers, validation_to_error
 from app.core.errors import InvalidRequest
 
@@ -603,3 +603,20 @@ def test_max_output_images_ignores_the_auto_the_gateway_adds_for_n_above_1() -> 
     request = GenerationRequest.model_validate(body(n=3))
     assert request.to_upstream()["metadata"]["sequential_image_generation_options"] == {"max_images": 3}
     assert request.max_output_images == 3
+
+
+@pytest.mark.parametrize(
+    ("n", "meta", "cap"),
+    [
+        (2, {"sequential_image_generation_options": {"max_images": 15}}, 2),  # the caller's cap without its own auto
+        (2, {"sequential_image_generation_options": {}}, 2),  # auto with no cap at all once went upstream
+        (1, {"sequential_image_generation": "auto"}, 15),
+        (1, {"sequential_image_generation": "auto", "sequential_image_generation_options": {"max_images": 4}}, 4),
+    ],
+)
+def test_auto_always_goes_upstream_with_the_cap_that_was_reserved(n: int, meta: dict[str, Any], cap: int) -> None:
+    request = GenerationRequest.model_validate(body(n=n, metadata=meta))
+    upstream = request.to_upstream()
+    assert upstream["metadata"]["sequential_image_generation"] == "auto"
+    assert upstream["metadata"]["sequential_image_generation_options"] == {"max_images": cap}
+    assert images_reserved_for(upstream) == request.max_output_images == cap
