@@ -246,6 +246,8 @@ async def create_generation(request: Request, state: StateDep, key: KeyDep) -> d
     )
     state.forget_expired()
     state.tasks[task.id] = task
+    if state.config.create_latency_seconds > 0:  # the task exists upstream while its create call is still open
+        await asyncio.sleep(state.config.create_latency_seconds)
     return task.create_payload()
 
 

@@ -32,6 +32,9 @@ class SandboxConfig(BaseSettings):
 
     task_seconds: float = Field(default=3.0, ge=0.0, description="Time from create to a terminal status.")
     queue_seconds: float = Field(default=0.5, ge=0.0, description="Time queued before in_progress.")
+    create_latency_seconds: float = Field(
+        default=0.0, ge=0.0, description="Time a create call takes before it answers (the task exists from its start)."
+    )
     hold: bool = Field(
         default=False,
         description="Freeze the task clock: while true no task moves on; after, tasks go on where they stood.",

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from dataclasses import dataclass, field
 
 from app.core.background import cancel_and_wait
 from app.core.db.direct import Statements
+from app.core.db.errors import describe
 from app.runtime import Kernel
 from app.tasks.reconciler import Reconciler
 from app.tasks.service import TaskService
 from app.upstream.feature import Upstream
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,9 +30,19 @@ class Tasks:
             self._running = asyncio.create_task(self.worker.run_forever(), name="task-reconciler")
 
     async def stop(self) -> None:
-        """Stop the background worker; a sweep in progress is cancelled (every step of it is idempotent)."""
+        """Stop the background worker (a sweep in progress is cancelled: every step of it is idempotent), then write
+        the upstream answers kept while the database was away, if it is back."""
         await cancel_and_wait(self._running)
         self._running = None
+        if self.service.kept_answers:
+            try:
+                await self.service.write_kept_answers()
+            except Exception as e:
+                log.error(
+                    "%d upstream answers not written at shutdown (%s): their tasks end as submit_outcome_unknown",
+                    self.service.kept_answers,
+                    describe(e),
+                )
 
 
 def build_tasks(kernel: Kernel, upstream: Upstream) -> Tasks:

@@ -80,6 +80,7 @@ class Reconciler:
 
     async def run_once(self) -> int:
         """One sweep: lease the due tasks and reconcile each; the number of tasks handled."""
+        await self._tasks.write_kept_answers()  # before any claim: a kept task must not look unanswered
         handled = 0
         gate = asyncio.Semaphore(self._concurrency)
         seen: set[str] = set()

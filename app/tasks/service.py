@@ -30,6 +30,7 @@ from app.core.clock import Clock, from_unix, to_unix
 from app.core.db.dialect import is_postgresql
 from app.core.db.direct import Statements
 from app.core.db.engine import one_statement, reads_only
+from app.core.db.errors import describe, is_database_unavailable
 from app.core.errors import (
     Conflict,
     GatewayError,
@@ -130,6 +131,9 @@ class TaskService:
         self._inflight: SingleFlight[Task] = SingleFlight()
         self._answers = TaskAnswers(refresh_interval)
         self._end_hooks: list[EndHook] = []
+        # Upstream answers to create calls that the ledger could not take (database away): written by
+        # `write_kept_answers` (the reconciler's sweep, before it claims anything) once the database is back.
+        self._kept: dict[str, tuple[dict[str, Any], int]] = {}
 
     def on_end(self, hook: EndHook) -> None:
         """Run `hook(session, task)` in the transaction that makes a task terminal (completed or failed)."""
@@ -343,9 +347,35 @@ class TaskService:
         await self._pool.report_success(key)
         now = self._clock()
         values, produced = _values_from_upstream(upstream, now, images_reserved_for(body))
-        values.update(upstream_task_id=upstream.id, upstream_key_id=key.id, last_error=None)
+        values.update(upstream_task_id=upstream.id, upstream_key_id=key.id, last_error=None, outcome_unknown=False)
         values["next_check_at"] = now + FIRST_LOOK if upstream.status not in TERMINAL_STATUSES else None
-        return await self._record(task_id, values, produced, known=task)
+        try:
+            return await self._record(task_id, values, produced, known=task)
+        except Exception as e:
+            if not is_database_unavailable(e):
+                raise
+            # The upstream accepted the task and its reservation is committed: the caller gets its task, and the
+            # answer is written when the database is back (the task then goes on as any other). Answering 503 here
+            # would charge a task the caller was told failed, and a retry without an Idempotency-Key twice.
+            log.warning("task %s: upstream answer kept until the database is back (%s)", task_id, describe(e))
+            self._kept[task_id] = (values, produced)
+            for name, value in values.items():
+                setattr(task, name, value)
+            return task
+
+    @property
+    def kept_answers(self) -> int:
+        """Upstream answers this process holds until the ledger can take them."""
+        return len(self._kept)
+
+    async def write_kept_answers(self) -> None:
+        """Write the upstream answers kept while the database was away; raises (keeping the rest) while it still is.
+
+        A task another replica moved on meanwhile (its create deemed unanswered) is written only if still open."""
+        for task_id, (values, produced) in list(self._kept.items()):
+            await self._record(task_id, values, produced)
+            del self._kept[task_id]
+            log.info("task %s: kept upstream answer written", task_id)
 
     async def _wait(self, task_id: str, key: PoolKey, error: GatewayError) -> Task:
         """No key can take the task now: it waits in the ledger (slot freed) until the reconciler sends it, or fails

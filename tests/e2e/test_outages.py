@@ -173,3 +173,43 @@ async def test_redis_cut_fails_open_and_limits_come_back(
         assert len(lines) <= MAX_OUTAGE_LOG_LINES, lines
         assert sum("redis unavailable: " in line for line in lines) == 1, lines
         assert sum("redis available again after " in line for line in lines) == 1, lines
+
+
+async def test_a_create_answered_while_the_database_is_away_is_kept_and_completes(
+    clean_postgres: str, sandbox: Sandbox, processes: Processes
+) -> None:
+    """The upstream accepts a create, then the ledger is unreachable before its answer is written: the caller gets
+    its task (never a 503 for a task that is charged), and the answer is written when the database is back, so the
+    task completes and is charged exactly its images (issue 19, item 3)."""
+    with TcpProxy.for_url(clean_postgres) as proxy:
+        env = gateway_env(proxy.url_for(clean_postgres), sandbox.url, GATEWAY_POLL_INTERVAL_S="0.2")
+        pending = processes.spawn_tenant(f"kept-{time.monotonic_ns()}", env)
+        gateway = start_gateway(processes, env)
+        tenant = gateway.tenant(pending)
+        sandbox.configure(create_latency_seconds=2.0, task_seconds=1.0, queue_seconds=0.2)
+        creates = sandbox.stats()["create"]
+        async with http_client() as client:
+            submit = asyncio.create_task(
+                client.post(gateway.generations, headers=tenant.headers, json={"prompt": "kept", "n": 2})
+            )
+            deadline = time.monotonic() + RECOVERY_DEADLINE_S
+            while sandbox.stats()["create"] == creates:  # the create call is under way upstream
+                assert time.monotonic() < deadline and not submit.done(), "the create call never reached the sandbox"
+                await asyncio.sleep(0.05)
+            proxy.cut()
+            answer = await submit
+            assert answer.status_code == 200, answer.text
+            task_url = f"{gateway.generations}/{answer.json()['id']}"
+            await asyncio.sleep(0.5)  # a few reconciler sweeps fail meanwhile
+            proxy.restore()
+
+            async def completed() -> tuple[httpx.Response, bool]:
+                r = await client.get(task_url, headers=tenant.headers)
+                return r, r.status_code == 200 and r.json()["status"] in ("completed", "failed")
+
+            done = await _until(completed, what="the kept task to end")
+            assert done.json()["status"] == "completed", done.text
+            assert len(done.json()["result"]["data"]) == 2
+            usage = await client.get(f"{gateway.url}/v1/usage", headers=tenant.headers)
+            assert usage.json()["day"]["used"] == 2, usage.text
+        assert "kept upstream answer written" in gateway.process.log()
