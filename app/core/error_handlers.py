@@ -24,6 +24,7 @@ from app.core import outage
 from app.core.body_limit import UPLOAD_PATH
 from app.core.db.errors import DatabaseUnavailable, describe, is_database_unavailable, redacted_traceback
 from app.core.errors import GatewayError, InvalidRequest
+from app.core.security import redact_path
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +129,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def _unexpected_error(request: Request, exc: BaseException) -> JSONResponse:
+    path = redact_path(request.url.path)  # as the access line has it
     if is_database_unavailable(exc):
-        outage.tracker(outage.DATABASE).failed(describe(exc), source=f"{request.method} {request.url.path}")
+        outage.tracker(outage.DATABASE).failed(describe(exc), source=f"{request.method} {path}")
         response = error_response(DatabaseUnavailable())
         for name, value in getattr(request.state, "rate_headers", {}).items():
             response.headers.setdefault(name, value)
         return response
-    log.error("unhandled error on %s %s\n%s", request.method, request.url.path, redacted_traceback(exc))
+    log.error("unhandled error on %s %s\n%s", request.method, path, redacted_traceback(exc))
     return error_response(GatewayError("Internal error"))

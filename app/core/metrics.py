@@ -26,6 +26,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OTHER_TENANT = "other"
 UNMATCHED_ROUTE = "unmatched"
+# The status of a request whose client went away before any answer (nginx's): not a 5xx, nobody was answered.
+CLIENT_CLOSED_REQUEST = 499
 KEY_STATES = ("active", "cooling", "disabled", "draining", "retired")
 
 # No `_created` series: twice the series for nothing the dashboard reads.

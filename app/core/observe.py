@@ -7,6 +7,10 @@ answer, the fast path's included (it answers before routing, inside this middlew
 - The route label is the matched route's template, never the raw path: routing writes the route into the scope,
   which this middleware reads once the answer is sent. A warm status call answered before routing is
   `/v1/images/generations/{task_id}`; a path no route matches is "unmatched".
+- A client that goes away before any answer (mid-body, say) is counted and logged as 499, as nginx does: no 5xx
+  for the alert, since nobody was answered and nothing failed.
+- Path segments that look like secret keys (an operator's `DELETE /admin/v1/upstream-keys/sk-...`) are logged
+  redacted, by the rule the audit log keeps (`app.core.security.redact_key`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core import context, metrics
 from app.core.logs import ACCESS_LOGGER, AccessLine, direct_access
+from app.core.security import redact_path
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -64,21 +69,32 @@ class Observe:
                 current.task_id = tail
         header = (_REQUEST_ID, request_id.encode("ascii"))
         status = 500
+        started_answer = disconnected = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_answer
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_answer = True
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
+        async def receive_watched() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
+
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_watched, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
+            if disconnected and not started_answer:
+                status = metrics.CLIENT_CLOSED_REQUEST
             route = route_template(scope)
-            if isinstance(scope.get("route"), Mount):
-                path = route  # a mounted app's paths may carry file tokens (the zero-config sandbox): not logged
+            # A mounted app's paths may carry file tokens (the zero-config sandbox): not logged.
+            path = route if isinstance(scope.get("route"), Mount) else redact_path(path)
             method: str = scope["method"]
             metrics.observe_http(route, method, status, elapsed)
             line = AccessLine(

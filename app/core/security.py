@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Sequence
 
@@ -13,6 +14,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 TENANT_KEY_PREFIX = "sk-gw-"
+REDACTED = "[redacted]"
+# A secret key, the gateway's (`sk-gw-`) or the upstream's (`sk-...`), as an operator or a caller may type it where an
+# id belongs: `sk-` opening a word, or the tenant key prefix anywhere.
+_KEY_LIKE = re.compile(rf"(?<![A-Za-z0-9])sk-|{re.escape(TENANT_KEY_PREFIX)}", re.IGNORECASE)
 
 
 class KeyMaterial:
@@ -86,6 +91,19 @@ def _hmac(prepared: hmac.HMAC, message: bytes) -> str:
 
 def _derive(secret_key: str, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret_key.encode())
+
+
+def redact_key(text: str) -> str:
+    """`text`, or "[redacted]" when it looks like a secret key: the one rule for what an operator or a caller typed
+    where an id belongs, before it is stored (the audit log) or written (access lines)."""
+    return REDACTED if _KEY_LIKE.search(text) else text
+
+
+def redact_path(path: str) -> str:
+    """`path` with every segment that looks like a secret key redacted (`redact_key`)."""
+    if _KEY_LIKE.search(path) is None:
+        return path
+    return "/".join(redact_key(segment) for segment in path.split("/"))
 
 
 def new_tenant_key() -> str:

@@ -26,7 +26,7 @@ from app.core.db.engine import reads_only
 from app.core.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from app.core.ids import new_id
 from app.core.limits import LIMIT_NAMES, LimitsUpdate
-from app.core.security import TENANT_KEY_PREFIX, KeyMaterial, bearer_token, new_tenant_key
+from app.core.security import KeyMaterial, bearer_token, new_tenant_key, redact_key
 from app.invalidation import Invalidator, record
 from app.models import Tenant, TenantKey
 from app.tenants import repository as repo
@@ -470,8 +470,8 @@ class TenantService:
     async def _refused(
         self, actor: str, action: str, target_type: str, target_ref: str, error: NotFound | Conflict | InvalidRequest
     ) -> None:
-        # The target is what the operator typed: never store something that looks like a tenant key.
-        target = "[redacted]" if TENANT_KEY_PREFIX in target_ref else target_ref
+        # The target is what the operator typed: never store something that looks like a key.
+        target = redact_key(target_ref)
         try:
             await self._audit.record(
                 actor=actor,

@@ -125,3 +125,22 @@ async def test_one_request_id_from_the_caller_to_the_upstream(
     for secret in (key, UPSTREAM_KEY, ADMIN_TOKEN, SECRET_KEY, "sk-gw-wrong"):
         assert secret not in text, f"a log line carries a secret ({secret[:6]}...)"
     assert "otter" not in text, "a log line carries a prompt"
+
+
+async def test_access_lines_redact_key_like_path_segments(
+    traced: tuple[Harness, Recording], json_lines: io.StringIO
+) -> None:
+    """As the audit log does (`redact_key`): a key typed where an id belongs is not written out."""
+    gw, _ = traced
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    upstream_key, tenant_key = "sk-org-live-0123456789abcdef", "sk-gw-0123456789abcdef"
+    retired = await gw.client.delete(f"/admin/v1/upstream-keys/{upstream_key}", headers=admin)
+    rotated = await gw.client.post(f"/admin/v1/keys/{tenant_key}/rotate", headers=admin)
+    assert retired.status_code == 404 and rotated.status_code == 404
+
+    records = parsed(json_lines)
+    access = [r["message"] for r in records if r["logger"] == "app.access"]
+    assert any(m.startswith("DELETE /admin/v1/upstream-keys/[redacted] 404 ") for m in access), access
+    assert any(m.startswith("POST /admin/v1/keys/[redacted]/rotate 404 ") for m in access), access
+    ours = json.dumps([r for r in records if r["logger"].startswith("app.")])  # not the test client's own lines
+    assert upstream_key not in ours and tenant_key not in ours

@@ -6,7 +6,14 @@ import asyncio
 
 import pytest
 
-from app.core.security import TENANT_KEY_PREFIX, KeyMaterial, constant_time_equals, new_tenant_key
+from app.core.security import (
+    TENANT_KEY_PREFIX,
+    KeyMaterial,
+    constant_time_equals,
+    new_tenant_key,
+    redact_key,
+    redact_path,
+)
 from app.tasks.singleflight import SingleFlight
 
 SECRET_A = "secret-a-0123456789abcdef"
@@ -72,6 +79,21 @@ def test_constant_time_equals() -> None:
     assert constant_time_equals("adm-token", "adm-token") is True
     assert constant_time_equals("adm-token", "adm-tokeN") is False
     assert constant_time_equals("adm-token", "adm-token-longer") is False
+
+
+@pytest.mark.parametrize("text", ["sk-gw-abc", "sk-org-live-abc", "SK-proj-x", "key:sk-abc", "pastedsk-gw-abc"])
+def test_key_like_text_is_redacted(text: str) -> None:
+    assert redact_key(text) == "[redacted]"
+
+
+@pytest.mark.parametrize("text", ["task_img_0123", "ask-me", "tn_0123", "acme-corp", "upk_01"])
+def test_ids_and_names_are_kept(text: str) -> None:
+    assert redact_key(text) == text
+
+
+def test_only_key_like_path_segments_are_redacted() -> None:
+    assert redact_path("/admin/v1/keys/sk-gw-abc/rotate") == "/admin/v1/keys/[redacted]/rotate"
+    assert redact_path("/admin/v1/tenants/task-force") == "/admin/v1/tenants/task-force"
 
 
 # --- SingleFlight ---------------------------------------------------------------------------------------
