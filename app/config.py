@@ -95,6 +95,12 @@ class Settings(BaseSettings):
         description="Comma-separated browser origins allowed to call the API (`*` = any); empty = CORS off.",
     )
     db_pool_size: int = 20
+    upstream_error_cooldown_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="How long a key cools after 3 consecutive 5xx answers (each from another task).",
+    )
     redis_url: str = Field("", description="Rate windows in Redis when set; PostgreSQL/SQLite otherwise.")
     quotas_enabled: bool = Field(
         True, description="Reserve and settle images per task; off only for benchmarks and emergencies."

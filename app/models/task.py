@@ -55,6 +55,9 @@ class Task(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
     lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))  # create calls made
+    # Create calls the upstream answered 5xx: only the first counts against its key's health, and the task fails
+    # at MAX_SERVER_ERRORS (app/tasks/service.py), so one caller's failing request cannot cool keys for everyone.
+    server_errors: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     # The last moment the task may still be sent (waiting) or may stay open (after that: a final check, then
     # failed and refunded).
     deadline_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)

@@ -49,7 +49,7 @@ from app.tasks import admission, ending
 from app.tasks import repository as repo
 from app.tasks.cache import TaskAnswers
 from app.tasks.singleflight import SingleFlight
-from app.upstream.base import UpstreamAdapter, UpstreamTask, parse_retry_after
+from app.upstream.base import UpstreamAdapter, UpstreamServerError, UpstreamTask, parse_retry_after
 from app.upstream.pool import PoolKey, UpstreamKeyPool
 from app.webhooks import repository as webhook_sql
 from app.webhooks.callbacks import check_callback_url
@@ -64,6 +64,7 @@ IDEMPOTENCY_TTL = dt.timedelta(hours=24)
 FIRST_LOOK = dt.timedelta(seconds=5)  # the reconciler's first look at a new task (the upstream's advice)
 _LOOK_EVERY_S = (5.0, 10.0)  # then every 5-10 s, with jitter
 _BACKOFF_S = (2.0, 5.0, 15.0, 30.0, 60.0)  # between create attempts of a waiting task (or Retry-After if longer)
+MAX_SERVER_ERRORS = 3  # 5xx answers to a task's create calls (from any keys) after which it fails, refunded
 _OUTCOME_UNKNOWN = (
     "The create call was sent but never answered, so the upstream may have made and billed the task; its "
     "reservation is charged. Ops can see such tasks in the admin API."
@@ -328,7 +329,18 @@ class TaskService:
                 upstream = await self._adapter.create(key.secret, body)
                 break
             except GatewayError as e:
-                own = await self._pool.report_failure(key, e)
+                if isinstance(e, UpstreamServerError):
+                    task.server_errors = (task.server_errors or 0) + 1
+                    async with one_statement(self._sessions) as session:
+                        await repo.update_task(session, task_id, server_errors=task.server_errors)
+                # A task's later 5xx may be its request's own doing: only its first counts against a key's health,
+                # so one caller's failing requests cannot cool the keys everyone's tasks go through.
+                first_server_error = task.server_errors == 1 or not isinstance(e, UpstreamServerError)
+                own = await self._pool.report_failure(key, e) if first_server_error else False
+                if isinstance(e, UpstreamServerError) and task.server_errors >= MAX_SERVER_ERRORS:
+                    log.warning("task %s failed: %d upstream 5xx answers", task_id, task.server_errors)
+                    await self._mark_refused(task_id, e)
+                    raise
                 if isinstance(e, UpstreamRejected) and e.status_code != 429 and not own:
                     log.warning("task %s refused upstream (%s %s): %s", task_id, e.status_code, e.code, e.message)
                     await self._mark_refused(task_id, e)

@@ -64,6 +64,7 @@ class Upstream:
 
 async def load_pool(kernel: Kernel, policy: PoolPolicy | None = None) -> UpstreamKeyPool:
     """The key pool with the configured keys stored and every key loaded (SettingsError when unreadable)."""
+    policy = policy or PoolPolicy(error_cooldown_s=kernel.settings.upstream_error_cooldown_s)
     pool = UpstreamKeyPool(kernel.sessions, kernel.keys, kernel.clock, policy)
     await pool.load(configured_upstream_keys(kernel.settings))
     return pool

@@ -1,0 +1,73 @@
+"""One tenant's failing tasks must not take the upstream keys away from everyone (issue 19, item 8).
+
+Tenant P sends six tasks that the sandbox answers 500 on every create (`[fault:500]`). Each retry of them used to
+count toward the key's 5xx cooldown, so the one key stayed cooled and tenant Q's uploads answered 503 and its tasks
+queued, until P's tasks reached their 600 s queue deadline. Now only a task's first 5xx counts against a key and a
+task fails (refunded) after three: P's tasks end within seconds and Q is served. Real processes, real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from app.sandbox.images import render_png
+from tests.e2e.conftest import Gateway, Processes, Sandbox, Tenant, gateway_env, http_client, start_gateway
+
+pytestmark = pytest.mark.e2e
+
+# Far below the 600 s queue deadline the tasks reached before; generous for a busy two-core machine.
+DEADLINE_S = 60.0
+
+
+async def until_ended(client: httpx.AsyncClient, gateway: Gateway, tenant: Tenant, task_id: str) -> dict[str, Any]:
+    start = time.monotonic()
+    while True:
+        r = await client.get(f"{gateway.generations}/{task_id}", headers=tenant.headers)
+        assert r.status_code == 200, r.text
+        if r.json()["status"] in ("completed", "failed"):
+            answer: dict[str, Any] = r.json()
+            return answer
+        assert time.monotonic() - start < DEADLINE_S, f"task {task_id} still {r.json()['status']} after {DEADLINE_S} s"
+        await asyncio.sleep(0.2)
+
+
+async def test_one_tenants_failing_tasks_do_not_starve_the_others(
+    clean_postgres: str, sandbox: Sandbox, processes: Processes
+) -> None:
+    env = gateway_env(clean_postgres, sandbox.url, GATEWAY_POLL_INTERVAL_S="0.2", GATEWAY_UPSTREAM_ERROR_COOLDOWN_S="2")
+    pending_p = processes.spawn_tenant(f"p-{time.monotonic_ns()}", env)
+    pending_q = processes.spawn_tenant(f"q-{time.monotonic_ns()}", env)
+    gateway = start_gateway(processes, env)
+    p, q = gateway.tenant(pending_p), gateway.tenant(pending_q)
+    sandbox.configure(task_seconds=0.5, queue_seconds=0.1)
+    faults_before = sandbox.stats()["faults"].get("500", 0)
+    async with http_client() as client:
+        failing = []
+        for i in range(6):
+            r = await client.post(gateway.generations, headers=p.headers, json={"prompt": f"[fault:500] p{i}"})
+            assert r.status_code == 200, r.text  # a 5xx waits for another try
+            failing.append(r.json()["id"])
+        ended = [await until_ended(client, gateway, p, task_id) for task_id in failing]
+        assert {task["status"] for task in ended} == {"failed"}, ended
+        assert {task["error"]["code"] for task in ended} == {"upstream_error"}, ended
+        # At most three create calls per task, never one per reconciler sweep until a deadline.
+        assert sandbox.stats()["faults"].get("500", 0) - faults_before <= 6 * 3
+        usage = await client.get(f"{gateway.url}/v1/usage", headers=p.headers)
+        assert usage.json()["day"]["used"] == 0, usage.text  # refunded
+
+        # Q is served as if P had never been there.
+        upload = await client.post(
+            f"{gateway.url}/v1/uploads/images",
+            headers=q.headers,
+            files={"file": ("a.png", render_png("1:1", 16, 0), "image/png")},
+        )
+        assert upload.status_code == 200, upload.text
+        r = await client.post(gateway.generations, headers=q.headers, json={"prompt": "q"})
+        assert r.status_code == 200, r.text
+        done = await until_ended(client, gateway, q, r.json()["id"])
+        assert done["status"] == "completed", done
