@@ -129,15 +129,22 @@ def sandbox(host: HostOpt = None, port: PortOpt = None) -> None:
     """Run the sandbox upstream (the upstream contract, with injectable faults) on its own port."""
     import uvicorn
 
+    from app.core import metrics
+    from app.core.observe import Observe
     from app.sandbox.app import create_sandbox_app
 
     settings = settings_with()
     setup_logging(settings.log_level, settings.log_format)
+    metrics.configure(max_tenants=0, enabled=False)  # the sandbox serves no /metrics
+    # As `serve`: the access lines are Observe's, in GATEWAY_LOG_FORMAT, with the gateway's request id and the
+    # capability URLs' tokens left out; uvicorn's would carry the tokens, in a format of its own.
     uvicorn.run(
-        create_sandbox_app(),
+        Observe(create_sandbox_app()),
         host=host or settings.host,
         port=port or SANDBOX_DEFAULT_PORT,
         log_level=settings.log_level.lower(),
+        access_log=False,
+        log_config=None,
     )
 
 

@@ -9,6 +9,8 @@ answer, the fast path's included (it answers before routing, inside this middlew
   `/v1/images/generations/{task_id}`; a path no route matches is "unmatched".
 - A client that goes away before any answer (mid-body, say) is counted and logged as 499, as nginx does: no 5xx
   for the alert, since nobody was answered and nothing failed.
+- A capability URL (a route with a `{token}`: the sandbox's files and uploads, run stand-alone or mounted) is
+  logged as its route template.
 - Path segments that look like secret keys (an operator's `DELETE /admin/v1/upstream-keys/sk-...`) are logged
   redacted, by the rule the audit log keeps (`app.core.security.redact_key`).
 """
@@ -30,6 +32,7 @@ access_log = logging.getLogger(ACCESS_LOGGER)
 _REQUEST_ID = b"x-request-id"
 _STATUS_PREFIX = "/v1/images/generations/"
 _STATUS_ROUTE = "/v1/images/generations/{task_id}"
+_TOKEN = "token"  # the path parameter of a capability URL (the sandbox's files and uploads)
 
 
 def route_template(scope: Scope) -> str:
@@ -93,8 +96,10 @@ class Observe:
             if disconnected and not started_answer:
                 status = metrics.CLIENT_CLOSED_REQUEST
             route = route_template(scope)
-            # A mounted app's paths may carry file tokens (the zero-config sandbox): not logged.
-            path = route if isinstance(scope.get("route"), Mount) else redact_path(path)
+            if isinstance(scope.get("route"), Mount) or _TOKEN in scope.get("path_params", ()):
+                path = route  # a capability URL's token, or a mounted app's (the zero-config sandbox): not logged
+            else:
+                path = redact_path(path)
             method: str = scope["method"]
             metrics.observe_http(route, method, status, elapsed)
             line = AccessLine(
