@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
-from app.contract import BLANK_PATTERN, INTEGRAL, NO_CONTROL_PATTERN, ContractError, text_problem
+from app.contract import BLANK_PATTERN, INTEGRAL, ContractError, text_problem
 from app.core.clock import to_unix
 from app.core.limits import LIMIT_NAMES, LimitsUpdate
 from app.models import Tenant, TenantKey
@@ -30,15 +31,27 @@ TenantState = Literal["active", "disabled", "deleted"]  # what a tenant can be
 KeyStatus = Literal["active", "expired", "revoked"]
 
 
+# Names are shown to people (CLI listings, the admin API). Besides the C0 controls no text column may hold: DEL, the
+# C1 controls (U+009B opens a terminal escape sequence) and the bidirectional controls (after U+202E, `acme` followed
+# by `1-nimda` reads as `acmeadmin-1`). One rule for tenant and key names, in the API's schema and in `name_problem`.
+_DISPLAY_CONTROLS = r"\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_DISPLAY_CONTROL = re.compile(f"[{_DISPLAY_CONTROLS}]")
+NAME_PATTERN = rf"^[^\x00-\x1f{_DISPLAY_CONTROLS}]*$"
+
+
 def _name_schema(schema: dict[str, Any]) -> None:
-    schema["pattern"] = NO_CONTROL_PATTERN
+    schema["pattern"] = NAME_PATTERN
     schema["not"] = {"pattern": BLANK_PATTERN}
-    schema["description"] = "Not blank, no control characters; leading and trailing spaces are dropped."
+    schema["description"] = (
+        "Not blank, no control characters (bidirectional ones included); leading and trailing spaces are dropped."
+    )
 
 
 def _key_name_schema(schema: dict[str, Any]) -> None:
-    schema["pattern"] = NO_CONTROL_PATTERN
-    schema["description"] = "A label for people (e.g. where the key is used); no control characters."
+    schema["pattern"] = NAME_PATTERN
+    schema["description"] = (
+        "A label for people (e.g. where the key is used); no control characters (bidirectional ones included)."
+    )
 
 
 TenantName = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_CHARS, json_schema_extra=_name_schema)]
@@ -49,14 +62,16 @@ def name_problem(name: str) -> str | None:
     """Why `name` (already stripped) cannot name a tenant, or None."""
     if not name:
         return "must not be blank"
-    if len(name) > MAX_NAME_CHARS:
-        return f"must be at most {MAX_NAME_CHARS} characters"
-    return text_problem(name)
+    return key_name_problem(name)
 
 
 def key_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a key (or, not blank, a tenant), or None."""
     if len(name) > MAX_NAME_CHARS:
         return f"must be at most {MAX_NAME_CHARS} characters"
+    found = _DISPLAY_CONTROL.search(name)
+    if found is not None:
+        return f"must not contain control or bidirectional formatting characters (found U+{ord(found.group()):04X})"
     return text_problem(name)
 
 

@@ -293,6 +293,22 @@ async def test_rename_and_no_op_updates(gw: Harness) -> None:
     assert unchanged == renamed
 
 
+@pytest.mark.parametrize("spoof", ["\u202e", "\u2066", "\u200f", "\x9b", "\x7f"])
+async def test_names_that_would_spoof_a_listing_are_refused(gw: Harness, spoof: str) -> None:
+    """A right-to-left override makes `acme` + U+202E + `1-nimda` read as `acmeadmin-1` in a listing."""
+    tenant = await new_tenant(gw)
+    name = f"acme{spoof}1-nimda"
+    for method, path, body in (
+        ("POST", "/tenants", {"name": name}),
+        ("PATCH", "/tenants/acme", {"name": name}),
+        ("POST", f"/tenants/{tenant['id']}/keys", {"name": name}),
+    ):
+        r = await admin(gw, method, path, json=body)
+        assert_error(r, 400, "invalid_request")
+        assert r.json()["error"]["param"] == "name"
+    assert [t["name"] for t in (await ok(gw, "GET", "/tenants"))["data"]] == ["acme"]
+
+
 async def test_deleting_a_tenant_keeps_its_ledger_and_hides_it(gw: Harness) -> None:
     tenant = await new_tenant(gw)
     other = await new_tenant(gw, "globex")

@@ -81,6 +81,13 @@ def test_unknown_tenant_and_duplicate_name_are_one_line_errors(env: dict[str, st
     assert code == 2 and "already exists" in err and "Traceback" not in err
 
 
+def test_a_bidirectional_override_in_a_name_is_refused(env: dict[str, str]) -> None:
+    code, _, err = run(env, "tenants", "create", "acme\u202e1-nimda")
+    assert code == 2 and "U+202E" in err and "Traceback" not in err
+    code, out, _ = run(env, "tenants", "list", "--json")
+    assert code == 0 and "nimda" not in out
+
+
 def test_tasks_list_reads_the_ledger(env: dict[str, str]) -> None:
     code, out, err = run(env, "tenants", "create", "team-a", "--json")
     assert code == 0, err
