@@ -262,8 +262,7 @@ class GenerationRequest(BaseModel):
         for url in value or []:
             if not is_http_url(url):
                 raise ContractError(
-                    "Each image_urls entry must be a public http(s) URL without control characters "
-                    "(base64 is not accepted)."
+                    "Each image_urls entry must be an http(s) URL without control characters (base64 is not accepted)."
                 )
         return value
 

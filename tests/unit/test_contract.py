@@ -131,6 +131,15 @@ def test_n_written_with_a_zero_fraction_is_an_integer() -> None:
     assert rejected(body(n=16.0)).param == "n"
 
 
+def test_the_image_urls_message_claims_no_check_the_gateway_does_not_make() -> None:
+    """The gateway checks the form only (the upstream fetches the URLs): an internal address passes, so the message
+    must not say "public"."""
+    GenerationRequest.model_validate(body(image_urls=["http://10.0.0.7/ref.png"]))
+    error = rejected(body(image_urls=["data:image/png;base64,AAAA"]))
+    assert error.param == "image_urls"
+    assert error.message.startswith("Each image_urls entry must be an http(s) URL") and "public" not in error.message
+
+
 def test_n_plus_image_urls_at_most_15_is_accepted() -> None:
     request = GenerationRequest.model_validate(body(n=5, image_urls=urls(10)))
     assert request.n == 5
