@@ -329,16 +329,15 @@ class TaskService:
                 upstream = await self._adapter.create(key.secret, body)
                 break
             except GatewayError as e:
-                if isinstance(e, UpstreamServerError):
-                    task.server_errors = (task.server_errors or 0) + 1
-                    async with one_statement(self._sessions) as session:
-                        await repo.update_task(session, task_id, server_errors=task.server_errors)
-                # A task's later 5xx may be its request's own doing: only its first counts against a key's health,
-                # so one caller's failing requests cannot cool the keys everyone's tasks go through.
-                first_server_error = task.server_errors == 1 or not isinstance(e, UpstreamServerError)
-                own = await self._pool.report_failure(key, e) if first_server_error else False
-                if isinstance(e, UpstreamServerError) and task.server_errors >= MAX_SERVER_ERRORS:
-                    log.warning("task %s failed: %d upstream 5xx answers", task_id, task.server_errors)
+                server_error = isinstance(e, UpstreamServerError)
+                first_server_error = server_error and not task.server_errors
+                if server_error and (first_server_error or self._pool.serves_others(key)):
+                    await self._count_server_error(task)
+                # Only a task's first 5xx counts against its key's health: its later ones may be its request's own
+                # doing, and one caller's failing requests must not cool the keys everyone's tasks go through.
+                own = await self._pool.report_failure(key, e) if not server_error or first_server_error else False
+                if server_error and task.server_errors >= MAX_SERVER_ERRORS:
+                    log.warning("task %s failed: %d upstream 5xx answers of its own", task_id, task.server_errors)
                     await self._mark_refused(task_id, e)
                     raise
                 if isinstance(e, UpstreamRejected) and e.status_code != 429 and not own:
@@ -374,6 +373,13 @@ class TaskService:
             for name, value in values.items():
                 setattr(task, name, value)
             return task
+
+    async def _count_server_error(self, task: Task) -> None:
+        """One more 5xx that is the task's own: its first, or one while its key serves other tasks (the upstream
+        works, this request does not). During an upstream outage the count stays at one and the task waits."""
+        task.server_errors = (task.server_errors or 0) + 1
+        async with one_statement(self._sessions) as session:
+            await repo.update_task(session, task.id, server_errors=task.server_errors)
 
     @property
     def kept_answers(self) -> int:

@@ -345,6 +345,11 @@ class UpstreamKeyPool:
             await self.count_server_error(key)
         return False
 
+    def serves_others(self, key: PoolKey) -> bool:
+        """Whether the key's last counted answer was a success (no 5xx counted since): a task's 5xx on it is then
+        the task's own, not the key's or the upstream's."""
+        return self._keys.get(key.id, key).consecutive_errors == 0
+
     async def report_success(self, key: PoolKey) -> None:
         """A call worked: reset the key's error count, with a write only when it was not zero."""
         if self._keys.get(key.id, key).consecutive_errors == 0:

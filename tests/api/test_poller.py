@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from app.contract import TaskStatus
+from app.contract import GenerationRequest, TaskStatus
 from app.core.ids import new_id
 from app.models import Task
 from app.quotas import service as quotas
@@ -58,7 +58,7 @@ async def _interrupted_submit(gw: Harness, key: str) -> str:
             id=new_id("task_img_"),
             tenant_id=tenant.id,
             model="doubao-seedream-4-0",
-            request={},
+            request=GenerationRequest(prompt="interrupted", n=3).to_upstream(),  # reserves 3: the charge then
             n=3,
             status=TaskStatus.SUBMITTING,
             progress=0,

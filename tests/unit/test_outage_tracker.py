@@ -97,6 +97,9 @@ class _DeadDatabaseTasks:
         self.alive = False
         self.sweeps = 0
 
+    async def write_kept_answers(self) -> None:
+        pass  # nothing kept: the sweep's own statement meets the outage
+
     async def claim_due(self, *_: Any) -> list[str]:
         self.sweeps += 1
         async with create_session_factory(self.live if self.alive else self.dead)() as session:
@@ -147,6 +150,9 @@ async def test_poller_logs_other_failures_with_a_traceback_and_backs_off_too(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     class Broken:
+        async def write_kept_answers(self) -> None:
+            pass
+
         async def claim_due(self, *_: Any) -> list[str]:
             raise KeyError("bug")
 
