@@ -1,21 +1,29 @@
 """The invalidation mechanism on a real database: an event recorded in one process's transaction reaches another's
-subscribers on its next read; a rolled-back change sends nothing; a reader that could not read drops everything."""
+subscribers on its next read, whatever order transactions commit in; a rolled-back change sends nothing; a reader that
+could not read drops everything."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.clock import utcnow
 from app.core.db.engine import create_engine, create_session_factory
-from app.invalidation import ALL, Invalidator, record
+from app.invalidation import ALL, MAX_GAPS, Invalidator, record
+from app.models import InvalidationEvent
+
+# What a busy CI machine may need before every other transaction on the server has ended (other test workers').
+SETTLE_DEADLINE_S = 30.0
 
 
 @pytest.fixture
 async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(database_url, pool_size=2)
+    engine = create_engine(database_url, pool_size=4)  # a reader, a transaction held open, one committing meanwhile
     yield create_session_factory(engine)
     await engine.dispose()
 
@@ -89,3 +97,104 @@ async def test_one_failed_read_stops_trust_at_once_and_the_next_read_drops_every
     reader._sessions = working
     await reader.poll_once()
     assert seen == [ALL] and reader.fresh
+
+
+def postgresql_only(database_url: str) -> None:
+    # SQLite writers take turns (BEGIN IMMEDIATE): a second one waits for the first to commit, so ids commit in order.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("only PostgreSQL lets transactions commit out of id order")
+
+
+async def test_an_event_committed_after_a_later_one_arrives_however_long_its_transaction_stays_open(
+    sessions: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    """PostgreSQL hands out the id at insert: the revocation holds the lower id and commits after a later event was
+    read. The reader re-reads the skipped id until it appears, and asks on every read here (no check delay) without
+    letting it go while its transaction is still open."""
+    postgresql_only(database_url)
+    reader = Invalidator(sessions, utcnow, gap_check_s=0.0)
+    seen: list[str] = []
+    reader.subscribe("tenant_key", seen.append)
+    await reader.poll_once()
+    seen.clear()
+
+    async with sessions.begin() as held:
+        held_id = await _record(held, "revoked")  # its id now, its commit last
+        async with sessions.begin() as later:
+            await _record(later, "later")
+        assert await reader.poll_once() == 1
+        for _ in range(5):
+            assert await reader.poll_once() == 0
+            assert held_id in reader.waiting_for
+        assert seen == ["later"]
+    assert await reader.poll_once() == 1
+    assert seen == ["later", "revoked"] and held_id not in reader.waiting_for
+    assert await reader.poll_once() == 0
+
+
+async def test_a_starting_reader_watches_the_ids_still_open_below_the_newest_event(
+    sessions: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    """A replica (re)started while a change is in flight: its first read starts after the newest event, yet the
+    change committed afterwards with a lower id still reaches it."""
+    postgresql_only(database_url)
+    reader = Invalidator(sessions, utcnow)
+    seen: list[str] = []
+    reader.subscribe("tenant_key", seen.append)
+    async with sessions.begin() as held:
+        held_id = await _record(held, "revoked")
+        async with sessions.begin() as later:
+            await _record(later, "later")
+        await reader.poll_once()
+        assert seen == [ALL] and held_id in reader.waiting_for
+    assert await reader.poll_once() == 1
+    assert seen == [ALL, "revoked"]
+
+
+async def _record(session: AsyncSession, key: str) -> int:
+    """record() a change of tenant key `key`; the id its event took."""
+    await record(session, "tenant_key", key, now=utcnow())
+    return (await session.scalars(select(InvalidationEvent.id).where(InvalidationEvent.key == key))).one()
+
+
+async def _commit_after_skipping(sessions: async_sessionmaker[AsyncSession], skipped: int, key: str) -> set[int]:
+    """Commit one event whose id comes after `skipped` ids that will never be read (as a rolled-back transaction's)."""
+    async with sessions.begin() as session:
+        now = utcnow()
+        await session.execute(insert(InvalidationEvent), [{"topic": "tenant", "key": key, "created_at": now}] * skipped)
+        ids = (await session.scalars(select(InvalidationEvent.id).where(InvalidationEvent.key == key))).all()
+        await record(session, "tenant", key, now=now)  # before the delete: SQLite would reuse the ids after the last
+        await session.execute(delete(InvalidationEvent).where(InvalidationEvent.id.in_(ids)))
+    return set(ids)
+
+
+async def test_an_id_that_can_no_longer_commit_is_let_go_without_dropping_anything(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    reader = Invalidator(sessions, utcnow, gap_check_s=0.0)
+    seen: list[str] = []
+    reader.subscribe("tenant", seen.append)
+    await reader.poll_once()
+    seen.clear()
+    skipped = await _commit_after_skipping(sessions, 2, "ten_1")
+    assert await reader.poll_once() == 1
+    assert skipped <= reader.waiting_for
+    deadline = time.monotonic() + SETTLE_DEADLINE_S
+    while reader.waiting_for:  # PostgreSQL: once every transaction older than the gap has ended (any database's)
+        assert time.monotonic() < deadline, "the gap was never let go"
+        assert await reader.poll_once() == 0
+        await asyncio.sleep(0.05)
+    assert seen == ["ten_1"]
+
+
+async def test_ids_jumping_past_what_can_be_watched_drop_everything(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    reader = Invalidator(sessions, utcnow)
+    seen: list[str] = []
+    reader.subscribe("tenant", seen.append)
+    await reader.poll_once()
+    seen.clear()
+    skipped = await _commit_after_skipping(sessions, MAX_GAPS + 1, "ten_1")
+    assert await reader.poll_once() == 1
+    assert seen == [ALL, "ten_1"] and not skipped & reader.waiting_for
