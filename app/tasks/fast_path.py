@@ -2,20 +2,19 @@
 
 ## Status
 
-A status call (`GET /v1/images/generations/{task_id}`) whose key is known in memory (app/tenants/auth_cache.py), with
-the `read` scope, of a tenant without a per-minute query limit, for a task whose answer memory holds
-(app/tasks/cache.py), needs nothing FastAPI does: no routing, no dependency to solve, no validation. This ASGI
-middleware answers exactly that case with the stored bytes, the same body and headers the route sends. Anything
-else (an unknown or cold key, a missing scope, a rate limit to count, an answer not in memory, any other request)
-goes on to the app unchanged, which applies every rule and error as before. So the middleware adds no rule of its
-own: both paths read the same caches, filled and invalidated in one place each.
+Both paths ask the one access decision (app/access/policy.py): `decide_from_memory` is `decide` made from memory
+alone, and answers None whenever `decide` must run (a cold or unknown key, a refusal, a rate window to count); the
+request then goes on to the app unchanged, whose route dependency decides, refuses and counts. So the middleware
+keeps data (the keys and the answers it may reuse), never a rule.
 
-A tenant with a query limit takes the usual path, where its window is counted (a database or Redis call anyway).
+A status call (`GET /v1/images/generations/{task_id}`) that memory admits, for a task whose answer memory holds
+(app/tasks/cache.py), needs nothing FastAPI does: no routing, no dependency to solve, no validation. This ASGI
+middleware answers exactly that case with the stored bytes, the same body and headers the route sends.
 
 ## Submit
-A submit (`POST /v1/images/generations`) by a key known in memory, with the `submit` scope, of a tenant without a
-per-minute submit limit, with a JSON Content-Type, no query string, at most one well-formed `Idempotency-Key`, and a
-body that parses and validates as a GenerationRequest, needs nothing from FastAPI but what this middleware does:
+A submit (`POST /v1/images/generations`) that memory admits, with a JSON Content-Type, no query string, at most one
+`Idempotency-Key` that the route's own check (`idempotency_key`) takes, and a body that parses and validates as a
+GenerationRequest, needs nothing from FastAPI but what this middleware does:
 it calls the same `TaskService.submit` with the same arguments, answers the same bytes, and renders an error
 exactly as the app's exception handlers do (`error_answer`). Routing, dependency solving and FastAPI's request
 and response machinery cost a submit more CPU than its own ledger statement. Anything else goes on to the app,
@@ -26,7 +25,6 @@ in the scope, as routing does, so access lines, metrics and traces name it alike
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -36,12 +34,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.access import policy
+from app.access.policy import QUERYING, SUBMITTING
 from app.contract import GenerationRequest
 from app.core.body_limit import replay
-from app.core.context import set_tenant
 from app.core.error_handlers import error_answer
+from app.core.errors import InvalidRequest
 from app.core.ids import is_task_id
-from app.tasks.router import IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_KEY_PATTERN, is_json
+from app.tasks.router import idempotency_key as idempotency_key_of
+from app.tasks.router import is_json
 from app.tasks.service import render
 
 if TYPE_CHECKING:
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
 PREFIX = "/v1/images/generations/"
 SUBMIT_PATH = "/v1/images/generations"
 _JSON = (b"content-type", b"application/json")
-_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
 class StatusFastPath:
@@ -79,10 +79,8 @@ class StatusFastPath:
         authorization = next((v for k, v in scope["headers"] if k == b"authorization"), None)
         if authorization is None:
             return None
-        who = tenants.known_key(authorization.decode("latin-1"))
-        if who is None or "read" not in who.scopes or who.tenant.query_rpm is not None:
-            return None
-        return tasks.cached_answer(who.tenant.id, task_id)
+        who = policy.decide_from_memory(tenants, authorization.decode("latin-1"), QUERYING)
+        return None if who is None else tasks.cached_answer(who.tenant.id, task_id)
 
 
 def _headers(body: bytes) -> list[tuple[bytes, bytes]]:
@@ -112,7 +110,6 @@ class SubmitFastPath:
         who, idempotency_key = caller
         tasks: TaskService = self.state.tasks
         scope["route"] = route  # as routing would: the route's name in access lines, metrics and traces
-        set_tenant(who.tenant.id)  # for the request's log lines, as the route's dependency does
         try:
             task = await tasks.submit(who.tenant, request, idempotency_key=idempotency_key)
         except Exception as exc:  # answered as the app's exception handlers answer it
@@ -137,17 +134,14 @@ class SubmitFastPath:
                 keys.append(value)
         if authorization is None or not is_json(content_type.decode("latin-1") if content_type else None):
             return None
-        idempotency_key = None
-        if keys:
-            if len(keys) > 1:
-                return None
-            idempotency_key = keys[0].decode("latin-1")
-            if len(idempotency_key) > IDEMPOTENCY_KEY_MAX or not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
-                return None
-        who = tenants.known_key(authorization.decode("latin-1"))
-        if who is None or "submit" not in who.scopes or who.tenant.submit_rpm is not None:
+        if len(keys) > 1:
             return None
-        return who, idempotency_key
+        try:
+            idempotency_key = idempotency_key_of(keys[0].decode("latin-1") if keys else None)
+        except InvalidRequest:
+            return None  # the app answers it
+        who = policy.decide_from_memory(tenants, authorization.decode("latin-1"), SUBMITTING)
+        return None if who is None else (who, idempotency_key)
 
     def _find_route(self, scope: Scope) -> APIRoute | None:
         """The app's own submit route, as routing puts it in the scope (found once)."""

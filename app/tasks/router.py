@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Response
 
 from app.contract import ErrorEnvelope, GenerationRequest, TaskObject
-from app.core.errors import NotFound, UnsupportedMediaType
+from app.core.errors import InvalidRequest, NotFound, UnsupportedMediaType
 from app.core.ids import is_task_id
 from app.quotas.deps import QueryCaller, SubmitCaller
 from app.tasks.deps import TaskServiceDep
@@ -60,6 +61,33 @@ async def require_json(content_type: Annotated[str | None, Header(include_in_sch
 
 IDEMPOTENCY_KEY_MAX = 255
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """The Idempotency-Key header as a submit takes it (printable ASCII, 1-255 characters, matched whole: a trailing
+    newline does not pass), or InvalidRequest (400). The one check, for the route and the submit fast path."""
+    if value is not None and (len(value) > IDEMPOTENCY_KEY_MAX or not _IDEMPOTENCY_KEY.fullmatch(value)):
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} printable ASCII characters without spaces.",
+            param="Idempotency-Key",
+        )
+    return value
+
+
+async def idempotency_key_header(
+    value: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Makes a retried create safe: the same key with the same body within 24 h answers the task "
+            "it made, charging nothing more; with another body, 409 `idempotency_key_reused`. Printable ASCII, "
+            "1-255 characters, unique per tenant.",
+            json_schema_extra={"minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX, "pattern": IDEMPOTENCY_KEY_PATTERN},
+        ),
+    ] = None,
+) -> str | None:
+    return idempotency_key(value)
 
 
 @router.post(
@@ -75,18 +103,7 @@ async def create_generation(
     tenant: SubmitCaller,
     tasks: TaskServiceDep,
     response: Response,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=IDEMPOTENCY_KEY_MAX,
-            pattern=IDEMPOTENCY_KEY_PATTERN,
-            description="Makes a retried create safe: the same key with the same body within 24 h answers the task "
-            "it made, charging nothing more; with another body, 409 `idempotency_key_reused`. Printable ASCII, "
-            "1-255 characters, unique per tenant.",
-        ),
-    ] = None,
+    idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
 ) -> Response:
     task = await tasks.submit(tenant, body, idempotency_key=idempotency_key)
     # Rendered here (TaskObject without None fields) rather than validated again against response_model by FastAPI.

@@ -73,6 +73,9 @@ class AuthCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def drop_all(self) -> None:
+        self._drop(lambda entry: True)
+
     def _drop_tenant(self, tenant_id: str) -> None:
         self._drop(lambda entry: tenant_id == ALL or entry.who.tenant.id == tenant_id)
 

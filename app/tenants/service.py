@@ -143,6 +143,10 @@ class TenantService:
             self._last_used.note(who.key_id, now)
         return who
 
+    def forget_known_keys(self) -> None:
+        """Drop every key known in memory: each is looked up again at its next use."""
+        self._known.drop_all()
+
     async def _look_up(self, token: str, current_id: str, current_hash: str, now: dt.datetime) -> AuthenticatedKey:
         generation = self._known.generation
         hashes = self._keys.tenant_key_hashes(token)
