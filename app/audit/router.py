@@ -8,7 +8,9 @@ from fastapi import APIRouter, Query
 
 from app.audit.deps import AuditServiceDep
 from app.audit.schemas import AuditList
+from app.audit.service import EVENT_CURSOR
 from app.contract import NO_CONTROL_PATTERN, ErrorEnvelope
+from app.core.pagination import DEFAULT_PAGE, limit_query
 from app.deps import AdminDep
 
 router = APIRouter(
@@ -22,10 +24,8 @@ router = APIRouter(
 @router.get("/audit", response_model=AuditList, summary="The audit log of admin actions, newest first")
 async def list_audit(
     audit: AuditServiceDep,
-    limit: Annotated[int, Query(ge=1, le=200, description="Events per page.")] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=18, pattern=r"^[0-9]{1,18}$", description="The previous page's next_cursor.")
-    ] = None,
+    limit: Annotated[int, limit_query()] = DEFAULT_PAGE,
+    cursor: Annotated[str | None, EVENT_CURSOR.query()] = None,
     target_id: Annotated[
         str | None, Query(max_length=64, pattern=NO_CONTROL_PATTERN, description="Only events on this target.")
     ] = None,

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from app.core.clock import to_unix
+from app.core.pagination import Page
 from app.models import AuditEvent
 
 
@@ -35,7 +36,5 @@ class AuditEventOut(BaseModel):
         )
 
 
-class AuditList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[AuditEventOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null on the last page.")
+class AuditList(Page[AuditEventOut]):
+    """The audit log, newest first."""

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.audit import repository as repo
 from app.audit.schemas import AuditEventOut, AuditList
 from app.core.clock import Clock
-from app.core.errors import InvalidRequest
+from app.core.pagination import DEFAULT_PAGE, Cursor
 from app.models import AuditEvent
 
 # Who acted: the ops API's bearer token, or the command line (features may add their own, e.g. "system").
@@ -25,7 +25,7 @@ ACTOR_CLI = "cli"
 
 # What a text column can hold on both databases: no C0 control character (PostgreSQL refuses NUL), no lone surrogate.
 _UNSTORABLE = re.compile(r"[\x00-\x1f\ud800-\udfff]")
-_CURSOR = re.compile(r"[0-9]{1,18}")
+EVENT_CURSOR = Cursor.of_serials()
 
 
 def _text(value: str, max_chars: int) -> str:
@@ -101,23 +101,21 @@ class AuditService:
             )
 
     async def list(
-        self, *, limit: int = 50, cursor: str | None = None, target_id: str | None = None, action: str | None = None
+        self,
+        *,
+        limit: int = DEFAULT_PAGE,
+        cursor: str | None = None,
+        target_id: str | None = None,
+        action: str | None = None,
     ) -> AuditList:
         """A page of events, newest first; `cursor` is the previous page's `next_cursor`."""
-        if cursor is not None and not _CURSOR.fullmatch(cursor):
-            raise InvalidRequest("Invalid cursor: pass the next_cursor of the previous page.", param="cursor")
-        limit = max(1, min(limit, 200))
+        page = EVENT_CURSOR.request(limit, cursor)
         async with self._sessions() as session:
             events = await repo.page(
                 session,
-                limit=limit + 1,
-                before_id=None if cursor is None else int(cursor),
+                limit=page.fetch,
+                before_id=None if page.after is None else int(page.after),
                 target_id=target_id,
                 action=action,
             )
-        more = len(events) > limit
-        shown = list(events[:limit])
-        return AuditList(
-            data=[AuditEventOut.of(e) for e in shown],
-            next_cursor=str(shown[-1].id) if more and shown else None,
-        )
+        return AuditList.of(events, page, AuditEventOut.of)

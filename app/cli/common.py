@@ -10,14 +10,19 @@ import typer
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from app.config import Settings
-from app.core.db.migrate import DatabaseNotMigrated
+from app.core.db import embedded
+from app.core.db.migrate import DatabaseNotMigrated, upgrade
 from app.core.errors import GatewayError, SettingsError
+from app.core.pagination import MAX_PAGE
 from app.runtime import Kernel, kernel_for_command
 
 T = TypeVar("T")
 
 HostOpt = Annotated[str | None, typer.Option(help="Interface to bind (default: GATEWAY_HOST or 127.0.0.1).")]
 PortOpt = Annotated[int | None, typer.Option(help="Port to bind (default: GATEWAY_PORT or 8000).")]
+# A list's page: the service applies the one limit rule (app/core/pagination.py), as it does for the ops API.
+PageLimitOpt = Annotated[int, typer.Option("--limit", help=f"Rows per page (1-{MAX_PAGE}).")]
+CursorOpt = Annotated[str | None, typer.Option("--cursor", help="The next_cursor a previous page printed.")]
 
 
 def settings_with(**overrides: object) -> Settings:
@@ -33,10 +38,26 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
+def progress(line: str) -> None:
+    """A step of a command's preparation, on stderr (stdout stays the command's answer, e.g. its JSON)."""
+    typer.echo(f"seedream-gateway: {line}", err=True)
+
+
+def with_database(settings: Settings) -> Settings:
+    """`settings` with the database to use: GATEWAY_DATABASE_URL's, or else the embedded PostgreSQL under data_dir
+    (app/core/db/embedded.py), started unless it runs and migrated unless GATEWAY_AUTO_MIGRATE=false."""
+    if settings.database_url:
+        return settings
+    url = embedded.start(settings.data_dir, progress)
+    if settings.should_auto_migrate:
+        upgrade(url)
+    return settings.model_copy(update={"database_url": url, "auto_migrate": False})  # migrated: nothing left to do
+
+
 def run_with_kernel(settings: Settings, call: Callable[[Kernel], Awaitable[T]]) -> T:
     """Run one service call on a one-connection kernel; expected failures become one line and exit code 2."""
 
-    async def main() -> T:
+    async def main(settings: Settings) -> T:
         async with kernel_for_command(settings) as kernel:
             try:
                 return await call(kernel)
@@ -44,7 +65,8 @@ def run_with_kernel(settings: Settings, call: Callable[[Kernel], Awaitable[T]]) 
                 raise DatabaseNotMigrated() from e
 
     try:
-        return asyncio.run(main())
+        settings.secrets  # noqa: B018 - a missing secret fails before a database is started
+        return asyncio.run(main(with_database(settings)))
     except SettingsError as e:
         fail(str(e))
     except GatewayError as e:

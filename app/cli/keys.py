@@ -12,11 +12,9 @@ from typing import Annotated
 import typer
 
 from app.audit.service import ACTOR_CLI
-from app.cli.common import fail, run_with_kernel, settings_with
+from app.cli.common import CursorOpt, PageLimitOpt, fail, run_with_kernel, settings_with
 from app.cli.tenants import (
-    CursorOpt,
     JsonOpt,
-    PageLimitOpt,
     TenantArg,
     print_fields,
     print_json,
@@ -25,8 +23,9 @@ from app.cli.tenants import (
     tenant_service,
     when,
 )
+from app.core.pagination import DEFAULT_PAGE
 from app.runtime import Kernel
-from app.tenants.schemas import DEFAULT_GRACE_S, DEFAULT_PAGE, SCOPES, KeyList, KeyOut, NewKeyOut
+from app.tenants.schemas import DEFAULT_GRACE_S, SCOPES, KeyList, KeyOut, NewKeyOut
 
 keys_cli = typer.Typer(help="Manage tenant API keys: list, create, rotate, revoke.", no_args_is_help=True)
 

@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 
-from app.cli.common import run_with_kernel, settings_with
-from app.cli.tenants import CursorOpt, JsonOpt, PageLimitOpt, print_json, print_next, print_table, when
+from app.cli.common import CursorOpt, PageLimitOpt, run_with_kernel, settings_with
+from app.cli.tenants import JsonOpt, print_json, print_next, print_table, when
+from app.core.pagination import DEFAULT_PAGE
 from app.runtime import Kernel
-from app.tasks.ledger import DEFAULT_PAGE, LedgerPage, StatusFilter, TaskLedger
+from app.tasks.ledger import LedgerPage, StatusFilter, TaskLedger
 
 _STATUS_HELP = "open, waiting, queued, in_progress, completed, failed."
 tasks_cli = typer.Typer(

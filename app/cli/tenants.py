@@ -14,12 +14,13 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from app.audit.service import ACTOR_CLI
-from app.cli.common import fail, jsonable, run_with_kernel, settings_with
+from app.cli.common import CursorOpt, PageLimitOpt, fail, jsonable, run_with_kernel, settings_with
 from app.core.limits import LIMIT_NAMES, LimitsUpdate, parse_limit_word
+from app.core.pagination import DEFAULT_PAGE
 from app.quotas.schemas import UsageOut
 from app.quotas.service import QuotaService
 from app.runtime import Kernel
-from app.tenants.schemas import DEFAULT_PAGE, TenantList, TenantOut
+from app.tenants.schemas import TenantList, TenantOut
 from app.tenants.service import TenantService
 
 tenants_cli = typer.Typer(
@@ -29,8 +30,6 @@ tenants_cli = typer.Typer(
 TenantArg = Annotated[str, typer.Argument(help="Tenant id or name.")]
 LimitOpt = Annotated[str | None, typer.Option(help="A number, or 'unlimited'.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-PageLimitOpt = Annotated[int, typer.Option("--limit", min=1, max=200, help="Rows per page (1-200).")]
-CursorOpt = Annotated[str | None, typer.Option("--cursor", help="The next_cursor a previous page printed.")]
 
 
 def tenant_service(kernel: Kernel) -> TenantService:

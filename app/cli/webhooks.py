@@ -12,11 +12,12 @@ import typer
 from pydantic import ValidationError
 
 from app.audit.service import ACTOR_CLI
-from app.cli.common import fail, run_with_kernel, settings_with
+from app.cli.common import CursorOpt, PageLimitOpt, fail, run_with_kernel, settings_with
 from app.cli.tenants import print_fields, print_json, print_next, print_table, when
+from app.core.pagination import DEFAULT_PAGE
 from app.runtime import Kernel
 from app.webhooks.feature import webhook_service
-from app.webhooks.schemas import DEFAULT_GRACE_S, DEFAULT_PAGE, DeliveryList, DeliveryOut, WebhookOut, WebhookUpdate
+from app.webhooks.schemas import DEFAULT_GRACE_S, DeliveryList, DeliveryOut, WebhookOut, WebhookUpdate
 
 webhooks_cli = typer.Typer(
     help="Webhooks: a tenant's endpoint, signing secret and callback origins; test events; deliveries; replay.",
@@ -139,8 +140,8 @@ def list_deliveries(
     tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's (id or name).")] = None,
     status: Annotated[str | None, typer.Option("--status", help="pending, delivered or dead.")] = None,
     task: Annotated[str | None, typer.Option("--task", help="Only this task's events.")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=200, help="Rows per page (1-200).")] = DEFAULT_PAGE,
-    cursor: Annotated[str | None, typer.Option("--cursor", help="The next_cursor a previous page printed.")] = None,
+    limit: PageLimitOpt = DEFAULT_PAGE,
+    cursor: CursorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The delivery log, newest first."""

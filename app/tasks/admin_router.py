@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.contract import ErrorEnvelope
+from app.core.pagination import DEFAULT_PAGE, limit_query
 from app.deps import AdminDep, KernelDep
-from app.tasks.ledger import DEFAULT_PAGE, MAX_PAGE, LedgerPage, StatusFilter, TaskLedger
+from app.tasks.ledger import TASK_CURSOR, LedgerPage, StatusFilter, TaskLedger
 
 router = APIRouter(
     prefix="/admin/v1", tags=["admin"], dependencies=[AdminDep], responses={401: {"model": ErrorEnvelope}}
@@ -26,8 +27,8 @@ async def list_tasks(
     tenant_id: Annotated[str | None, Query(max_length=40, pattern=r"^[A-Za-z0-9_-]+$")] = None,
     status: StatusFilter | None = None,
     outcome_unknown: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
-    cursor: Annotated[str | None, Query(max_length=49, pattern=r"^task_img_[0-9a-f]{1,40}$")] = None,
+    limit: Annotated[int, limit_query()] = DEFAULT_PAGE,
+    cursor: Annotated[str | None, TASK_CURSOR.query()] = None,
 ) -> LedgerPage:
     return await TaskLedger(kernel.sessions).list(
         tenant_id=tenant_id, status=status, outcome_unknown=outcome_unknown, limit=limit, cursor=cursor

@@ -7,7 +7,6 @@ keeps its reservation (`may_cost_images`) and fails charged at its deadline unle
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -17,12 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.contract import OPEN_STATUSES, TaskStatus
 from app.core.clock import to_unix
 from app.core.db.engine import reads_only
-from app.core.errors import InvalidRequest
+from app.core.pagination import DEFAULT_PAGE, Cursor, Page
 from app.models.task import Task
 
-DEFAULT_PAGE = 50
-MAX_PAGE = 200
-_CURSOR = re.compile(r"task_img_[0-9a-f]{1,40}")
+TASK_CURSOR = Cursor.of_ids("task_img_")
 StatusFilter = Literal["open", "waiting", "queued", "in_progress", "completed", "failed"]
 
 
@@ -61,9 +58,9 @@ class LedgerTask(BaseModel):
         )
 
 
-class LedgerPage(BaseModel):
-    data: list[LedgerTask]
-    next_cursor: str | None
+class LedgerPage(Page[LedgerTask]):
+    """Tasks of the ledger, newest first, and what the open ones with an unknown create outcome may cost."""
+
     unresolved: int = Field(description="Open tasks with an unknown create outcome, across the filter's tenants.")
     unresolved_images: int = Field(description="What those may cost: the images they reserve.")
 
@@ -82,10 +79,7 @@ class TaskLedger:
         cursor: str | None = None,
     ) -> LedgerPage:
         """A page of tasks, newest first; `cursor` is the previous page's `next_cursor`."""
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidRequest(f"limit must be 1 to {MAX_PAGE}.", param="limit")
-        if cursor is not None and not _CURSOR.fullmatch(cursor):
-            raise InvalidRequest("Invalid cursor: pass the next_cursor of the previous page.", param="cursor")
+        page = TASK_CURSOR.request(limit, cursor)
         stmt = select(Task)
         unresolved = select(func.count(), func.coalesce(func.sum(Task.n), 0)).where(
             Task.outcome_unknown.is_(True), Task.status.in_(OPEN_STATUSES)
@@ -101,17 +95,11 @@ class TaskLedger:
             stmt = stmt.where(Task.status == status)
         if outcome_unknown is not None:
             stmt = stmt.where(Task.outcome_unknown.is_(outcome_unknown))
-        if cursor is not None:  # ids sort by creation time (app/core/ids.py)
-            stmt = stmt.where(Task.id < cursor)
-        stmt = stmt.order_by(Task.id.desc()).limit(limit + 1)
+        if page.after is not None:  # ids sort by creation time (app/core/ids.py)
+            stmt = stmt.where(Task.id < page.after)
+        stmt = stmt.order_by(Task.id.desc()).limit(page.fetch)
         async with self._sessions() as session:
             await reads_only(session)
             rows = list((await session.execute(stmt)).scalars().all())
             count, images = (await session.execute(unresolved)).one()
-        shown = rows[:limit]
-        return LedgerPage(
-            data=[LedgerTask.of(task) for task in shown],
-            next_cursor=shown[-1].id if len(rows) > limit and shown else None,
-            unresolved=int(count),
-            unresolved_images=int(images),
-        )
+        return LedgerPage.of(rows, page, LedgerTask.of, unresolved=int(count), unresolved_images=int(images))

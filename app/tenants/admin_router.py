@@ -7,18 +7,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from app.audit.service import ACTOR_ADMIN_TOKEN
 from app.contract import ErrorEnvelope
 from app.core.limits import LimitsUpdate
+from app.core.pagination import DEFAULT_PAGE, PAGE_ERRORS, limit_query
 from app.deps import AdminDep
 from app.tenants.deps import TenantServiceDep
 from app.tenants.schemas import (
-    CURSOR_PATTERN,
     DEFAULT_GRACE_S,
-    DEFAULT_PAGE,
-    MAX_PAGE,
+    KEY_CURSOR,
+    TENANT_CURSOR,
     KeyCreate,
     KeyList,
     KeyOut,
@@ -39,10 +39,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 router = APIRouter(prefix="/admin/v1", tags=["admin"], dependencies=[AdminDep], responses=_errors(401, 404))
 
-Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Items per page.")]
-Cursor = Annotated[
-    str | None, Query(max_length=40, pattern=CURSOR_PATTERN, description="The previous page's `next_cursor`.")
-]
+Limit = Annotated[int, limit_query()]
 
 
 @router.get("/tenants/{tenant_id}/limits", response_model=Limits, summary="A tenant's limits")
@@ -71,8 +68,12 @@ async def create_tenant(body: TenantCreate, tenants: TenantServiceDep) -> Tenant
     return await tenants.create_tenant(body.name, body.limits, actor=ACTOR_ADMIN_TOKEN)
 
 
-@router.get("/tenants", response_model=TenantList, responses=_errors(400), summary="Tenants, oldest first")
-async def list_tenants(tenants: TenantServiceDep, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None) -> TenantList:
+@router.get("/tenants", response_model=TenantList, responses=PAGE_ERRORS, summary="Tenants, oldest first")
+async def list_tenants(
+    tenants: TenantServiceDep,
+    limit: Limit = DEFAULT_PAGE,
+    cursor: Annotated[str | None, TENANT_CURSOR.query()] = None,
+) -> TenantList:
     return await tenants.list_tenants(limit=limit, cursor=cursor)
 
 
@@ -126,11 +127,14 @@ async def create_key(tenant_id: str, tenants: TenantServiceDep, body: KeyCreate 
 @router.get(
     "/tenants/{tenant_id}/keys",
     response_model=KeyList,
-    responses=_errors(400),
+    responses=PAGE_ERRORS,
     summary="A tenant's keys (ids and prefixes, never the keys), oldest first",
 )
 async def list_keys(
-    tenant_id: str, tenants: TenantServiceDep, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None
+    tenant_id: str,
+    tenants: TenantServiceDep,
+    limit: Limit = DEFAULT_PAGE,
+    cursor: Annotated[str | None, KEY_CURSOR.query()] = None,
 ) -> KeyList:
     return await tenants.list_keys(tenant_id, limit=limit, cursor=cursor)
 

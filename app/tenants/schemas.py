@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_v
 from app.contract import BLANK_PATTERN, INTEGRAL, ContractError, text_problem
 from app.core.clock import to_unix
 from app.core.limits import LIMIT_NAMES, LimitsUpdate
+from app.core.pagination import Cursor, Page
 from app.models import Tenant, TenantKey
 
 # --- bounds -------------------------------------------------------------------------------------------------------
@@ -19,10 +20,8 @@ MAX_GRACE_S = 30 * 24 * 3600
 DEFAULT_GRACE_S = 3600
 MAX_EXPIRES_IN_S = 10 * 366 * 24 * 3600  # ten years
 MAX_EXPIRES_AT = 4_102_444_800  # 2100-01-01T00:00:00Z
-MAX_PAGE = 200
-DEFAULT_PAGE = 50
-# A cursor is the last id of the previous page (ids are `ten_`/`key_` + hex, at most 40 characters).
-CURSOR_PATTERN = r"^[A-Za-z0-9_]{1,40}$"
+TENANT_CURSOR = Cursor.of_ids("ten_")
+KEY_CURSOR = Cursor.of_ids("key_")
 
 Scope = Literal["submit", "read"]
 SCOPES: tuple[Scope, ...] = ("submit", "read")
@@ -293,13 +292,9 @@ class TenantCreated(TenantOut):
     key: NewKeyOut
 
 
-class TenantList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[TenantOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+class TenantList(Page[TenantOut]):
+    """Tenants, oldest first."""
 
 
-class KeyList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[KeyOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+class KeyList(Page[KeyOut]):
+    """A tenant's keys, oldest first."""

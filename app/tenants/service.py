@@ -26,6 +26,7 @@ from app.core.db.engine import reads_only
 from app.core.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from app.core.ids import new_id
 from app.core.limits import LIMIT_NAMES, LimitsUpdate
+from app.core.pagination import DEFAULT_PAGE
 from app.core.security import KeyMaterial, bearer_token, new_tenant_key, redact_key
 from app.invalidation import Invalidator, record
 from app.models import Tenant, TenantKey
@@ -34,11 +35,11 @@ from app.tenants.auth_cache import AuthCache
 from app.tenants.last_used import DEFAULT_INTERVAL_S, LastUsedRecorder
 from app.tenants.schemas import (
     DEFAULT_GRACE_S,
-    DEFAULT_PAGE,
+    KEY_CURSOR,
     MAX_EXPIRES_IN_S,
     MAX_GRACE_S,
-    MAX_PAGE,
     SCOPES,
+    TENANT_CURSOR,
     KeyList,
     KeyOut,
     Limits,
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 DEMO_TENANT = "demo"
 DELETED = "deleted"  # Tenant.status of a deleted tenant: kept for its ledger, invisible to the ops surface
 ACTOR_SYSTEM = "system"
-_CURSOR = re.compile(r"[A-Za-z0-9_]{1,40}")
+_KEY_ID = re.compile(r"[A-Za-z0-9_]{1,40}")  # any other key id names no key: 404 without a query
 _MAX_TOKEN_CHARS = 512  # far beyond any key the gateway makes: no hashing of megabyte headers
 
 
@@ -209,11 +210,10 @@ class TenantService:
 
     async def list_tenants(self, *, limit: int = DEFAULT_PAGE, cursor: str | None = None) -> TenantList:
         """A page of tenants (deleted ones left out) in id order (ids are time-sortable: oldest first)."""
-        limit = _page_size(limit)
+        page = TENANT_CURSOR.request(limit, cursor)
         async with self._sessions() as session:
-            rows = await repo.page_tenants(session, limit=limit + 1, after_id=_cursor(cursor), hidden_status=DELETED)
-        shown = list(rows[:limit])
-        return TenantList(data=[TenantOut.of(t) for t in shown], next_cursor=_next_cursor([t.id for t in rows], limit))
+            rows = await repo.page_tenants(session, limit=page.fetch, after_id=page.after, hidden_status=DELETED)
+        return TenantList.of(rows, page, TenantOut.of)
 
     async def update_tenant(
         self, tenant_ref: str, *, name: str | None = None, status: str | None = None, actor: str
@@ -358,17 +358,12 @@ class TenantService:
 
     async def list_keys(self, tenant_ref: str, *, limit: int = DEFAULT_PAGE, cursor: str | None = None) -> KeyList:
         """A page of a tenant's keys (revoked and expired ones included, with their status), oldest first."""
-        limit = _page_size(limit)
-        after = _cursor(cursor)
+        page = KEY_CURSOR.request(limit, cursor)
         async with self._sessions() as session:
             tenant = await find(session, tenant_ref)
-            rows = await repo.page_keys(session, tenant.id, limit=limit + 1, after_id=after)
+            rows = await repo.page_keys(session, tenant.id, limit=page.fetch, after_id=page.after)
         now = self._clock()
-        shown = list(rows[:limit])
-        return KeyList(
-            data=[KeyOut.of(k, now, self._last_used.pending(k.id)) for k in shown],
-            next_cursor=_next_cursor([k.id for k in rows], limit),
-        )
+        return KeyList.of(rows, page, lambda k: KeyOut.of(k, now, self._last_used.pending(k.id)))
 
     async def rotate_key(self, key_id: str, grace_seconds: int = DEFAULT_GRACE_S, *, actor: str) -> NewKeyOut:
         """A new key (same tenant, name and scopes; shown once) that works at once; the old one keeps working for
@@ -560,7 +555,7 @@ async def find(session: AsyncSession, tenant_ref: str) -> Tenant:
 
 async def find_key(session: AsyncSession, key_id: str, *, for_update: bool = False) -> TenantKey:
     """A tenant key by its public id, or 404 `key_not_found`."""
-    found = await repo.get_key(session, key_id, for_update=for_update) if _CURSOR.fullmatch(key_id) else None
+    found = await repo.get_key(session, key_id, for_update=for_update) if _KEY_ID.fullmatch(key_id) else None
     if found is None or found[1].status == DELETED:  # a deleted tenant's keys are gone with it
         raise NotFound(f"Key {key_id!r} not found", code="key_not_found")
     return found[0]
@@ -587,20 +582,3 @@ def _checked_scopes(scopes: Sequence[str] | None) -> list[Scope]:
     if unknown or not scopes:
         raise InvalidRequest(f"scopes must be one or more of: {', '.join(SCOPES)}.", param="scopes")
     return [s for s in SCOPES if s in scopes]
-
-
-def _page_size(limit: int) -> int:
-    if not 1 <= limit <= MAX_PAGE:
-        raise InvalidRequest(f"limit must be 1 to {MAX_PAGE}.", param="limit")
-    return limit
-
-
-def _cursor(cursor: str | None) -> str | None:
-    if cursor is not None and not _CURSOR.fullmatch(cursor):
-        raise InvalidRequest("Invalid cursor: pass the next_cursor of the previous page.", param="cursor")
-    return cursor
-
-
-def _next_cursor(ids: Sequence[str], limit: int) -> str | None:
-    """The cursor of the next page: the last id shown, when one more row than shown was read."""
-    return ids[limit - 1] if len(ids) > limit else None

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, status
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from app.audit.service import ACTOR_ADMIN_TOKEN
 from app.contract import ErrorEnvelope
+from app.core.pagination import DEFAULT_PAGE, PAGE_ERRORS, limit_query
 from app.deps import AdminDep
 from app.upstream.deps import UpstreamKeyServiceDep
 from app.upstream.schemas import (
-    CURSOR_PATTERN,
-    DEFAULT_PAGE,
-    MAX_PAGE,
+    KEY_CURSOR,
     UpstreamKeyCreate,
     UpstreamKeyList,
     UpstreamKeyOut,
@@ -64,13 +63,13 @@ async def create_upstream_key(body: UpstreamKeyCreate, keys: UpstreamKeyServiceD
     return await keys.create(body, actor=ACTOR_ADMIN_TOKEN)
 
 
-@router.get("/upstream-keys", response_model=UpstreamKeyList, summary="The upstream keys, oldest first")
+@router.get(
+    "/upstream-keys", response_model=UpstreamKeyList, responses=PAGE_ERRORS, summary="The upstream keys, oldest first"
+)
 async def list_upstream_keys(
     keys: UpstreamKeyServiceDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Keys per page.")] = DEFAULT_PAGE,
-    cursor: Annotated[
-        str | None, Query(max_length=40, pattern=CURSOR_PATTERN, description="The previous page's next_cursor.")
-    ] = None,
+    limit: Annotated[int, limit_query()] = DEFAULT_PAGE,
+    cursor: Annotated[str | None, KEY_CURSOR.query()] = None,
 ) -> UpstreamKeyList:
     return await keys.list(limit=limit, cursor=cursor)
 

@@ -11,6 +11,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from app.contract import BLANK_PATTERN, INTEGRAL, NO_CONTROL_PATTERN, ContractError, text_problem
 from app.core.clock import to_unix
+from app.core.pagination import Cursor, Page
 from app.models import UpstreamKey
 from app.upstream.pool import effective_status
 
@@ -18,14 +19,12 @@ MAX_NAME_CHARS = 200  # UpstreamKey.name is String(200)
 MAX_SECRET_CHARS = 512
 MAX_WEIGHT = 1000
 MAX_KEY_IN_FLIGHT = 1_000_000
-MAX_PAGE = 200
-DEFAULT_PAGE = 50
 FINGERPRINT_CHARS = 8
 # What an upstream API key can be: printable ASCII without spaces (it is sent in an HTTP header).
 SECRET_PATTERN = r"^[\x21-\x7e]+$"
 # Ids the gateway mints (`upk_` + hex); any other id names no key and is answered 404 without a query.
 KEY_ID = re.compile(r"[A-Za-z0-9_]{1,40}")
-CURSOR_PATTERN = r"^[A-Za-z0-9_]{1,40}$"
+KEY_CURSOR = Cursor.of_ids("upk_")
 
 Status = Literal["active", "cooling", "disabled", "draining", "retired"]
 
@@ -140,10 +139,8 @@ class UpstreamKeyOut(BaseModel):
         )
 
 
-class UpstreamKeyList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[UpstreamKeyOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+class UpstreamKeyList(Page[UpstreamKeyOut]):
+    """The upstream keys, oldest first."""
 
 
 class RekeyReport(BaseModel):

@@ -15,17 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.service import AuditService, record_audit
 from app.core.clock import Clock
-from app.core.errors import Conflict, GatewayError, InvalidRequest, NotFound
+from app.core.errors import Conflict, GatewayError, NotFound
 from app.core.ids import new_id
+from app.core.pagination import DEFAULT_PAGE
 from app.core.security import KeyMaterial
 from app.invalidation import ALL, record
 from app.models import UpstreamKey
 from app.upstream import repository as repo
 from app.upstream.pool import ACTIVE, ADMIN_DISABLED_REASON, DISABLED, DRAINING, RETIRED, UpstreamKeyPool
 from app.upstream.schemas import (
-    DEFAULT_PAGE,
+    KEY_CURSOR,
     KEY_ID,
-    MAX_PAGE,
     RekeyReport,
     UpstreamKeyCreate,
     UpstreamKeyList,
@@ -92,17 +92,11 @@ class UpstreamKeyService:
 
     async def list(self, *, limit: int = DEFAULT_PAGE, cursor: str | None = None) -> UpstreamKeyList:
         """A page of keys, oldest first; `cursor` is the previous page's `next_cursor`."""
-        if cursor is not None and not KEY_ID.fullmatch(cursor):
-            raise InvalidRequest("Invalid cursor: pass the next_cursor of the previous page.", param="cursor")
-        limit = max(1, min(limit, MAX_PAGE))
+        page = KEY_CURSOR.request(limit, cursor)
         async with self._sessions() as session:
-            keys = await repo.page(session, limit=limit + 1, after_id=cursor)
+            keys = await repo.page(session, limit=page.fetch, after_id=page.after)
         now = self._clock()
-        shown = list(keys[:limit])
-        return UpstreamKeyList(
-            data=[UpstreamKeyOut.of(k, now) for k in shown],
-            next_cursor=shown[-1].id if len(keys) > limit and shown else None,
-        )
+        return UpstreamKeyList.of(keys, page, lambda k: UpstreamKeyOut.of(k, now))
 
     async def get(self, key_id: str) -> UpstreamKeyOut:
         async with self._sessions() as session:

@@ -9,12 +9,12 @@ from fastapi import APIRouter, Path, Query
 
 from app.audit.service import ACTOR_ADMIN_TOKEN
 from app.contract import NO_CONTROL_PATTERN, ErrorEnvelope
+from app.core.pagination import DEFAULT_PAGE, PAGE_ERRORS, limit_query
 from app.deps import AdminDep
 from app.webhooks.deps import WebhookServiceDep
 from app.webhooks.schemas import (
-    CURSOR_PATTERN,
-    DEFAULT_PAGE,
-    MAX_PAGE,
+    DELIVERY_CURSOR,
+    ID_PATTERN,
     DeliveryList,
     DeliveryOut,
     DeliveryStatus,
@@ -77,21 +77,19 @@ async def test_webhook(tenant_id: TenantId, webhooks: WebhookServiceDep) -> Deli
 @router.get(
     "/webhook-deliveries",
     response_model=DeliveryList,
-    responses=_errors(400),
+    responses=PAGE_ERRORS,
     summary="The webhook delivery log, newest first",
 )
 async def list_deliveries(
     webhooks: WebhookServiceDep,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Deliveries per page.")] = DEFAULT_PAGE,
-    cursor: Annotated[
-        str | None, Query(max_length=48, pattern=CURSOR_PATTERN, description="The previous page's `next_cursor`.")
-    ] = None,
+    limit: Annotated[int, limit_query()] = DEFAULT_PAGE,
+    cursor: Annotated[str | None, DELIVERY_CURSOR.query()] = None,
     tenant_id: Annotated[
         str | None, Query(max_length=200, pattern=NO_CONTROL_PATTERN, description="Only this tenant's (id or name).")
     ] = None,
     status: Annotated[DeliveryStatus | None, Query(description="Only deliveries in this state.")] = None,
     task_id: Annotated[
-        str | None, Query(max_length=48, pattern=CURSOR_PATTERN, description="Only this task's events.")
+        str | None, Query(max_length=48, pattern=ID_PATTERN, description="Only this task's events.")
     ] = None,
 ) -> DeliveryList:
     """Attempts made, the last status code and error, the next attempt of pending ones."""

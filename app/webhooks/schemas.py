@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from app.contract import HTTP_URL_PATTERN, INTEGRAL, ContractError, is_http_url
 from app.core.clock import to_unix
+from app.core.pagination import Cursor, Page
 from app.models import Tenant
 from app.models.webhook import WebhookDelivery
 
@@ -16,10 +17,9 @@ MAX_URL_CHARS = 2048
 MAX_ORIGINS = 20
 MAX_GRACE_S = 30 * 24 * 3600
 DEFAULT_GRACE_S = 24 * 3600
-MAX_PAGE = 200
-DEFAULT_PAGE = 50
-# A cursor is the last delivery id of the previous page (`evt_` + hex).
-CURSOR_PATTERN = r"^[A-Za-z0-9_]{1,48}$"
+DELIVERY_CURSOR = Cursor.of_ids("evt_")
+# What a delivery id or a task id can be (both String(48)); any other names no row and is answered without a query.
+ID_PATTERN = r"^[A-Za-z0-9_]{1,48}$"
 
 DeliveryStatus = Literal["pending", "delivered", "dead"]
 EventType = Literal["generation.completed", "generation.failed", "endpoint.test"]
@@ -150,6 +150,5 @@ class DeliveryOut(BaseModel):
         return cls(**values)
 
 
-class DeliveryList(BaseModel):
-    data: list[DeliveryOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+class DeliveryList(Page[DeliveryOut]):
+    """The webhook delivery log, newest first."""

@@ -26,6 +26,7 @@ from app.core import metrics
 from app.core.clock import Clock, to_unix
 from app.core.db.engine import reads_only
 from app.core.errors import Conflict, InvalidRequest, NotFound
+from app.core.pagination import DEFAULT_PAGE
 from app.core.security import KeyMaterial
 from app.invalidation import Invalidator, record
 from app.models import Tenant
@@ -36,8 +37,8 @@ from app.webhooks import events, signing
 from app.webhooks import repository as repo
 from app.webhooks.repository import DEAD, DELIVERED, PENDING
 from app.webhooks.schemas import (
-    DEFAULT_PAGE,
-    MAX_PAGE,
+    DELIVERY_CURSOR,
+    ID_PATTERN,
     DeliveryList,
     DeliveryOut,
     WebhookOut,
@@ -63,7 +64,7 @@ CONCURRENCY = 10
 # A target refused by policy (not http(s), user info, does not resolve, an internal address): 409, as other refusals
 # of well-formed ops requests that depend on the world rather than on the request's shape (`invalid_expiry`).
 INVALID_TARGET = "invalid_webhook_target"
-_CURSOR = re.compile(r"[A-Za-z0-9_]{1,48}")
+_ID = re.compile(ID_PATTERN)
 _WAKE_HOOKED = "gw_webhooks_wake"  # session.info: the after-commit wake is registered on this session
 
 
@@ -282,27 +283,22 @@ class WebhookService:
         task_id: str | None = None,
     ) -> DeliveryList:
         """A page of deliveries, newest first, filtered by tenant (id or name), status and task when asked."""
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidRequest(f"limit must be 1 to {MAX_PAGE}.", param="limit")
-        if cursor is not None and not _CURSOR.fullmatch(cursor):
-            raise InvalidRequest("Invalid cursor: pass the next_cursor of the previous page.", param="cursor")
+        page = DELIVERY_CURSOR.request(limit, cursor)
         if status is not None and status not in (PENDING, DELIVERED, DEAD):
             raise InvalidRequest("status must be pending, delivered or dead.", param="status")
         async with self._sessions() as session:
             tenant_id = None if tenant is None else (await find(session, tenant)).id
             rows = await repo.page(
                 session,
-                limit=limit + 1,
-                before_id=cursor,
+                limit=page.fetch,
+                before_id=page.after,
                 tenant_id=tenant_id,
                 status=status,
-                task_id=None if task_id is None or not _CURSOR.fullmatch(task_id) else task_id,
+                task_id=None if task_id is None or not _ID.fullmatch(task_id) else task_id,
             )
-            if task_id is not None and not _CURSOR.fullmatch(task_id):
+            if task_id is not None and not _ID.fullmatch(task_id):
                 rows = []
-        shown = list(rows[:limit])
-        more = len(rows) > limit
-        return DeliveryList(data=[DeliveryOut.of(r) for r in shown], next_cursor=shown[-1].id if more else None)
+        return DeliveryList.of(rows, page, DeliveryOut.of)
 
     async def get_delivery(self, delivery_id: str) -> DeliveryOut:
         async with self._sessions() as session:
@@ -446,7 +442,7 @@ class WebhookService:
     async def _find_delivery(
         self, session: AsyncSession, delivery_id: str, *, for_update: bool = False
     ) -> WebhookDelivery:
-        row = await repo.get(session, delivery_id, for_update=for_update) if _CURSOR.fullmatch(delivery_id) else None
+        row = await repo.get(session, delivery_id, for_update=for_update) if _ID.fullmatch(delivery_id) else None
         if row is None:
             raise NotFound(f"Delivery {delivery_id!r} not found", code="delivery_not_found")
         return row
