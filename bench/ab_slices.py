@@ -35,22 +35,20 @@ from common import (
     create_database,
     drop_database,
     exit_code,
-    last_json,
     machine,
     progress,
     shown_url,
     versions,
 )
 from hot_path import (
-    LIMITS,
     Setup,
     Target,
     add_database_url,
     calibrate,
     cpu_of,
     git_describe,
-    make_tasks,
     parse_variant,
+    prepare_ledger,
     start_sandbox,
     upstream_env,
     wrk,
@@ -87,12 +85,8 @@ def run(args: argparse.Namespace) -> int:
         sandbox = start_sandbox(workdir)
         env = upstream_env(sandbox)
         setup = Setup(workdir, Path(__file__).resolve().parents[1], database_url, sandbox, env)
-        setup.cli("migrate")
-        setup.tenant_key = last_json(setup.cli("tenants", "create", "bench", "--json"))["key"]
-        setup.cli("tenants", "limits", "bench", *LIMITS)
-        gateway = setup.serve("serve-setup", 1)
-        tasks = make_tasks(setup, gateway)
-        gateway.stop()
+        ledger = prepare_ledger(setup, database_url)
+        setup.tenant_key, tasks = ledger.tenant_key, ledger.tasks
         ids = {"status of a completed task": tasks.completed, "status of an open task": tasks.open}
         names = [name for name, _ in args.variant]
         for restart in range(1, args.restarts + 1):

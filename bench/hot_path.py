@@ -250,9 +250,17 @@ class Setup:
             env["PYTHONPATH"] = str(self.checkout)
         return env
 
-    def cli(self, *args: object, database_url: str | None = None) -> str:
-        env = self.gateway_env(GATEWAY_DATABASE_URL=database_url or self.database_url)
-        return run_cli([str(a) for a in args], env, self.workdir)
+    def process_env(self, database_url: str | None, extra_env: Mapping[str, str] | None) -> dict[str, str]:
+        """A gateway process's environment; a variant's CHECKOUT puts that checkout's `app` first on the path."""
+        extra = dict(extra_env or {})
+        checkout = extra.pop(CHECKOUT_VARIABLE, None)
+        env = self.gateway_env(GATEWAY_DATABASE_URL=database_url or self.database_url, **extra)
+        if checkout is not None:
+            env["PYTHONPATH"] = str(Path(checkout).resolve())
+        return env
+
+    def cli(self, *args: object, database_url: str | None = None, extra_env: Mapping[str, str] | None = None) -> str:
+        return run_cli([str(a) for a in args], self.process_env(database_url, extra_env), self.workdir)
 
     def serve(
         self, name: str, workers: int, database_url: str | None = None, extra_env: Mapping[str, str] | None = None
@@ -260,7 +268,7 @@ class Setup:
         command = [*cli_command(), "serve", "--host", HOST]
         if workers > 1:
             command += ["--workers", str(workers)]
-        env = self.gateway_env(GATEWAY_DATABASE_URL=database_url or self.database_url, **(extra_env or {}))
+        env = self.process_env(database_url, extra_env)
         server = start_server(name, command, env, self.workdir, free_port())
         self.servers.append(server)
         wait_ready(server, "/healthz")
@@ -293,12 +301,15 @@ def add_database_url(parser: argparse.ArgumentParser, what: str = "its own datab
     )
 
 
+CHECKOUT_VARIABLE = "CHECKOUT"  # in a --variant: the gateway of another checkout (e.g. yesterday's main)
+
+
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
-    """NAME:GATEWAY_X=value,... (a --variant argument)."""
+    """NAME:GATEWAY_X=value,... or NAME:CHECKOUT=/path (a --variant argument)."""
     name, _, assignments = text.partition(":")
     env = dict(part.split("=", 1) for part in assignments.split(",") if part.strip())
-    if not name or not all(k.startswith("GATEWAY_") for k in env):
-        raise argparse.ArgumentTypeError("expected NAME:GATEWAY_X=value,...")
+    if not name or not all(k.startswith("GATEWAY_") or k == CHECKOUT_VARIABLE for k in env):
+        raise argparse.ArgumentTypeError("expected NAME:GATEWAY_X=value,... or NAME:CHECKOUT=/path")
     return name, env
 
 
@@ -351,14 +362,39 @@ class Tasks:
     upstream_open: str
 
 
-def make_tasks(setup: Setup, gateway: Server) -> Tasks:
+@dataclass
+class Ledger:
+    """A gateway database ready for the rows: its bench tenant's key and its two tasks."""
+
+    database_url: str
+    tenant_key: str
+    tasks: Tasks
+
+
+def prepare_ledger(setup: Setup, database_url: str, extra_env: Mapping[str, str] | None = None) -> Ledger:
+    """Migrate `database_url` (with the variant's checkout, if it names one), create the bench tenant, make its
+    tasks. A variant of another checkout gets a database of its own: its migrations may be older than ours."""
+    setup.cli("migrate", database_url=database_url, extra_env=extra_env)
+    created = last_json(
+        setup.cli("tenants", "create", "bench", "--json", database_url=database_url, extra_env=extra_env)
+    )
+    setup.cli("tenants", "limits", "bench", *LIMITS, database_url=database_url, extra_env=extra_env)
+    gateway = setup.serve("serve-setup", 1, database_url=database_url, extra_env=extra_env)
+    try:
+        tasks = make_tasks(setup, gateway, created["key"])
+    finally:
+        gateway.stop()
+    return Ledger(database_url, created["key"], tasks)
+
+
+def make_tasks(setup: Setup, gateway: Server, tenant_key: str) -> Tasks:
     """One completed and one open task of the bench tenant, and the sandbox's own ids of the same two."""
     with httpx.Client(timeout=30, trust_env=False) as client:
         sandbox_config(setup, task_seconds=0.2, queue_seconds=0.0)
-        done = submit(client, gateway.url, setup.tenant_key)["id"]
-        wait_status(client, gateway.url, setup.tenant_key, done, "completed")
+        done = submit(client, gateway.url, tenant_key)["id"]
+        wait_status(client, gateway.url, tenant_key, done, "completed")
         sandbox_config(setup, task_seconds=86400.0, queue_seconds=0.0)
-        still = submit(client, gateway.url, setup.tenant_key)["id"]
+        still = submit(client, gateway.url, tenant_key)["id"]
         sandbox_config(setup, task_seconds=3.0, queue_seconds=0.5)  # the sandbox's defaults, for the submit rows
         up_done = submit(client, setup.sandbox.url, UPSTREAM_KEY)["id"]
         wait_status(client, setup.sandbox.url, UPSTREAM_KEY, up_done, "completed")
@@ -439,8 +475,9 @@ def run(args: argparse.Namespace) -> int:
     calibration = calibrate()
     workdir = Path(tempfile.mkdtemp(prefix="gw-hot-path-"))
     database_url = create_database(server_url, "gw_bench_hot")
-    sandbox = minimal = None
+    sandbox = minimal = twin = None
     setup: Setup | None = None
+    extra_databases: list[str] = []
     rows: list[Measured] = []
     try:
         sandbox = start_sandbox(workdir)
@@ -448,23 +485,29 @@ def run(args: argparse.Namespace) -> int:
             "minimal", [sys.executable, str(ROOT / "bench" / "minimal_app.py")], clean_env(), workdir, free_port()
         )
         wait_ready(minimal, "/task")
+        twin = start_twin(workdir, database_url, sandbox)
         setup = Setup(workdir, checkout, database_url, sandbox, upstream_env(sandbox))
-        progress(f"gateway of {checkout}: migrate, tenant, limits")
-        setup.cli("migrate")
-        created = last_json(setup.cli("tenants", "create", "bench", "--json"))
-        setup.tenant_key = created["key"]
-        setup.cli("tenants", "limits", "bench", *LIMITS)
+        progress(f"gateway of {checkout}: migrate, tenant, limits, tasks")
         worker_counts = [w for w in args.workers if w == 1 or supports_workers(setup)]
         if worker_counts != args.workers:
             progress("this checkout's `serve` has no --workers: one worker only")
         postgres = postgres_pid(server_url)
-        gateway = setup.serve("serve-setup", 1)
-        tasks = make_tasks(setup, gateway)
-        gateway.stop()
+        main_ledger = prepare_ledger(setup, database_url)
+        setup.tenant_key, tasks = main_ledger.tenant_key, main_ledger.tasks
+        ledgers: dict[str, Ledger] = {}
+        for variant, variant_env in args.variant:
+            if CHECKOUT_VARIABLE in variant_env:
+                progress(
+                    f"variant {variant}: the gateway of {variant_env[CHECKOUT_VARIABLE]}, on a database of its own"
+                )
+                extra_databases.append(create_database(server_url, "gw_bench_hot"))
+                ledgers[variant] = prepare_ledger(setup, extra_databases[-1], variant_env)
+            else:
+                ledgers[variant] = main_ledger
 
         def families(gateway: Server | None) -> dict[str, list[int]]:
-            assert sandbox is not None and minimal is not None
-            found = {"sandbox": [sandbox.popen.pid], "minimal": [minimal.popen.pid]}
+            assert sandbox is not None and minimal is not None and twin is not None
+            found = {"sandbox": [sandbox.popen.pid], "minimal": [minimal.popen.pid], "twin": [twin.popen.pid]}
             if gateway is not None:
                 found["gateway"] = [gateway.popen.pid]
             if postgres is not None:
@@ -484,9 +527,11 @@ def run(args: argparse.Namespace) -> int:
             ),
             "submit": Target("sandbox create", "POST", up, UPSTREAM_KEY, SUBMIT_BODY),
         }
+        twin_post = Target(TWIN_ROW, "POST", f"{twin.url}/v1/images/generations", "-", SUBMIT_BODY)
         for c in args.concurrency:
             rows.append(measure(minimal_get, "minimal", c, args, workdir, families(None)))
             rows.append(measure(minimal_post, "minimal", c, args, workdir, families(None)))
+            rows.append(measure(twin_post, "twin", c, args, workdir, families(None)))
         for name, target in direct.items():
             for c in concurrencies(name, args):
                 rows.append(measure(target, "direct", c, args, workdir, families(None)))
@@ -501,7 +546,10 @@ def run(args: argparse.Namespace) -> int:
         ]
         for round_no, (variant, variant_env), workers in schedule:
             suffix = f"-r{round_no}" if args.rounds > 1 else ""
-            gateway = setup.serve(f"serve-w{workers}{variant}{suffix}", workers, extra_env=variant_env)
+            ledger = ledgers[variant]
+            gateway = setup.serve(
+                f"serve-w{workers}{variant}{suffix}", workers, database_url=ledger.database_url, extra_env=variant_env
+            )
             side = f"w{workers}" + (f" {variant}" if variant else "")
             progress(
                 f"gateway, serve --workers {workers}"
@@ -511,12 +559,12 @@ def run(args: argparse.Namespace) -> int:
             gw = f"{gateway.url}/v1/images/generations"
             targets = {
                 "status of a completed task": Target(
-                    "status of a completed task", "GET", f"{gw}/{tasks.completed}", setup.tenant_key
+                    "status of a completed task", "GET", f"{gw}/{ledger.tasks.completed}", ledger.tenant_key
                 ),
                 "status of an open task": Target(
-                    "status of an open task", "GET", f"{gw}/{tasks.open}", setup.tenant_key
+                    "status of an open task", "GET", f"{gw}/{ledger.tasks.open}", ledger.tenant_key
                 ),
-                "submit": Target("submit", "POST", gw, setup.tenant_key, SUBMIT_BODY),
+                "submit": Target("submit", "POST", gw, ledger.tenant_key, SUBMIT_BODY),
             }
             try:
                 for name, target in targets.items():
@@ -529,7 +577,7 @@ def run(args: argparse.Namespace) -> int:
                         rows.append(measured)
                 # The submit rows leave tasks that the gateway's background loop ends over the next seconds: let it
                 # (while it runs), so that the next configuration's rows do not pay for this one's backlog.
-                settled = asyncio.run(settle(database_url, tasks.open, SETTLE_TIMEOUT_S))
+                settled = asyncio.run(settle(ledger.database_url, ledger.tasks.open, SETTLE_TIMEOUT_S))
                 progress(f"  backlog settled in {settled:.0f} s" if settled >= 0 else "  backlog did not settle")
             finally:
                 gateway.stop()
@@ -537,11 +585,12 @@ def run(args: argparse.Namespace) -> int:
         work = database_work(setup, tasks, args.idle)
         tasks_left = asyncio.run(count_tasks(database_url))
     finally:
-        for server in [*(setup.servers if setup else []), sandbox, minimal]:
+        for server in [*(setup.servers if setup else []), sandbox, minimal, twin]:
             if server is not None:
                 server.stop()
         if not args.keep:
-            drop_database(database_url)
+            for name in [database_url, *extra_databases]:
+                drop_database(name)
             shutil.rmtree(workdir, ignore_errors=True)
     report = render(args, checkout, rows, work, calibration, time.monotonic() - started, server_url, tasks_left)
     print(report)
@@ -550,6 +599,18 @@ def run(args: argparse.Namespace) -> int:
         out.write_text(out.read_text().rstrip() + "\n\n" + report if out.exists() else report)
         progress(f"appended to {out}")
     return 1 if any(row.errors for row in rows) else 0
+
+
+TWIN_ROW = "plain twin, submit (2 workers)"
+
+
+def start_twin(workdir: Path, database_url: str, sandbox: Server) -> Server:
+    """The submit's plain twin (bench/twin_app.py): the same I/O per submit, two workers, on the bench database."""
+    command = [sys.executable, str(ROOT / "bench" / "twin_app.py"), "--workers", "2", "--host", HOST]
+    command += ["--database-url", database_url, "--upstream", sandbox.url, "--key", UPSTREAM_KEY]
+    twin = start_server("twin", command, clean_env(), workdir, free_port())
+    wait_ready(twin, "/healthz")
+    return twin
 
 
 def concurrencies(name: str, args: argparse.Namespace) -> list[int]:
@@ -653,8 +714,8 @@ def render(
         "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for m in rows:
-        if m.side in ("minimal", "direct"):
-            family = "minimal" if m.side == "minimal" else "sandbox"
+        if m.side in ("minimal", "direct", "twin"):
+            family = {"minimal": "minimal", "direct": "sandbox", "twin": "twin"}[m.side]
             lines.append(
                 f"| {m.row} | {m.concurrency} | {m.rps:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.errors} | "
                 f"{_ms(m.cpu_ms_per_request(family))} | {_busy(m)} |"
@@ -665,13 +726,14 @@ def render(
         "",
         "Ratios: req/s against the minimal app's GET (status) or POST (submit) at the same concurrency; p50 against "
         "the minimal app's (status of a completed task) or the sandbox's own call (open task, submit). Added = gateway "
-        "minus the sandbox's own call.",
+        "minus the sandbox's own call. Submit rows also against the plain twin (bench/twin_app.py: the same I/O per "
+        "submit, two workers): its req/s and p50 at the same concurrency.",
         "",
         "| operation | workers | c | "
         + ("round | " if rounds else "")
         + "req/s | x minimal req/s | p50 ms | x ref p50 | added p50 ms | added p99 ms "
-        "| errors | gateway CPU ms/req | PostgreSQL CPU ms/req |",
-        "|---|--|--:|" + ("--:|" if rounds else "") + "--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| x twin req/s | x twin p50 | errors | gateway CPU ms/req | PostgreSQL CPU ms/req |",
+        "|---|--|--:|" + ("--:|" if rounds else "") + "--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     # One configuration's rows together, and each row's rounds one under the other.
     gateway_rows = [m for m in rows if m.side.startswith("w")]
@@ -683,6 +745,7 @@ def render(
         direct = find("direct", _direct_row(m.row), m.concurrency)
         ref_p50 = ref_minimal if m.row == "status of a completed task" else direct
         minimal_rps = ref_minimal.rps if ref_minimal else None
+        twin_ref = find("twin", TWIN_ROW, m.concurrency) if m.row == "submit" else None
         cells = [
             m.row,
             m.side[1:],
@@ -694,6 +757,8 @@ def render(
             _ratio(m.p50_ms, ref_p50.p50_ms if ref_p50 else None),
             _diff(m.p50_ms, direct.p50_ms if direct else None),
             _diff(m.p99_ms, direct.p99_ms if direct else None),
+            _ratio(m.rps, twin_ref.rps) if twin_ref else "",
+            _ratio(m.p50_ms, twin_ref.p50_ms) if twin_ref else "",
             str(m.errors),
             _ms(m.cpu_ms_per_request("gateway")),
             _ms(m.cpu_ms_per_request("postgres")),
