@@ -14,10 +14,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 TENANT_KEY_PREFIX = "sk-gw-"
+WEBHOOK_SECRET_PREFIX = "whsec_"  # a webhook signing secret (app/webhooks/signing.py)
 REDACTED = "[redacted]"
-# A secret key, the gateway's (`sk-gw-`) or the upstream's (`sk-...`), as an operator or a caller may type it where an
-# id belongs: `sk-` opening a word, or the tenant key prefix anywhere.
-_KEY_LIKE = re.compile(rf"(?<![A-Za-z0-9])sk-|{re.escape(TENANT_KEY_PREFIX)}", re.IGNORECASE)
+# A secret, as an operator or a caller may type it where an id belongs: a key, the gateway's (`sk-gw-`) or the
+# upstream's (`sk-...`), or a webhook signing secret (`whsec_`): `sk-` opening a word, or either prefix anywhere.
+_KEY_LIKE = re.compile(
+    rf"(?<![A-Za-z0-9])sk-|{re.escape(TENANT_KEY_PREFIX)}|{re.escape(WEBHOOK_SECRET_PREFIX)}", re.IGNORECASE
+)
 
 
 class KeyMaterial:
@@ -94,8 +97,9 @@ def _derive(secret_key: str, info: bytes) -> bytes:
 
 
 def redact_key(text: str) -> str:
-    """`text`, or "[redacted]" when it looks like a secret key: the one rule for what an operator or a caller typed
-    where an id belongs, before it is stored (the audit log) or written (access lines)."""
+    """`text`, or "[redacted]" when it looks like a secret (a key, a webhook signing secret): the one rule for what
+    an operator or a caller typed where an id belongs, before it is stored (the audit log) or written (access
+    lines)."""
     return REDACTED if _KEY_LIKE.search(text) else text
 
 

@@ -1,9 +1,8 @@
 """Tenant rules: tenants and their keys (create, list, rotate, revoke, disable), authentication by key, limits.
 
-Owns its transactions. Every change made for an operator writes its audit event (`actor`: "admin-token" for the
-ops API, "cli" for the command line, "system" for the gateway itself) and its invalidation event (app/invalidation.py)
-in the transaction of the change; a refused one (unknown tenant or key, conflict) writes a "refused" audit event in
-a transaction of its own.
+Owns its transactions. Every change made for an operator is one audited action (`AuditService.action`: `actor` is
+"admin-token" for the ops API, "cli" for the command line, "system" for the gateway itself) and writes its
+invalidation event (app/invalidation.py) in the transaction of the change.
 """
 
 from __future__ import annotations
@@ -20,14 +19,14 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.audit.service import AuditService, record_audit
+from app.audit.service import AuditedAction, AuditService
 from app.core.clock import Clock, from_unix, to_unix
 from app.core.db.engine import reads_only
-from app.core.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from app.core.errors import Conflict, GatewayError, InvalidRequest, NotFound, Unauthorized
 from app.core.ids import new_id
 from app.core.limits import LIMIT_NAMES, LimitsUpdate
 from app.core.pagination import DEFAULT_PAGE
-from app.core.security import KeyMaterial, bearer_token, new_tenant_key, redact_key
+from app.core.security import KeyMaterial, bearer_token, new_tenant_key
 from app.invalidation import Invalidator, record
 from app.models import Tenant, TenantKey
 from app.tenants import repository as repo
@@ -188,17 +187,16 @@ class TenantService:
     ) -> tuple[Tenant, str]:
         """Create a tenant (with the default limits unless given; given: omitted ones are unlimited) and its first
         key, returned once in plaintext."""
-        async with self._action(actor, "tenant.create", "tenant", name) as session:
-            tenant, _, plaintext = await self._create(session, name, key=key, limits=limits, actor=actor)
+        async with self._action(actor, "tenant.create", "tenant", name) as audited:
+            tenant, _, plaintext = await self._create(audited, name, key=key, limits=limits)
         return tenant, plaintext
 
     async def create_tenant(self, name: str, limits: LimitsUpdate | None = None, *, actor: str) -> TenantCreated:
         """Create a tenant and its first key (shown once). Limits given are set; the others take the defaults."""
         chosen = {**self._default_limits, **(limits.changes() if limits is not None else {})}
-        async with self._action(actor, "tenant.create", "tenant", name) as session:
-            tenant, key, plaintext = await self._create(session, name, key=None, limits=chosen, actor=actor)
-            now = self._clock()
-        return TenantCreated(**TenantOut.of(tenant).model_dump(), key=NewKeyOut.new(key, plaintext, now))
+        async with self._action(actor, "tenant.create", "tenant", name) as audited:
+            tenant, key, plaintext = await self._create(audited, name, key=None, limits=chosen)
+        return TenantCreated(**TenantOut.of(tenant).model_dump(), key=NewKeyOut.new(key, plaintext, audited.now))
 
     async def get(self, tenant_ref: str) -> Tenant:
         """A tenant by id or by name, or 404."""
@@ -224,9 +222,9 @@ class TenantService:
         if status is not None and status not in ("active", "disabled"):
             raise InvalidRequest("status must be 'active' or 'disabled'", param="status")
         new_name = None if name is None else _checked_name(name)
-        async with self._action(actor, "tenant.update", "tenant", tenant_ref) as session:
+        async with self._action(actor, "tenant.update", "tenant", tenant_ref) as audited:
+            session, now = audited.session, audited.now
             tenant = await find(session, tenant_ref)
-            now = self._clock()
             changes: dict[str, Any] = {}
             if new_name is not None and new_name != tenant.name:
                 other = await repo.get_by_name(session, new_name)
@@ -244,15 +242,7 @@ class TenantService:
             action = "tenant.update"
             if status is not None and "name" not in changes:
                 action = "tenant.disable" if status == "disabled" else "tenant.enable"
-            await record_audit(
-                session,
-                actor=actor,
-                action=action,
-                target_type="tenant",
-                target_id=tenant.id,
-                detail={"changes": changes},
-                now=now,
-            )
+            audited.done(tenant.id, {"changes": changes}, action=action)
         return TenantOut.of(tenant)
 
     async def disable(self, tenant_ref: str, *, actor: str) -> TenantOut:
@@ -263,23 +253,15 @@ class TenantService:
         """Delete a tenant for good: every key refused (401), and the tenant, its keys, limits and usage are gone
         from the ops API and the command line (404). Nothing is erased: its ledger and usage rows stay (accounting),
         its open tasks still settle, and its name stays taken. `disable` is the reversible way."""
-        async with self._action(actor, "tenant.delete", "tenant", tenant_ref) as session:
+        async with self._action(actor, "tenant.delete", "tenant", tenant_ref) as audited:
+            session, now = audited.session, audited.now
             tenant = await find(session, tenant_ref)
-            now = self._clock()
             previous = tenant.status
             tenant.status = DELETED
             tenant.updated_at = now
             await session.flush()
             await record(session, "tenant", tenant.id, now=now)
-            await record_audit(
-                session,
-                actor=actor,
-                action="tenant.delete",
-                target_type="tenant",
-                target_id=tenant.id,
-                detail={"name": tenant.name, "changes": {"status": {"from": previous, "to": DELETED}}},
-                now=now,
-            )
+            audited.done(tenant.id, {"name": tenant.name, "changes": {"status": {"from": previous, "to": DELETED}}})
         return TenantOut.of(tenant)
 
     async def enable(self, tenant_ref: str, *, actor: str) -> TenantOut:
@@ -291,24 +273,16 @@ class TenantService:
 
     async def set_limits(self, tenant_ref: str, update: LimitsUpdate, *, actor: str = ACTOR_SYSTEM) -> Limits:
         """Apply the limits given (None = unlimited); the others stay as they are."""
-        async with self._action(actor, "limits.update", "tenant", tenant_ref) as session:
+        async with self._action(actor, "limits.update", "tenant", tenant_ref) as audited:
+            session, now = audited.session, audited.now
             tenant = await find(session, tenant_ref)
-            now = self._clock()
             changes = update.changes()
             for name, value in changes.items():
                 setattr(tenant, name, value)
             tenant.updated_at = now
             await session.flush()
             await record(session, "tenant", tenant.id, now=now)
-            await record_audit(
-                session,
-                actor=actor,
-                action="limits.update",
-                target_type="tenant",
-                target_id=tenant.id,
-                detail={"changes": changes},
-                now=now,
-            )
+            audited.done(tenant.id, {"changes": changes})
         return Limits.of(tenant)
 
     # --- keys -----------------------------------------------------------------------------------------------------
@@ -332,9 +306,9 @@ class TenantService:
             raise InvalidRequest("Give expires_at or expires_in_s, not both.", param="expires_at")
         if expires_in_s is not None and not 1 <= expires_in_s <= MAX_EXPIRES_IN_S:
             raise InvalidRequest(f"expires_in_s must be 1 to {MAX_EXPIRES_IN_S} seconds.", param="expires_in_s")
-        async with self._action(actor, "key.create", "tenant", tenant_ref) as session:
+        async with self._action(actor, "key.create", "tenant", tenant_ref) as audited:
+            session, now = audited.session, audited.now
             tenant = await find(session, tenant_ref)
-            now = self._clock()
             expiry: dt.datetime | None = None
             if expires_at is not None:
                 expiry = from_unix(expires_at)
@@ -345,14 +319,10 @@ class TenantService:
             key, plaintext = await self._insert_key(
                 session, tenant.id, name=key_name, scopes=chosen, expires_at=expiry, rotated_from_id=None, now=now
             )
-            await record_audit(
-                session,
-                actor=actor,
-                action="key.create",
+            audited.done(
+                key.id,
+                {"tenant_id": tenant.id, "name": key_name, "scopes": chosen, "expires_at": to_unix(expiry)},
                 target_type="tenant_key",
-                target_id=key.id,
-                detail={"tenant_id": tenant.id, "name": key_name, "scopes": chosen, "expires_at": to_unix(expiry)},
-                now=now,
             )
         return NewKeyOut.new(key, plaintext, now)
 
@@ -371,9 +341,9 @@ class TenantService:
         key expires as long after its creation as the old one did after its own."""
         if not 0 <= grace_seconds <= MAX_GRACE_S:
             raise InvalidRequest(f"grace_seconds must be 0 to {MAX_GRACE_S}.", param="grace_seconds")
-        async with self._action(actor, "key.rotate", "tenant_key", key_id) as session:
+        async with self._action(actor, "key.rotate", "tenant_key", key_id) as audited:
+            session, now = audited.session, audited.now
             old = await find_key(session, key_id, for_update=True)
-            now = self._clock()
             if old.revoked_at is not None:
                 raise Conflict(f"Key {old.id!r} is revoked: create a new key instead", code="key_revoked")
             if old.expires_at is not None and old.expires_at <= now:
@@ -392,41 +362,28 @@ class TenantService:
             old.expires_at = grace_end if old.expires_at is None else min(old.expires_at, grace_end)
             await session.flush()
             await record(session, "tenant_key", old.id, now=now)
-            await record_audit(
-                session,
-                actor=actor,
-                action="key.rotate",
-                target_type="tenant_key",
-                target_id=old.id,
-                detail={
+            audited.done(
+                old.id,
+                {
                     "tenant_id": old.tenant_id,
                     "new_key_id": new.id,
                     "grace_seconds": grace_seconds,
                     "old_key_expires_at": to_unix(old.expires_at),
                 },
-                now=now,
             )
         return NewKeyOut.new(new, plaintext, now)
 
     async def revoke_key(self, key_id: str, *, actor: str) -> KeyOut:
         """Refuse the key from now on (401). Revoking a revoked key changes nothing."""
-        async with self._action(actor, "key.revoke", "tenant_key", key_id) as session:
+        async with self._action(actor, "key.revoke", "tenant_key", key_id) as audited:
+            session, now = audited.session, audited.now
             key = await find_key(session, key_id, for_update=True)
-            now = self._clock()
             already = key.revoked_at is not None
             if not already:
                 key.revoked_at = now
                 await session.flush()
                 await record(session, "tenant_key", key.id, now=now)
-            await record_audit(
-                session,
-                actor=actor,
-                action="key.revoke",
-                target_type="tenant_key",
-                target_id=key.id,
-                detail={"tenant_id": key.tenant_id, "already_revoked": already},
-                now=now,
-            )
+            audited.done(key.id, {"tenant_id": key.tenant_id, "already_revoked": already})
         return KeyOut.of(key, now, self._last_used.pending(key.id))
 
     # --- the zero-config demo tenant ------------------------------------------------------------------------------
@@ -438,79 +395,44 @@ class TenantService:
                 return stored
             except Unauthorized:
                 pass  # the database was reset under the key file: make a new demo tenant
-        async with self._sessions.begin() as session:
+        async with self._action(ACTOR_SYSTEM, "tenant.create", "tenant", DEMO_TENANT) as audited:
             name = DEMO_TENANT
-            if await repo.get_by_name(session, name) is not None:
+            if await repo.get_by_name(audited.session, name) is not None:
                 name = f"{DEMO_TENANT}-{secrets.token_hex(3)}"
-            _, _, key = await self._create(session, name, key=new_tenant_key(), limits=None, actor=ACTOR_SYSTEM)
+            _, _, key = await self._create(audited, name, key=new_tenant_key(), limits=None)
         return key
 
     # --- helpers --------------------------------------------------------------------------------------------------
     @asynccontextmanager
-    async def _action(self, actor: str, action: str, target_type: str, target_ref: str) -> AsyncIterator[AsyncSession]:
-        """The transaction of one admin action; a refusal (404, 409, 400) is audited in a transaction of its own."""
-        try:
-            async with self._sessions.begin() as session:
-                yield session
-            self._committed(session)
-        except IntegrityError as e:  # a concurrent change took the name between our check and our write
-            error = Conflict("A tenant with this name already exists", param="name")
-            await self._refused(actor, action, target_type, target_ref, error)
-            raise error from e
-        except (NotFound, Conflict, InvalidRequest) as e:
-            await self._refused(actor, action, target_type, target_ref, e)
-            raise
-
-    def _committed(self, session: AsyncSession) -> None:
-        """A change committed: this process's caches drop what it changed now, the others within the bound."""
+    async def _action(self, actor: str, action: str, target_type: str, target_ref: str) -> AsyncIterator[AuditedAction]:
+        """One audited admin action (`AuditService.action`); once it has committed, this process's caches drop what
+        it changed at once, the other processes' within the invalidation bound."""
+        async with self._audit.action(actor, action, target_type, target_ref, translate=_name_conflict) as audited:
+            yield audited
         if self._invalidator is not None:
-            self._invalidator.apply_recorded(session)
-
-    async def _refused(
-        self, actor: str, action: str, target_type: str, target_ref: str, error: NotFound | Conflict | InvalidRequest
-    ) -> None:
-        # The target is what the operator typed: never store something that looks like a key.
-        target = redact_key(target_ref)
-        try:
-            await self._audit.record(
-                actor=actor,
-                action=action,
-                target_type=target_type,
-                target_id=target,
-                outcome="refused",
-                detail={"error": str(error.code), "status": error.status_code},
-            )
-        except Exception as e:  # the refusal itself is what the caller must hear
-            log.warning("could not audit a refused %s: %s", action, type(e).__name__)
+            self._invalidator.apply_recorded(audited.session)
 
     async def _create(
         self,
-        session: AsyncSession,
+        audited: AuditedAction,
         name: str,
         *,
         key: str | None,
         limits: Mapping[str, int | None] | None,
-        actor: str,
     ) -> tuple[Tenant, TenantKey, str]:
+        session, now = audited.session, audited.now
         name = _checked_name(name)
         other = await repo.get_by_name(session, name)
         if other is not None:
             raise _name_taken(name, other)
         chosen = self._default_limits if limits is None else {n: limits.get(n) for n in LIMIT_NAMES}
-        now = self._clock()
         tenant = Tenant(id=new_id("ten_"), name=name, status="active", created_at=now, updated_at=now, **chosen)
         await repo.insert_tenant(session, tenant)
         key_row, plaintext = await self._insert_key(
             session, tenant.id, name="", scopes=list(SCOPES), expires_at=None, rotated_from_id=None, now=now, key=key
         )
-        await record_audit(
-            session,
-            actor=actor,
-            action="tenant.create",
-            target_type="tenant",
-            target_id=tenant.id,
-            detail={"name": name, "limits": {n: getattr(tenant, n) for n in LIMIT_NAMES}, "key_id": key_row.id},
-            now=now,
+        audited.done(
+            tenant.id, {"name": name, "limits": {n: getattr(tenant, n) for n in LIMIT_NAMES}, "key_id": key_row.id}
         )
         return tenant, key_row, plaintext
 
@@ -559,6 +481,13 @@ async def find_key(session: AsyncSession, key_id: str, *, for_update: bool = Fal
     if found is None or found[1].status == DELETED:  # a deleted tenant's keys are gone with it
         raise NotFound(f"Key {key_id!r} not found", code="key_not_found")
     return found[0]
+
+
+def _name_conflict(error: Exception) -> GatewayError | None:
+    """A concurrent change took the name between our check and our write (the unique constraint said so)."""
+    if isinstance(error, IntegrityError):
+        return Conflict("A tenant with this name already exists", param="name")
+    return None
 
 
 def _name_taken(name: str, other: Tenant) -> Conflict:

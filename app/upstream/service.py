@@ -1,21 +1,20 @@
 """Ops rules for the upstream key pool: add, list, change, drain, retire, re-encrypt. Owns its transactions.
 
-Every change writes the key's row, an invalidation event (every replica reloads the key within the invalidator's
-bound) and an audit event in one transaction; a refused action is audited with outcome "refused" on its own.
+Every change is one audited action (`AuditService.action`): the key's row, an invalidation event (every replica
+reloads the key within the invalidator's bound) and the audit event in one transaction; a refusal audited on its own.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.audit.service import AuditService, record_audit
+from app.audit.service import AuditedAction, AuditService
 from app.core.clock import Clock
-from app.core.errors import Conflict, GatewayError, NotFound
+from app.core.errors import Conflict, NotFound
 from app.core.ids import new_id
 from app.core.pagination import DEFAULT_PAGE
 from app.core.security import KeyMaterial
@@ -59,10 +58,10 @@ class UpstreamKeyService:
 
     async def create(self, data: UpstreamKeyCreate, *, actor: str) -> UpstreamKeyOut:
         """Add a key (409 when the same key is already in the pool, whatever its state)."""
-        detail: dict[str, Any] = {"name": data.name, "weight": data.weight, "max_in_flight": data.max_in_flight}
         key_id = new_id("upk_")
 
-        async def change(session: AsyncSession, now: dt.datetime) -> UpstreamKey:
+        async def change(audited: AuditedAction) -> UpstreamKey:
+            session, now = audited.session, audited.now
             existing = await repo.find_by_fingerprints(session, self._material.fingerprints(data.key))
             if existing is not None:
                 raise Conflict(f"This key is already in the pool as {existing.id} ({existing.status})", param="key")
@@ -84,10 +83,18 @@ class UpstreamKeyService:
                 await repo.insert(session, key)
             except IntegrityError as e:  # the same key added at the same moment elsewhere
                 raise Conflict("This key is already in the pool", param="key") from e
-            detail["fingerprint"] = key.fingerprint[:8]
+            audited.done(
+                key.id,
+                {
+                    "name": data.name,
+                    "weight": data.weight,
+                    "max_in_flight": data.max_in_flight,
+                    "fingerprint": key.fingerprint[:8],
+                },
+            )
             return key
 
-        key = await self._change("upstream_key.create", key_id, actor, detail, change)
+        key = await self._change("upstream_key.create", key_id, actor, change)
         return UpstreamKeyOut.of(key, self._clock())
 
     async def list(self, *, limit: int = DEFAULT_PAGE, cursor: str | None = None) -> UpstreamKeyList:
@@ -109,46 +116,53 @@ class UpstreamKeyService:
         """Weight, cap (null: none) and enabled (true: back in the rotation; false: disabled by an admin)."""
         changes = data.changes()
 
-        async def change(session: AsyncSession, now: dt.datetime) -> UpstreamKey:
+        async def change(audited: AuditedAction) -> UpstreamKey:
             values: dict[str, Any] = {k: v for k, v in changes.items() if k in ("weight", "max_in_flight")}
             enabled = changes.get("enabled")
             if enabled is True:
                 values.update(status=ACTIVE, status_reason=None, cooling_until=None, consecutive_errors=0)
             elif enabled is False:
                 values.update(status=DISABLED, status_reason=ADMIN_DISABLED_REASON, cooling_until=None)
-            return await self._apply(session, key_id, values, now)
+            key = await self._apply(audited, key_id, values)
+            audited.done(key.id, {"changes": changes})
+            return key
 
-        key = await self._change("upstream_key.update", key_id, actor, changes, change)
+        key = await self._change("upstream_key.update", key_id, actor, change)
         return UpstreamKeyOut.of(key, self._clock())
 
     async def drain(self, key_id: str, *, actor: str) -> UpstreamKeyOut:
         """No new task on the key; its open tasks finish (and are polled with it)."""
 
-        async def change(session: AsyncSession, now: dt.datetime) -> UpstreamKey:
-            return await self._apply(session, key_id, {"status": DRAINING, "cooling_until": None}, now)
+        async def change(audited: AuditedAction) -> UpstreamKey:
+            key = await self._apply(audited, key_id, {"status": DRAINING, "cooling_until": None})
+            audited.done(key.id, {"changes": {"status": DRAINING}})
+            return key
 
-        key = await self._change("upstream_key.drain", key_id, actor, None, change)
+        key = await self._change("upstream_key.drain", key_id, actor, change)
         return UpstreamKeyOut.of(key, self._clock())
 
     async def retire(self, key_id: str, *, actor: str) -> UpstreamKeyOut:
         """The key is used no more (only to poll tasks still open on it); a second retire answers the same."""
 
-        async def change(session: AsyncSession, now: dt.datetime) -> UpstreamKey:
-            key = await repo.get(session, key_id) if KEY_ID.fullmatch(key_id) else None
+        async def change(audited: AuditedAction) -> UpstreamKey:
+            key = await repo.get(audited.session, key_id) if KEY_ID.fullmatch(key_id) else None
             if key is not None and key.status == RETIRED:
+                audited.done(key.id, {"already_retired": True})
                 return key
-            return await self._apply(session, key_id, {"status": RETIRED, "cooling_until": None}, now)
+            key = await self._apply(audited, key_id, {"status": RETIRED, "cooling_until": None})
+            audited.done(key.id, {"changes": {"status": RETIRED}})
+            return key
 
-        key = await self._change("upstream_key.retire", key_id, actor, None, change)
+        key = await self._change("upstream_key.retire", key_id, actor, change)
         return UpstreamKeyOut.of(key, self._clock())
 
     async def rekey(self, *, actor: str) -> RekeyReport:
         """Re-encrypt every upstream key with the current GATEWAY_SECRET_KEY (fingerprint and secret id too), and
         count the tenant keys still hashed under a previous one (the tenant service re-keys them on use)."""
-        now = self._clock()
         current = self._material.key_id
         counts = {"upstream_keys": 0, "reencrypted": 0, "already_current": 0, "undecryptable": 0}
-        async with self._sessions.begin() as session:
+        async with self._audit.action(actor, "secrets.rekey", TARGET, None) as audited:
+            session, now = audited.session, audited.now
             for key in await repo.list_all(session):
                 counts["upstream_keys"] += 1
                 try:
@@ -170,61 +184,27 @@ class UpstreamKeyService:
             if counts["reencrypted"]:
                 await record(session, "upstream_key", ALL, now=now)
             report = RekeyReport(secret_key_id=current, tenant_keys_pending=pending, **counts)
-            await record_audit(
-                session,
-                actor=actor,
-                action="secrets.rekey",
-                target_type=TARGET,
-                target_id=None,
-                detail=report.model_dump(),
-                now=now,
-            )
+            audited.done(None, report.model_dump())
         return report
 
     # --- one audited change ----------------------------------------------------------------------------------------
-    async def _apply(self, session: AsyncSession, key_id: str, values: dict[str, Any], now: dt.datetime) -> UpstreamKey:
+    async def _apply(self, audited: AuditedAction, key_id: str, values: dict[str, Any]) -> UpstreamKey:
         """Change a key that is not retired (a retired key is gone for every change but a repeated retire)."""
         if not KEY_ID.fullmatch(key_id):
             raise _not_found()
-        key = await repo.change(session, key_id, {**values, "updated_at": now}, UpstreamKey.status != RETIRED)
+        key = await repo.change(
+            audited.session, key_id, {**values, "updated_at": audited.now}, UpstreamKey.status != RETIRED
+        )
         if key is None:
             raise _not_found()
         return key
 
-    async def _change(
-        self,
-        action: str,
-        key_id: str,
-        actor: str,
-        detail: dict[str, Any] | None,
-        change: Callable[[AsyncSession, dt.datetime], Awaitable[T]],
-    ) -> T:
-        """Run `change`, record the invalidation and audit events with it, then reload the key in this process."""
-        now = self._clock()
-        target = key_id if KEY_ID.fullmatch(key_id) else None
-        try:
-            async with self._sessions.begin() as session:
-                result = await change(session, now)
-                await record(session, "upstream_key", key_id, now=now)
-                await record_audit(
-                    session,
-                    actor=actor,
-                    action=action,
-                    target_type=TARGET,
-                    target_id=target,
-                    detail=detail,
-                    now=now,
-                )
-        except GatewayError as e:
-            await self._audit.record(
-                actor=actor,
-                action=action,
-                target_type=TARGET,
-                target_id=target,
-                outcome="refused",
-                detail={"status": e.status_code, "code": e.code},
-            )
-            raise
+    async def _change(self, action: str, key_id: str, actor: str, change: Callable[[AuditedAction], Awaitable[T]]) -> T:
+        """Run `change` as one audited action with the key's invalidation event, then reload the key in this
+        process."""
+        async with self._audit.action(actor, action, TARGET, key_id) as audited:
+            result = await change(audited)
+            await record(audited.session, "upstream_key", key_id, now=audited.now)
         if self._pool is not None:
             await self._pool.reload([key_id])
         return result

@@ -2,8 +2,8 @@
 enqueued in the transaction that ends the task; delivery at least once, with the upstream's retry schedule and a
 delivery log; replay.
 
-Owns its transactions. Every change made for an operator writes its audit event (`actor`) in the transaction of the
-change; a refused one writes a "refused" audit event in a transaction of its own (as app/tenants/service.py does).
+Owns its transactions. Every change made for an operator is one audited action (`AuditService.action`: the change
+and its event in one transaction, a refusal audited on its own, no secret in either).
 A change of a tenant's callback origins also writes the tenant's invalidation event, so every replica's cached
 tenant (which the submit path checks a callback_url against) is dropped within the invalidation bound.
 """
@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.audit.service import AuditService, record_audit
+from app.audit.service import AuditedAction, AuditService
 from app.core import metrics
 from app.core.clock import Clock, to_unix
 from app.core.db.engine import reads_only
@@ -168,7 +168,8 @@ class WebhookService:
         to public unless allowed); make the signing secret on the first call, or a new one on `rotate_secret` (the
         previous one signing too for `grace_seconds`). A new secret is in the answer, this once."""
         given = update.given()
-        async with self._action(actor, "webhook.update", tenant_ref) as session:
+        async with self._action(actor, "webhook.update", tenant_ref) as audited:
+            session, now = audited.session, audited.now
             url = None if update.url is None else await self._checked_url(update.url, "url")
             origins: list[str] | None = None
             if "callback_origins" in given:
@@ -178,7 +179,6 @@ class WebhookService:
                     if origin not in origins:
                         origins.append(origin)
             tenant = await find(session, tenant_ref)
-            now = self._clock()
             changes: dict[str, Any] = {}
             if "url" in given and url != tenant.webhook_url:
                 changes["url"] = {"from": _shown(tenant.webhook_url), "to": _shown(url)}
@@ -204,23 +204,15 @@ class WebhookService:
                 await session.flush()
                 if "callback_origins" in changes:
                     await record(session, "tenant", tenant.id, now=now)
-            await record_audit(
-                session,
-                actor=actor,
-                action="webhook.update",
-                target_type="tenant",
-                target_id=tenant.id,
-                detail={"changes": changes},
-                now=now,
-            )
+            audited.done(tenant.id, {"changes": changes})
         return WebhookOut.of(tenant, now_unix=to_unix(now) or 0, secret=secret)
 
     async def remove(self, tenant_ref: str, *, actor: str) -> WebhookOut:
         """Forget the tenant's endpoint, secrets and callback origins. Deliveries still pending then have nothing
         to sign with and end `dead`."""
-        async with self._action(actor, "webhook.delete", tenant_ref) as session:
+        async with self._action(actor, "webhook.delete", tenant_ref) as audited:
+            session, now = audited.session, audited.now
             tenant = await find(session, tenant_ref)
-            now = self._clock()
             had = tenant.webhook_url is not None or tenant.webhook_secret is not None or bool(tenant.callback_origins)
             if had:
                 tenant.webhook_url = None
@@ -231,24 +223,16 @@ class WebhookService:
                 tenant.updated_at = now
                 await session.flush()
                 await record(session, "tenant", tenant.id, now=now)
-            await record_audit(
-                session,
-                actor=actor,
-                action="webhook.delete",
-                target_type="tenant",
-                target_id=tenant.id,
-                detail={"had_configuration": had},
-                now=now,
-            )
+            audited.done(tenant.id, {"had_configuration": had})
         return WebhookOut.of(tenant, now_unix=to_unix(now) or 0)
 
     async def send_test(self, tenant_ref: str, *, actor: str) -> DeliveryOut:
         """Enqueue an `endpoint.test` event to the tenant's endpoint; 409 when it has none."""
-        async with self._action(actor, "webhook.test", tenant_ref) as session:
+        async with self._action(actor, "webhook.test", tenant_ref) as audited:
+            session, now = audited.session, audited.now
             tenant = await find(session, tenant_ref)
             if tenant.webhook_url is None or tenant.webhook_secret is None:
                 raise Conflict("The tenant has no webhook endpoint: PUT one first.", code="webhook_not_configured")
-            now = self._clock()
             event_id = events.new_event_id()
             row = self._row(
                 event_id,
@@ -260,15 +244,7 @@ class WebhookService:
                 now,
             )
             await repo.insert(session, [row])
-            await record_audit(
-                session,
-                actor=actor,
-                action="webhook.test",
-                target_type="tenant",
-                target_id=tenant.id,
-                detail={"delivery_id": event_id, "url": _shown(tenant.webhook_url)},
-                now=now,
-            )
+            audited.done(tenant.id, {"delivery_id": event_id, "url": _shown(tenant.webhook_url)})
             self._wake_after_commit(session)
         return DeliveryOut.of(row)
 
@@ -308,9 +284,9 @@ class WebhookService:
     async def replay(self, delivery_id: str, *, actor: str) -> DeliveryOut:
         """Send a delivery again (same event id, same body, a fresh signature): back to pending, due now, with its
         attempts counted from zero."""
-        async with self._action(actor, "webhook.replay", delivery_id, target_type="webhook_delivery") as session:
+        async with self._action(actor, "webhook.replay", delivery_id, target_type="webhook_delivery") as audited:
+            session, now = audited.session, audited.now
             row = await self._find_delivery(session, delivery_id, for_update=True)
-            now = self._clock()
             before = {"status": row.status, "attempts": row.attempts}
             row.status = PENDING
             row.attempts = 0
@@ -319,15 +295,7 @@ class WebhookService:
             row.delivered_at = None
             row.updated_at = now
             await session.flush()
-            await record_audit(
-                session,
-                actor=actor,
-                action="webhook.replay",
-                target_type="webhook_delivery",
-                target_id=row.id,
-                detail={"tenant_id": row.tenant_id, "before": before},
-                now=now,
-            )
+            audited.done(row.id, {"tenant_id": row.tenant_id, "before": before})
             self._wake_after_commit(session)
         return DeliveryOut.of(row)
 
@@ -450,26 +418,13 @@ class WebhookService:
     @asynccontextmanager
     async def _action(
         self, actor: str, action: str, target_ref: str, *, target_type: str = "tenant"
-    ) -> AsyncIterator[AsyncSession]:
-        """The transaction of one admin action; a refusal (404, 409, 400) is audited in a transaction of its own."""
-        try:
-            async with self._sessions.begin() as session:
-                yield session
-            if self._invalidator is not None:
-                self._invalidator.apply_recorded(session)
-        except (NotFound, Conflict, InvalidRequest) as e:
-            try:
-                await self._audit.record(
-                    actor=actor,
-                    action=action,
-                    target_type=target_type,
-                    target_id=target_ref,
-                    outcome="refused",
-                    detail={"error": str(e.code), "status": e.status_code},
-                )
-            except Exception as audit_error:  # the refusal itself is what the caller must hear
-                log.warning("could not audit a refused %s: %s", action, type(audit_error).__name__)
-            raise
+    ) -> AsyncIterator[AuditedAction]:
+        """One audited admin action (`AuditService.action`); once it has committed, this process's caches drop what
+        it changed at once."""
+        async with self._audit.action(actor, action, target_type, target_ref) as audited:
+            yield audited
+        if self._invalidator is not None:
+            self._invalidator.apply_recorded(audited.session)
 
 
 def _shown(url: str | None) -> str | None:

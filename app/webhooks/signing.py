@@ -12,7 +12,9 @@ import hmac
 import secrets
 from collections.abc import Sequence
 
-SECRET_PREFIX = "whsec_"
+from app.core.security import WEBHOOK_SECRET_PREFIX
+
+SECRET_PREFIX = WEBHOOK_SECRET_PREFIX  # recognisable: the audit log and the access lines redact what carries it
 SECRET_BYTES = 32
 HEADER_ID = "X-ToAPIs-Webhook-Id"
 HEADER_TIMESTAMP = "X-ToAPIs-Webhook-Timestamp"

@@ -160,3 +160,76 @@ async def test_the_audit_log_needs_the_admin_token(gw: Harness) -> None:
     for headers in ({}, {"Authorization": f"Bearer {key}"}):
         r = await gw.client.get("/admin/v1/audit", headers=headers)
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+
+
+async def _all_events(gw: Harness) -> list[AuditEvent]:
+    async with gw.sessions() as session:
+        return list((await session.execute(select(AuditEvent).order_by(AuditEvent.id))).scalars().all())
+
+
+async def test_a_webhook_secret_never_reaches_the_audit_log(gw: Harness) -> None:
+    """Redacted as a tenant key is: in the answer that made it only, never in an event's target or detail, even
+    when an operator pastes it where a tenant belongs or names a tenant with it."""
+    tid = (await ok(gw, "POST", "/tenants", json={"name": "acme"}))["id"]
+    first = (await ok(gw, "PUT", f"/tenants/{tid}/webhook", json={"url": "https://93.184.215.14/hook"}))["secret"]
+    second = (await ok(gw, "PUT", f"/tenants/{tid}/webhook", json={"rotate_secret": True}))["secret"]
+    assert first.startswith("whsec_") and second.startswith("whsec_") and first != second
+    for method, path in (("PUT", "/webhook"), ("DELETE", "/webhook"), ("POST", "/webhook/test")):
+        r = await admin(gw, method, f"/tenants/{second}{path}", **({"json": {}} if method == "PUT" else {}))
+        assert r.status_code == 404, r.text
+    await ok(gw, "PATCH", f"/tenants/{tid}", json={"name": first})  # the operator's choice; its audit says less
+
+    events = await _all_events(gw)
+    dumped = json.dumps(
+        [[e.actor, e.action, e.target_type, e.target_id, e.outcome, e.detail] for e in events], ensure_ascii=False
+    )
+    listed = (await admin(gw, "GET", "/audit")).text
+    for secret in (first, second):
+        assert secret not in dumped and secret not in listed
+    refused = [(e.action, e.target_id) for e in events if e.outcome == "refused"]
+    assert refused == [(action, "[redacted]") for action in ("webhook.update", "webhook.delete", "webhook.test")]
+    renamed = [e.detail for e in events if e.action == "tenant.update"]
+    assert renamed == [{"changes": {"name": {"from": "acme", "to": "[redacted]"}}}]
+
+
+async def test_every_refusal_is_audited_with_the_same_detail_keys(gw: Harness) -> None:
+    assert (await admin(gw, "DELETE", "/keys/key_nope")).status_code == 404
+    assert (await admin(gw, "DELETE", "/tenants/nobody/webhook")).status_code == 404
+    assert (await admin(gw, "POST", "/upstream-keys/upk_nope/drain")).status_code == 404
+    refused = [(e.action, e.target_id, e.detail) for e in await _all_events(gw) if e.outcome == "refused"]
+    assert refused == [
+        ("key.revoke", "key_nope", {"error": "key_not_found", "status": 404}),
+        ("webhook.delete", "nobody", {"error": "tenant_not_found", "status": 404}),
+        ("upstream_key.drain", "upk_nope", {"error": "not_found", "status": 404}),
+    ]
+
+
+async def test_the_actions_own_error_wins_over_a_failing_audit_write(
+    gw: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the audit log unwritable, a refused action is still answered with its own refusal (the upstream keys'
+    once became the audit write's error, a 500); a change that cannot be audited is not made."""
+    tenant = await ok(gw, "POST", "/tenants", json={"name": "acme"})
+
+    class AuditDown(Exception):
+        pass
+
+    async def failing_insert(session: Any, event: AuditEvent) -> None:
+        raise AuditDown
+
+    monkeypatch.setattr("app.audit.repository.insert", failing_insert)
+    for method, path, code in (
+        ("DELETE", "/keys/key_nope", "key_not_found"),
+        ("PATCH", "/tenants/nobody", "tenant_not_found"),
+        ("DELETE", "/tenants/nobody/webhook", "tenant_not_found"),
+        ("POST", "/upstream-keys/upk_nope/drain", "not_found"),
+        ("DELETE", "/upstream-keys/upk_nope", "not_found"),
+    ):
+        r = await admin(gw, method, path, **({"json": {"name": "x"}} if method == "PATCH" else {}))
+        assert r.status_code == 404 and r.json()["error"]["code"] == code, (path, r.text)
+    with pytest.raises(AuditDown):
+        await gw.tenants.revoke_key(tenant["key"]["id"], actor="cli")
+    monkeypatch.undo()
+    assert [e.outcome for e in await _all_events(gw)] == ["ok"]  # the tenant's creation only
+    keys = (await ok(gw, "GET", f"/tenants/{tenant['id']}/keys"))["data"]
+    assert [k["status"] for k in keys] == ["active"]  # the revocation rolled back with its event

@@ -81,7 +81,9 @@ def test_constant_time_equals() -> None:
     assert constant_time_equals("adm-token", "adm-token-longer") is False
 
 
-@pytest.mark.parametrize("text", ["sk-gw-abc", "sk-org-live-abc", "SK-proj-x", "key:sk-abc", "pastedsk-gw-abc"])
+@pytest.mark.parametrize(
+    "text", ["sk-gw-abc", "sk-org-live-abc", "SK-proj-x", "key:sk-abc", "pastedsk-gw-abc", "whsec_abc", "x-whsec_abc"]
+)
 def test_key_like_text_is_redacted(text: str) -> None:
     assert redact_key(text) == "[redacted]"
 
@@ -94,6 +96,7 @@ def test_ids_and_names_are_kept(text: str) -> None:
 def test_only_key_like_path_segments_are_redacted() -> None:
     assert redact_path("/admin/v1/keys/sk-gw-abc/rotate") == "/admin/v1/keys/[redacted]/rotate"
     assert redact_path("/admin/v1/tenants/task-force") == "/admin/v1/tenants/task-force"
+    assert redact_path("/admin/v1/tenants/whsec_abc/webhook") == "/admin/v1/tenants/[redacted]/webhook"
 
 
 # --- SingleFlight ---------------------------------------------------------------------------------------
