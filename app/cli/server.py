@@ -43,6 +43,7 @@ def serve(host: HostOpt = None, port: PortOpt = None, workers: WorkersOpt = None
     import uvicorn
 
     from app.core.db.migrate import upgrade
+    from app.core.http_protocol import server_options
     from app.main import create_app, preflight
 
     settings = settings_with(host=host, port=port, workers=workers)
@@ -83,6 +84,8 @@ def serve(host: HostOpt = None, port: PortOpt = None, workers: WorkersOpt = None
         # On SIGTERM uvicorn stops accepting, lets the requests in flight finish (cancelled after this long), then
         # runs the lifespan's shutdown, which stops the background loops and closes the pools.
         "timeout_graceful_shutdown": settings.shutdown_grace_s,
+        # uvicorn's HTTP/1.1 protocol with the request head bounded (431 over it, app/core/http_protocol.py).
+        **server_options(),
     }
     if settings.workers > 1:
         _serve_workers(settings, options)
