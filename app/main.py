@@ -17,7 +17,7 @@ from app.audit import router as audit
 from app.config import Settings
 from app.contract import ErrorEnvelope
 from app.core import metrics
-from app.core.body_limit import BodySizeLimit
+from app.core.body_limit import UPLOAD_PATH, BodySizeLimit
 from app.core.clock import Clock, utcnow
 from app.core.cors import cors_options
 from app.core.db.migrate import DatabaseNotMigrated, is_at_head
@@ -131,7 +131,9 @@ def create_app(
                 poll_interval_s=settings.events_poll_interval_s,
                 heartbeat_s=settings.events_heartbeat_s,
             )
-            app.state.uploads = UploadService(upstream.adapter, upstream.pool)
+            app.state.uploads = UploadService(
+                upstream.adapter, upstream.pool, max_in_flight=settings.max_concurrent_uploads
+            )
             invalidator.start()
             stack.push_async_callback(invalidator.stop)
             tenants.start()  # writes keys' last use every few seconds
@@ -164,10 +166,12 @@ def create_app(
     install_openapi(app)
     # A submit by a known key is answered before routing, with the body BodySizeLimit has read (app/tasks/fast_path.py).
     app.add_middleware(SubmitFastPath, state=app.state)
+    # Bodies read up to the limit before the app, the upload route's excepted (app/core/body_limit.py); in zero-config
+    # mode the sandbox mounted here takes the gateway's own uploads.
     app.add_middleware(
         BodySizeLimit,
         max_body_bytes=settings.max_body_bytes,
-        max_concurrent_uploads=settings.max_concurrent_uploads,
+        upload_paths=[SANDBOX_MOUNT + UPLOAD_PATH] if settings.zero_config else [],
     )
     # A warm status call is answered before routing (app/tasks/fast_path.py); the rest goes on.
     app.add_middleware(StatusFastPath, state=app.state)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from app.contract import PublicTaskStatus
 from app.core.errors import UpstreamUnavailable
@@ -24,6 +24,10 @@ class UpstreamTask:
     created_at: int | None = None
     completed_at: int | None = None
     expires_at: int | None = None
+
+
+# An upload's image: its bytes, or a file holding them (read from its start), which is sent without being read whole.
+UploadContent = bytes | BinaryIO
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +68,7 @@ class UpstreamAdapter(Protocol):
     async def get(self, api_key: str, upstream_task_id: str) -> UpstreamTask: ...
 
     async def upload(
-        self, api_key: str, filename: str, content: bytes, content_type: str, purpose: str
+        self, api_key: str, filename: str, content: UploadContent, content_type: str, purpose: str
     ) -> UploadedFile: ...
 
     async def aclose(self) -> None: ...

@@ -10,7 +10,14 @@ from typing import Any
 
 from app.core import metrics
 from app.core.errors import UpstreamCredentialsRefused, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
-from app.upstream.base import UploadedFile, UploadRefused, UpstreamAdapter, UpstreamServerError, UpstreamTask
+from app.upstream.base import (
+    UploadContent,
+    UploadedFile,
+    UploadRefused,
+    UpstreamAdapter,
+    UpstreamServerError,
+    UpstreamTask,
+)
 from app.upstream.pool import UpstreamKeyPool
 
 UNKNOWN_KEY = "unknown"
@@ -72,7 +79,7 @@ class InstrumentedAdapter:
         return result
 
     async def upload(
-        self, api_key: str, filename: str, content: bytes, content_type: str, purpose: str
+        self, api_key: str, filename: str, content: UploadContent, content_type: str, purpose: str
     ) -> UploadedFile:
         call = self.inner.upload(api_key, filename, content, content_type, purpose)
         result: UploadedFile = await self._call("upload", api_key, call)

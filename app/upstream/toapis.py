@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -17,7 +18,14 @@ from app.contract import UPSTREAM_STATUS_MAP, PublicTaskStatus, TaskStatus
 from app.core.clock import utcnow
 from app.core.context import REQUEST_ID_HEADER, current_request_id, new_request_id
 from app.core.errors import UpstreamCredentialsRefused, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
-from app.upstream.base import UploadedFile, UploadRefused, UpstreamServerError, UpstreamTask, parse_retry_after
+from app.upstream.base import (
+    UploadContent,
+    UploadedFile,
+    UploadRefused,
+    UpstreamServerError,
+    UpstreamTask,
+    parse_retry_after,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +134,12 @@ def _credentials_refused(status: int, method: str, path: str) -> UpstreamCredent
     return UpstreamCredentialsRefused(f"The upstream refused the gateway's credentials ({status})")
 
 
+def _length(content: UploadContent) -> int:
+    if isinstance(content, bytes):
+        return len(content)
+    return content.seek(0, os.SEEK_END)
+
+
 def _headers(api_key: str) -> dict[str, str]:
     """The key, and the request id of the request this call serves (a new one for a background call), so that the
     upstream's logs and the gateway's meet."""
@@ -165,7 +179,7 @@ class ToAPIsAdapter:
         return parse_task(self._json(response))
 
     async def upload(
-        self, api_key: str, filename: str, content: bytes, content_type: str, purpose: str
+        self, api_key: str, filename: str, content: UploadContent, content_type: str, purpose: str
     ) -> UploadedFile:
         try:
             response = await self._client.post(
@@ -196,7 +210,7 @@ class ToAPIsAdapter:
             id=str(data.get("id")),
             url=str(data.get("url")),
             mime_type=str(data.get("mime_type") or content_type),
-            size=int(data.get("size") or len(content)),
+            size=int(data.get("size") or _length(content)),
         )
 
     async def aclose(self) -> None:
