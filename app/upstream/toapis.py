@@ -154,7 +154,8 @@ class ToAPIsAdapter:
     none of which these calls use) cost as much CPU as the transport's whole exchange (`bench/upstream_transport.py`).
     The request is what the client would send: its base URL, default headers and timeouts. The transport is looked
     up on each call, so an instrumentation that wraps it in place (tracing) sees these calls too. Uploads (multipart,
-    rare) go through the client.
+    rare) go through the client; a file (an upload spooled to disk) is streamed from where it is in httpx's 64 KiB
+    reads, its length known up front (the request has a Content-Length), never read whole into memory.
     """
 
     def __init__(self, client: httpx.AsyncClient, transport: httpx.AsyncBaseTransport) -> None:
