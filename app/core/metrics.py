@@ -28,7 +28,6 @@ OTHER_TENANT = "other"
 UNMATCHED_ROUTE = "unmatched"
 # The status of a request whose client went away before any answer (nginx's): not a 5xx, nobody was answered.
 CLIENT_CLOSED_REQUEST = 499
-KEY_STATES = ("active", "cooling", "disabled", "draining", "retired")
 
 # No `_created` series: twice the series for nothing the dashboard reads.
 disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -15,7 +15,7 @@ from app.config import Settings
 from app.contract import TaskStatus
 from app.core import metrics
 from app.core.background import cancel_and_wait
-from app.models import Task
+from app.models import Task, UpstreamKeyStatus
 from app.runtime import Kernel
 from app.upstream.pool import UpstreamKeyPool
 
@@ -35,7 +35,7 @@ class Gauges:
     async def refresh(self) -> None:
         now = self._kernel.clock()
         states = Counter(key.effective_status(now) for key in self._pool.snapshot())
-        for state in metrics.KEY_STATES:
+        for state in UpstreamKeyStatus:
             metrics.UPSTREAM_KEYS.labels(state).set(states.get(state, 0))
         checked_out = getattr(self._kernel.engine.pool, "checkedout", None)
         metrics.DB_POOL_IN_USE.set(checked_out() if callable(checked_out) else 0)

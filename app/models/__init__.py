@@ -4,19 +4,22 @@ from app.models.audit import AuditEvent
 from app.models.invalidation import InvalidationEvent
 from app.models.quota import QuotaCounter, QuotaEntry, RateWindow
 from app.models.task import Task
-from app.models.tenant import Tenant, TenantKey
-from app.models.upstream_key import UpstreamKey
+from app.models.tenant import KeyStatus, Tenant, TenantKey, TenantStatus
+from app.models.upstream_key import UpstreamKey, UpstreamKeyStatus
 from app.models.webhook import WebhookDelivery
 
 __all__ = [
     "AuditEvent",
     "InvalidationEvent",
+    "KeyStatus",
     "QuotaCounter",
     "QuotaEntry",
     "RateWindow",
     "Task",
     "Tenant",
     "TenantKey",
+    "TenantStatus",
     "UpstreamKey",
+    "UpstreamKeyStatus",
     "WebhookDelivery",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
@@ -10,12 +11,29 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.core.db.base import Base, UTCDateTime
 
 
+# Statuses are stored as their strings (no CHECK constraint): the enums are the one list of them in the code.
+class TenantStatus(StrEnum):
+    """Every status of a tenant."""
+
+    ACTIVE = "active"
+    DISABLED = "disabled"  # every key refused until enabled again; its open tasks still settle
+    DELETED = "deleted"  # for good: kept for its ledger, gone from the ops surface, its name still taken
+
+
+class KeyStatus(StrEnum):
+    """What a tenant key is at a given moment (read from when it was revoked and when it expires)."""
+
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
 class Tenant(Base):
     __tablename__ = "tenants"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    status: Mapped[str] = mapped_column(String(16), default=TenantStatus.ACTIVE)  # a TenantStatus value
     # Limits set by ops; NULL means unlimited. Kept in memory with the key (app/tenants/auth_cache.py); a change
     # applies at once on the replica that made it and within the invalidation bound on every other.
     daily_images: Mapped[int | None] = mapped_column(Integer, default=None)

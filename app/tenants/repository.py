@@ -9,7 +9,7 @@ from typing import cast
 from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Tenant, TenantKey
+from app.models import Tenant, TenantKey, TenantStatus
 
 
 async def insert_tenant(session: AsyncSession, tenant: Tenant) -> None:
@@ -50,7 +50,7 @@ async def find_usable_key(
             TenantKey.key_hash.in_(list(key_hashes)),
             TenantKey.revoked_at.is_(None),
             or_(TenantKey.expires_at.is_(None), TenantKey.expires_at > now),
-            Tenant.status == "active",
+            Tenant.status == TenantStatus.ACTIVE,
         )
         .limit(1)
     )
@@ -87,10 +87,9 @@ async def set_last_used(session: AsyncSession, uses: Mapping[str, dt.datetime]) 
         await session.execute(_LAST_USED, [{"b_id": key_id, "b_used": at} for key_id, at in uses.items()])
 
 
-async def page_tenants(
-    session: AsyncSession, *, limit: int, after_id: str | None, hidden_status: str
-) -> Sequence[Tenant]:
-    stmt = select(Tenant).where(Tenant.status != hidden_status).order_by(Tenant.id).limit(limit)
+async def page_tenants(session: AsyncSession, *, limit: int, after_id: str | None) -> Sequence[Tenant]:
+    """Tenants in id order after `after_id`, deleted ones left out (they are gone from the ops surface)."""
+    stmt = select(Tenant).where(Tenant.status != TenantStatus.DELETED).order_by(Tenant.id).limit(limit)
     if after_id is not None:
         stmt = stmt.where(Tenant.id > after_id)
     return (await session.execute(stmt)).scalars().all()

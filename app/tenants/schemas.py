@@ -12,7 +12,7 @@ from app.contract import BLANK_PATTERN, INTEGRAL, ContractError, text_problem
 from app.core.clock import to_unix
 from app.core.limits import LIMIT_NAMES, LimitsUpdate
 from app.core.pagination import Cursor, Page
-from app.models import Tenant, TenantKey
+from app.models import KeyStatus, Tenant, TenantKey, TenantStatus
 
 # --- bounds -------------------------------------------------------------------------------------------------------
 MAX_NAME_CHARS = 200  # Tenant.name and TenantKey.name are String(200)
@@ -25,9 +25,8 @@ KEY_CURSOR = Cursor.of_ids("key_")
 
 Scope = Literal["submit", "read"]
 SCOPES: tuple[Scope, ...] = ("submit", "read")
-TenantStatus = Literal["active", "disabled"]  # what ops set
-TenantState = Literal["active", "disabled", "deleted"]  # what a tenant can be
-KeyStatus = Literal["active", "expired", "revoked"]
+# What ops set (deleting is DELETE's, for good).
+SettableStatus = Literal[TenantStatus.ACTIVE, TenantStatus.DISABLED]
 
 
 # Names are shown to people (CLI listings, the admin API). Besides the C0 controls no text column may hold: DEL, the
@@ -112,7 +111,7 @@ class TenantUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"status": "disabled"}})
 
     name: TenantName | None = None
-    status: TenantStatus | None = Field(
+    status: SettableStatus | None = Field(
         None, description="`disabled`: every key of the tenant is refused (401); its open tasks still settle."
     )
 
@@ -212,7 +211,7 @@ class TenantOut(BaseModel):
     object: Literal["tenant"] = "tenant"
     id: str
     name: str
-    status: TenantState = Field(
+    status: TenantStatus = Field(
         description="`active`; `disabled` (every key refused, reversible); `deleted` (answered once, by DELETE)."
     )
     limits: LimitValues
@@ -224,7 +223,7 @@ class TenantOut(BaseModel):
         return cls(
             id=tenant.id,
             name=tenant.name,
-            status=tenant.status if tenant.status in ("disabled", "deleted") else "active",
+            status=TenantStatus(tenant.status),
             limits=LimitValues(**{name: getattr(tenant, name) for name in LIMIT_NAMES}),
             created_at=to_unix(tenant.created_at) or 0,
             updated_at=to_unix(tenant.updated_at) or 0,
@@ -233,10 +232,10 @@ class TenantOut(BaseModel):
 
 def key_status(key: TenantKey, now: dt.datetime) -> KeyStatus:
     if key.revoked_at is not None:
-        return "revoked"
+        return KeyStatus.REVOKED
     if key.expires_at is not None and key.expires_at <= now:
-        return "expired"
-    return "active"
+        return KeyStatus.EXPIRED
+    return KeyStatus.ACTIVE
 
 
 class KeyOut(BaseModel):

@@ -28,7 +28,7 @@ from app.core.limits import LIMIT_NAMES, LimitsUpdate
 from app.core.pagination import DEFAULT_PAGE
 from app.core.security import KeyMaterial, bearer_token, new_tenant_key
 from app.invalidation import Invalidator, record
-from app.models import Tenant, TenantKey
+from app.models import Tenant, TenantKey, TenantStatus
 from app.tenants import repository as repo
 from app.tenants.auth_cache import AuthCache
 from app.tenants.last_used import DEFAULT_INTERVAL_S, LastUsedRecorder
@@ -55,7 +55,6 @@ from app.tenants.schemas import (
 log = logging.getLogger(__name__)
 
 DEMO_TENANT = "demo"
-DELETED = "deleted"  # Tenant.status of a deleted tenant: kept for its ledger, invisible to the ops surface
 ACTOR_SYSTEM = "system"
 _KEY_ID = re.compile(r"[A-Za-z0-9_]{1,40}")  # any other key id names no key: 404 without a query
 _MAX_TOKEN_CHARS = 512  # far beyond any key the gateway makes: no hashing of megabyte headers
@@ -210,16 +209,20 @@ class TenantService:
         """A page of tenants (deleted ones left out) in id order (ids are time-sortable: oldest first)."""
         page = TENANT_CURSOR.request(limit, cursor)
         async with self._sessions() as session:
-            rows = await repo.page_tenants(session, limit=page.fetch, after_id=page.after, hidden_status=DELETED)
+            rows = await repo.page_tenants(
+                session,
+                limit=page.fetch,
+                after_id=page.after,
+            )
         return TenantList.of(rows, page, TenantOut.of)
 
     async def update_tenant(
-        self, tenant_ref: str, *, name: str | None = None, status: str | None = None, actor: str
+        self, tenant_ref: str, *, name: str | None = None, status: TenantStatus | None = None, actor: str
     ) -> TenantOut:
         """Rename and/or enable or disable a tenant. Disabled: every key of it is refused (401); its open tasks
         still settle. The event is `tenant.disable` or `tenant.enable` for a status change alone, else
         `tenant.update`."""
-        if status is not None and status not in ("active", "disabled"):
+        if status is not None and status not in (TenantStatus.ACTIVE, TenantStatus.DISABLED):
             raise InvalidRequest("status must be 'active' or 'disabled'", param="status")
         new_name = None if name is None else _checked_name(name)
         async with self._action(actor, "tenant.update", "tenant", tenant_ref) as audited:
@@ -241,13 +244,13 @@ class TenantService:
                 await record(session, "tenant", tenant.id, now=now)
             action = "tenant.update"
             if status is not None and "name" not in changes:
-                action = "tenant.disable" if status == "disabled" else "tenant.enable"
+                action = "tenant.disable" if status == TenantStatus.DISABLED else "tenant.enable"
             audited.done(tenant.id, {"changes": changes}, action=action)
         return TenantOut.of(tenant)
 
     async def disable(self, tenant_ref: str, *, actor: str) -> TenantOut:
         """Refuse every key of the tenant (401) until it is enabled again; its ledger and open tasks stay."""
-        return await self.update_tenant(tenant_ref, status="disabled", actor=actor)
+        return await self.update_tenant(tenant_ref, status=TenantStatus.DISABLED, actor=actor)
 
     async def delete(self, tenant_ref: str, *, actor: str) -> TenantOut:
         """Delete a tenant for good: every key refused (401), and the tenant, its keys, limits and usage are gone
@@ -257,15 +260,17 @@ class TenantService:
             session, now = audited.session, audited.now
             tenant = await find(session, tenant_ref)
             previous = tenant.status
-            tenant.status = DELETED
+            tenant.status = TenantStatus.DELETED
             tenant.updated_at = now
             await session.flush()
             await record(session, "tenant", tenant.id, now=now)
-            audited.done(tenant.id, {"name": tenant.name, "changes": {"status": {"from": previous, "to": DELETED}}})
+            audited.done(
+                tenant.id, {"name": tenant.name, "changes": {"status": {"from": previous, "to": TenantStatus.DELETED}}}
+            )
         return TenantOut.of(tenant)
 
     async def enable(self, tenant_ref: str, *, actor: str) -> TenantOut:
-        return await self.update_tenant(tenant_ref, status="active", actor=actor)
+        return await self.update_tenant(tenant_ref, status=TenantStatus.ACTIVE, actor=actor)
 
     # --- limits ---------------------------------------------------------------------------------------------------
     async def limits(self, tenant_ref: str) -> Limits:
@@ -426,7 +431,9 @@ class TenantService:
         if other is not None:
             raise _name_taken(name, other)
         chosen = self._default_limits if limits is None else {n: limits.get(n) for n in LIMIT_NAMES}
-        tenant = Tenant(id=new_id("ten_"), name=name, status="active", created_at=now, updated_at=now, **chosen)
+        tenant = Tenant(
+            id=new_id("ten_"), name=name, status=TenantStatus.ACTIVE, created_at=now, updated_at=now, **chosen
+        )
         await repo.insert_tenant(session, tenant)
         key_row, plaintext = await self._insert_key(
             session, tenant.id, name="", scopes=list(SCOPES), expires_at=None, rotated_from_id=None, now=now, key=key
@@ -470,7 +477,7 @@ async def find(session: AsyncSession, tenant_ref: str) -> Tenant:
     # A NUL cannot be in any id or name, and PostgreSQL refuses it in a text parameter: an unknown tenant.
     valid = "\x00" not in tenant_ref
     tenant = valid and (await repo.get(session, tenant_ref) or await repo.get_by_name(session, tenant_ref))
-    if not tenant or tenant.status == DELETED:
+    if not tenant or tenant.status == TenantStatus.DELETED:
         raise NotFound(f"Tenant {tenant_ref!r} not found", code="tenant_not_found")
     return tenant
 
@@ -478,7 +485,7 @@ async def find(session: AsyncSession, tenant_ref: str) -> Tenant:
 async def find_key(session: AsyncSession, key_id: str, *, for_update: bool = False) -> TenantKey:
     """A tenant key by its public id, or 404 `key_not_found`."""
     found = await repo.get_key(session, key_id, for_update=for_update) if _KEY_ID.fullmatch(key_id) else None
-    if found is None or found[1].status == DELETED:  # a deleted tenant's keys are gone with it
+    if found is None or found[1].status == TenantStatus.DELETED:  # a deleted tenant's keys are gone with it
         raise NotFound(f"Key {key_id!r} not found", code="key_not_found")
     return found[0]
 
@@ -491,7 +498,7 @@ def _name_conflict(error: Exception) -> GatewayError | None:
 
 
 def _name_taken(name: str, other: Tenant) -> Conflict:
-    if other.status == DELETED:
+    if other.status == TenantStatus.DELETED:
         return Conflict(f"The name '{name}' belongs to a deleted tenant: choose another", param="name")
     return Conflict(f"A tenant named '{name}' already exists", param="name")
 

@@ -34,14 +34,12 @@ from app.core.errors import GatewayError, NoUpstreamKey, SettingsError, Upstream
 from app.core.ids import new_id
 from app.core.security import KeyMaterial
 from app.invalidation import ALL, Invalidator, record
-from app.models import UpstreamKey
+from app.models import UpstreamKey, UpstreamKeyStatus
 from app.upstream import repository as repo
 from app.upstream.base import UpstreamServerError, parse_retry_after
 
 log = logging.getLogger(__name__)
 
-ACTIVE, COOLING, DISABLED, DRAINING, RETIRED = "active", "cooling", "disabled", "draining", "retired"
-STATUSES = (ACTIVE, COOLING, DISABLED, DRAINING, RETIRED)
 TAKES_NEW = frozenset(repo.TAKES_NEW)
 # `status_reason` of a key the upstream refused: the prober re-probes those, never a key an admin disabled.
 REFUSED_REASON = "refused by the upstream"
@@ -70,7 +68,7 @@ class PoolKey:
     id: str
     secret: str = field(repr=False)
     name: str = ""
-    status: str = ACTIVE
+    status: UpstreamKeyStatus = UpstreamKeyStatus.ACTIVE
     weight: int = 1
     max_in_flight: int | None = None
     cooling_until: dt.datetime | None = None
@@ -80,21 +78,21 @@ class PoolKey:
     def takes_new(self, now: dt.datetime) -> bool:
         return self.status in TAKES_NEW and (self.cooling_until is None or self.cooling_until <= now)
 
-    def effective_status(self, now: dt.datetime) -> str:
+    def effective_status(self, now: dt.datetime) -> UpstreamKeyStatus:
         """`cooling` reads `active` once its cooldown has passed (the row keeps `cooling` until the next write)."""
-        if self.status == COOLING and (self.cooling_until is None or self.cooling_until <= now):
-            return ACTIVE
+        if self.status == UpstreamKeyStatus.COOLING and (self.cooling_until is None or self.cooling_until <= now):
+            return UpstreamKeyStatus.ACTIVE
         return self.status
 
     @property
     def refused_by_upstream(self) -> bool:
-        return self.status == DISABLED and (self.status_reason or "").startswith(REFUSED_REASON)
+        return self.status == UpstreamKeyStatus.DISABLED and (self.status_reason or "").startswith(REFUSED_REASON)
 
 
-def effective_status(row: UpstreamKey, now: dt.datetime) -> str:
-    if row.status == COOLING and (row.cooling_until is None or row.cooling_until <= now):
-        return ACTIVE
-    return row.status
+def effective_status(row: UpstreamKey, now: dt.datetime) -> UpstreamKeyStatus:
+    if row.status == UpstreamKeyStatus.COOLING and (row.cooling_until is None or row.cooling_until <= now):
+        return UpstreamKeyStatus.ACTIVE
+    return UpstreamKeyStatus(row.status)
 
 
 class UpstreamKeyPool:
@@ -137,7 +135,7 @@ class UpstreamKeyPool:
                         "fingerprint": self._material.fingerprint(secret),
                         "secret_encrypted": self._material.encrypt(secret),
                         "enc_key_id": self._material.key_id,
-                        "status": ACTIVE,
+                        "status": UpstreamKeyStatus.ACTIVE,
                         "weight": 1,
                         "in_flight": 0,
                         "consecutive_errors": 0,
@@ -207,7 +205,7 @@ class UpstreamKeyPool:
             try:
                 secret = self._material.decrypt(row.secret_encrypted)
             except ValueError as e:
-                if strict and row.status != RETIRED:
+                if strict and row.status != UpstreamKeyStatus.RETIRED:
                     raise SettingsError(
                         "Stored upstream keys cannot be decrypted with this GATEWAY_SECRET_KEY: it was changed; "
                         "restore it (or list the former one in GATEWAY_PREVIOUS_SECRET_KEYS)."
@@ -218,7 +216,7 @@ class UpstreamKeyPool:
                 id=row.id,
                 secret=secret,
                 name=row.name,
-                status=row.status,
+                status=UpstreamKeyStatus(row.status),
                 weight=max(1, row.weight),
                 max_in_flight=row.max_in_flight,
                 cooling_until=row.cooling_until,
@@ -372,7 +370,13 @@ class UpstreamKeyPool:
                 await record(session, "upstream_key", key.id, now=now)
         if changed:
             log.warning("upstream key %s (%s) cooling for %g s: %s", key.id, key.name, seconds, reason)
-            self._update(key.id, status=COOLING, cooling_until=until, status_reason=reason, only_if_takes_new=True)
+            self._update(
+                key.id,
+                status=UpstreamKeyStatus.COOLING,
+                cooling_until=until,
+                status_reason=reason,
+                only_if_takes_new=True,
+            )
 
     async def disable(self, key: PoolKey, reason: str) -> None:
         """The upstream refused the key: out of the rotation on every replica, re-probed until accepted again."""
@@ -392,7 +396,13 @@ class UpstreamKeyPool:
                 reason,
                 self.policy.probe_interval_s,
             )
-            self._update(key.id, status=DISABLED, status_reason=reason, cooling_until=None, only_if_takes_new=True)
+            self._update(
+                key.id,
+                status=UpstreamKeyStatus.DISABLED,
+                status_reason=reason,
+                cooling_until=None,
+                only_if_takes_new=True,
+            )
         else:
             log.warning("upstream key %s (%s), not in the rotation, was refused by the upstream", key.id, key.name)
 
@@ -411,7 +421,13 @@ class UpstreamKeyPool:
         self._update(key.id, consecutive_errors=count)
         if cooled:
             log.warning("upstream key %s (%s) cooling for %g s: %s", key.id, key.name, policy.error_cooldown_s, reason)
-            self._update(key.id, status=COOLING, cooling_until=until, status_reason=reason, only_if_takes_new=True)
+            self._update(
+                key.id,
+                status=UpstreamKeyStatus.COOLING,
+                cooling_until=until,
+                status_reason=reason,
+                only_if_takes_new=True,
+            )
 
     async def claim_probe(self, key_id: str) -> bool:
         """Whether this replica probes the refused key now (one replica per probe interval)."""
@@ -428,7 +444,9 @@ class UpstreamKeyPool:
                 await record(session, "upstream_key", key.id, now=now)
         if changed:
             log.warning("upstream key %s (%s) accepted by the upstream again: re-enabled", key.id, key.name)
-            self._update(key.id, status=ACTIVE, status_reason=None, cooling_until=None, consecutive_errors=0)
+            self._update(
+                key.id, status=UpstreamKeyStatus.ACTIVE, status_reason=None, cooling_until=None, consecutive_errors=0
+            )
         return changed
 
     def _update(self, key_id: str, *, only_if_takes_new: bool = False, **changes: object) -> None:

@@ -11,10 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db.base import UTCDateTime
 from app.core.db.dialect import insert_for
-from app.models import TenantKey, UpstreamKey
+from app.models import TenantKey, UpstreamKey, UpstreamKeyStatus
 
 # Statuses in which a key takes new tasks (a cooling key once its cooldown has passed).
-TAKES_NEW = ("active", "cooling")
+TAKES_NEW = (UpstreamKeyStatus.ACTIVE, UpstreamKeyStatus.COOLING)
 _KEYS = cast(Table, UpstreamKey.__table__)
 
 
@@ -109,7 +109,7 @@ async def cool(session: AsyncSession, key_id: str, until: dt.datetime, reason: s
             _KEYS.c.status.in_(TAKES_NEW),
             or_(_KEYS.c.cooling_until.is_(None), _KEYS.c.cooling_until < until),
         )
-        .values(status="cooling", cooling_until=until, status_reason=reason, updated_at=now)
+        .values(status=UpstreamKeyStatus.COOLING, cooling_until=until, status_reason=reason, updated_at=now)
     )
     return _rowcount(await session.execute(stmt)) > 0
 
@@ -119,7 +119,13 @@ async def disable(session: AsyncSession, key_id: str, reason: str, now: dt.datet
     stmt = (
         update(_KEYS)
         .where(_KEYS.c.id == key_id, _KEYS.c.status.in_(TAKES_NEW))
-        .values(status="disabled", status_reason=reason, cooling_until=None, last_probe_at=now, updated_at=now)
+        .values(
+            status=UpstreamKeyStatus.DISABLED,
+            status_reason=reason,
+            cooling_until=None,
+            last_probe_at=now,
+            updated_at=now,
+        )
     )
     return _rowcount(await session.execute(stmt)) > 0
 
@@ -149,7 +155,7 @@ async def claim_probe(
         update(_KEYS)
         .where(
             _KEYS.c.id == key_id,
-            _KEYS.c.status == "disabled",
+            _KEYS.c.status == UpstreamKeyStatus.DISABLED,
             _KEYS.c.status_reason.startswith(reason_prefix, autoescape=True),
             or_(_KEYS.c.last_probe_at.is_(None), _KEYS.c.last_probe_at < now - interval),
         )
@@ -164,9 +170,18 @@ async def reenable(session: AsyncSession, key_id: str, reason_prefix: str, now: 
         update(_KEYS)
         .where(
             _KEYS.c.id == key_id,
-            and_(_KEYS.c.status == "disabled", _KEYS.c.status_reason.startswith(reason_prefix, autoescape=True)),
+            and_(
+                _KEYS.c.status == UpstreamKeyStatus.DISABLED,
+                _KEYS.c.status_reason.startswith(reason_prefix, autoescape=True),
+            ),
         )
-        .values(status="active", status_reason=None, cooling_until=None, consecutive_errors=0, updated_at=now)
+        .values(
+            status=UpstreamKeyStatus.ACTIVE,
+            status_reason=None,
+            cooling_until=None,
+            consecutive_errors=0,
+            updated_at=now,
+        )
     )
     return _rowcount(await session.execute(stmt)) > 0
 

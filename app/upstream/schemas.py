@@ -12,7 +12,7 @@ from pydantic.json_schema import SkipJsonSchema
 from app.contract import BLANK_PATTERN, INTEGRAL, NO_CONTROL_PATTERN, ContractError, text_problem
 from app.core.clock import to_unix
 from app.core.pagination import Cursor, Page
-from app.models import UpstreamKey
+from app.models import UpstreamKey, UpstreamKeyStatus
 from app.upstream.pool import effective_status
 
 MAX_NAME_CHARS = 200  # UpstreamKey.name is String(200)
@@ -25,8 +25,6 @@ SECRET_PATTERN = r"^[\x21-\x7e]+$"
 # Ids the gateway mints (`upk_` + hex); any other id names no key and is answered 404 without a query.
 KEY_ID = re.compile(r"[A-Za-z0-9_]{1,40}")
 KEY_CURSOR = Cursor.of_ids("upk_")
-
-Status = Literal["active", "cooling", "disabled", "draining", "retired"]
 
 
 def _name_schema(schema: dict[str, Any]) -> None:
@@ -107,7 +105,7 @@ class UpstreamKeyOut(BaseModel):
     id: str
     name: str
     fingerprint: str = Field(description="The first characters of the key's keyed fingerprint, to tell keys apart.")
-    status: Status = Field(
+    status: UpstreamKeyStatus = Field(
         description="active; cooling (until cooling_until); disabled; draining (no new task, its tasks finish); "
         "retired (unused, except to poll tasks still open on it)."
     )
@@ -128,11 +126,11 @@ class UpstreamKeyOut(BaseModel):
             name=key.name,
             fingerprint=key.fingerprint[:FINGERPRINT_CHARS],
             status=status,
-            status_reason=None if status == "active" else key.status_reason,
+            status_reason=None if status == UpstreamKeyStatus.ACTIVE else key.status_reason,
             weight=key.weight,
             max_in_flight=key.max_in_flight,
             in_flight=key.in_flight,
-            cooling_until=to_unix(key.cooling_until) if status == "cooling" else None,
+            cooling_until=to_unix(key.cooling_until) if status == UpstreamKeyStatus.COOLING else None,
             consecutive_errors=key.consecutive_errors,
             created_at=to_unix(key.created_at) or 0,
             updated_at=to_unix(key.updated_at),

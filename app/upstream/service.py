@@ -19,9 +19,9 @@ from app.core.ids import new_id
 from app.core.pagination import DEFAULT_PAGE
 from app.core.security import KeyMaterial
 from app.invalidation import ALL, record
-from app.models import UpstreamKey
+from app.models import UpstreamKey, UpstreamKeyStatus
 from app.upstream import repository as repo
-from app.upstream.pool import ACTIVE, ADMIN_DISABLED_REASON, DISABLED, DRAINING, RETIRED, UpstreamKeyPool
+from app.upstream.pool import ADMIN_DISABLED_REASON, UpstreamKeyPool
 from app.upstream.schemas import (
     KEY_CURSOR,
     KEY_ID,
@@ -71,7 +71,7 @@ class UpstreamKeyService:
                 fingerprint=self._material.fingerprint(data.key),
                 secret_encrypted=self._material.encrypt(data.key),
                 enc_key_id=self._material.key_id,
-                status=ACTIVE,
+                status=UpstreamKeyStatus.ACTIVE,
                 weight=data.weight,
                 max_in_flight=data.max_in_flight,
                 in_flight=0,
@@ -120,9 +120,13 @@ class UpstreamKeyService:
             values: dict[str, Any] = {k: v for k, v in changes.items() if k in ("weight", "max_in_flight")}
             enabled = changes.get("enabled")
             if enabled is True:
-                values.update(status=ACTIVE, status_reason=None, cooling_until=None, consecutive_errors=0)
+                values.update(
+                    status=UpstreamKeyStatus.ACTIVE, status_reason=None, cooling_until=None, consecutive_errors=0
+                )
             elif enabled is False:
-                values.update(status=DISABLED, status_reason=ADMIN_DISABLED_REASON, cooling_until=None)
+                values.update(
+                    status=UpstreamKeyStatus.DISABLED, status_reason=ADMIN_DISABLED_REASON, cooling_until=None
+                )
             key = await self._apply(audited, key_id, values)
             audited.done(key.id, {"changes": changes})
             return key
@@ -134,8 +138,8 @@ class UpstreamKeyService:
         """No new task on the key; its open tasks finish (and are polled with it)."""
 
         async def change(audited: AuditedAction) -> UpstreamKey:
-            key = await self._apply(audited, key_id, {"status": DRAINING, "cooling_until": None})
-            audited.done(key.id, {"changes": {"status": DRAINING}})
+            key = await self._apply(audited, key_id, {"status": UpstreamKeyStatus.DRAINING, "cooling_until": None})
+            audited.done(key.id, {"changes": {"status": UpstreamKeyStatus.DRAINING}})
             return key
 
         key = await self._change("upstream_key.drain", key_id, actor, change)
@@ -146,11 +150,11 @@ class UpstreamKeyService:
 
         async def change(audited: AuditedAction) -> UpstreamKey:
             key = await repo.get(audited.session, key_id) if KEY_ID.fullmatch(key_id) else None
-            if key is not None and key.status == RETIRED:
+            if key is not None and key.status == UpstreamKeyStatus.RETIRED:
                 audited.done(key.id, {"already_retired": True})
                 return key
-            key = await self._apply(audited, key_id, {"status": RETIRED, "cooling_until": None})
-            audited.done(key.id, {"changes": {"status": RETIRED}})
+            key = await self._apply(audited, key_id, {"status": UpstreamKeyStatus.RETIRED, "cooling_until": None})
+            audited.done(key.id, {"changes": {"status": UpstreamKeyStatus.RETIRED}})
             return key
 
         key = await self._change("upstream_key.retire", key_id, actor, change)
@@ -193,7 +197,10 @@ class UpstreamKeyService:
         if not KEY_ID.fullmatch(key_id):
             raise _not_found()
         key = await repo.change(
-            audited.session, key_id, {**values, "updated_at": audited.now}, UpstreamKey.status != RETIRED
+            audited.session,
+            key_id,
+            {**values, "updated_at": audited.now},
+            UpstreamKey.status != UpstreamKeyStatus.RETIRED,
         )
         if key is None:
             raise _not_found()

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.core import metrics
+from app.models import UpstreamKeyStatus
 from tests.fixtures.gateway import Harness, running_gateway
 
 URL = "/v1/images/generations"
@@ -122,7 +123,7 @@ async def test_a_scenario_moves_each_counter_by_what_happened(gw: Harness) -> No
     assert moved("gateway_webhook_deliveries_total") == 0
 
     assert after[("gateway_tasks_waiting", frozenset())] == 1
-    keys = {state: after[("gateway_upstream_keys", frozenset({("state", state)}))] for state in metrics.KEY_STATES}
+    keys = {state: after[("gateway_upstream_keys", frozenset({("state", state)}))] for state in UpstreamKeyStatus}
     assert keys == {"active": 0, "cooling": 1, "disabled": 0, "draining": 0, "retired": 0}
     # Nothing of the scenario holds a connection any more; a background loop (the invalidator reads 4 times a
     # second, the reconciler sweeps) may hold one at the scrape's moment on a busy machine (seen in ci-loaded).
