@@ -6,22 +6,26 @@ import json
 import secrets
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, create_model, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.core.errors import SettingsError
 from app.core.files import write_private
-from app.core.limits import LIMIT_NAMES, MAX_LIMIT, parse_limit_word
+from app.core.limits import LIMIT_NAMES, settings_fields
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "change_me", "secret", "placeholder", "xxx", "todo"})
 MIN_SECRET_CHARS = 16
-# A new tenant's limit (None = unlimited), bounded as the ops API bounds it (tenants/limits.py).
-DefaultLimit = Annotated[int | None, Field(ge=0, le=MAX_LIMIT)]
+if TYPE_CHECKING:
+    _NewTenantLimits = BaseSettings
+else:
+    # GATEWAY_DEFAULT_DAILY_IMAGES, ...: the limits a new tenant starts with (None = unlimited), one setting per limit
+    # of app/core/limits.py's LimitValues, bounded as the ops API bounds it.
+    _NewTenantLimits = create_model("_NewTenantLimits", __base__=BaseSettings, **settings_fields("default_"))
 
 
-class Settings(BaseSettings):
+class Settings(_NewTenantLimits):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
 
     data_dir: Path = Field(Path("./data"), description="Where the embedded SQLite ledger and demo secrets live.")
@@ -105,11 +109,6 @@ class Settings(BaseSettings):
     quotas_enabled: bool = Field(
         True, description="Reserve and settle images per task; off only for benchmarks and emergencies."
     )
-    default_daily_images: DefaultLimit = Field(None, description="Images per UTC day for new tenants.")
-    default_monthly_images: DefaultLimit = Field(None, description="Images per calendar month for new tenants.")
-    default_max_in_flight: DefaultLimit = Field(None, description="Tasks in flight at once for new tenants.")
-    default_submit_rpm: DefaultLimit = Field(None, description="Submits per minute for new tenants.")
-    default_query_rpm: DefaultLimit = Field(None, description="Status queries per minute for new tenants.")
     webhook_allow_private: bool = Field(
         False, description="Let webhooks reach loopback, private and link-local addresses (tests, closed networks)."
     )
@@ -133,11 +132,6 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
-
-    @field_validator(*(f"default_{name}" for name in LIMIT_NAMES), mode="before")
-    @classmethod
-    def _empty_is_unlimited(cls, value: object) -> object:
-        return parse_limit_word(value)
 
     @property
     def default_limits(self) -> dict[str, int | None]:

@@ -6,8 +6,9 @@ Tables for people, `--json` for scripts; every change is audited with the actor 
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from app.audit.service import ACTOR_CLI
 from app.cli.common import CursorOpt, PageLimitOpt, fail, jsonable, run_with_kernel, settings_with
-from app.core.limits import LIMIT_NAMES, LimitsUpdate, parse_limit_word
+from app.core.limits import LIMIT_NAMES, LimitsUpdate, describe, parse_limit_word
 from app.core.pagination import DEFAULT_PAGE
 from app.quotas.schemas import UsageOut
 from app.quotas.service import QuotaService
@@ -28,7 +29,6 @@ tenants_cli = typer.Typer(
 )
 
 TenantArg = Annotated[str, typer.Argument(help="Tenant id or name.")]
-LimitOpt = Annotated[str | None, typer.Option(help="A number, or 'unlimited'.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -182,24 +182,38 @@ def delete(
     _show(run_with_kernel(settings_with(), call), as_json)
 
 
+def limit_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`command` with one option per limit of app/core/limits.py (`--daily-images`, ...: a number, or 'unlimited'),
+    handed to it as `given`: the options that were given, by limit name."""
+    signature = inspect.signature(command, eval_str=True)
+    kept = [p for p in signature.parameters.values() if p.name != "given"]
+    options = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                str | None, typer.Option(help=f"{describe(name)} A number, or 'unlimited'.", show_default=False)
+            ],
+        )
+        for name in LIMIT_NAMES
+    ]
+
+    def with_limit_options(**values: Any) -> None:
+        given = {name: values.pop(name) for name in LIMIT_NAMES}
+        command(**values, given={name: value for name, value in given.items() if value is not None})
+
+    with_limit_options.__name__ = command.__name__
+    with_limit_options.__doc__ = command.__doc__
+    with_limit_options.__signature__ = signature.replace(parameters=[*kept, *options])  # type: ignore[attr-defined]
+    return with_limit_options
+
+
 @tenants_cli.command("limits")
-def limits(
-    tenant: TenantArg,
-    daily_images: LimitOpt = None,
-    monthly_images: LimitOpt = None,
-    max_in_flight: LimitOpt = None,
-    submit_rpm: LimitOpt = None,
-    query_rpm: LimitOpt = None,
-) -> None:
+@limit_options
+def limits(tenant: TenantArg, given: dict[str, str]) -> None:
     """Show a tenant's limits, or set the ones given (others stay unchanged). Prints JSON."""
-    given = {
-        "daily_images": daily_images,
-        "monthly_images": monthly_images,
-        "max_in_flight": max_in_flight,
-        "submit_rpm": submit_rpm,
-        "query_rpm": query_rpm,
-    }
-    update = _limits_update({name: value for name, value in given.items() if value is not None})
+    update = _limits_update(given)
 
     async def call(kernel: Kernel) -> dict[str, Any]:
         service = tenant_service(kernel)

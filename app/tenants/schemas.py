@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_v
 
 from app.contract import BLANK_PATTERN, INTEGRAL, ContractError, text_problem
 from app.core.clock import to_unix
-from app.core.limits import LIMIT_NAMES, LimitsUpdate
+from app.core.limits import LimitsUpdate, LimitValues, values_of
 from app.core.pagination import Cursor, Page
 from app.models import KeyStatus, Tenant, TenantKey, TenantStatus
 
@@ -182,29 +182,14 @@ class KeyRotate(BaseModel):
 
 
 # --- answers ------------------------------------------------------------------------------------------------------
-class Limits(BaseModel):
+class Limits(LimitValues):
     """A tenant's limits; `null` means unlimited."""
 
     tenant_id: str
-    daily_images: int | None
-    monthly_images: int | None
-    max_in_flight: int | None
-    submit_rpm: int | None
-    query_rpm: int | None
 
     @classmethod
     def of(cls, tenant: Tenant) -> Limits:
-        return cls(tenant_id=tenant.id, **{name: getattr(tenant, name) for name in LIMIT_NAMES})
-
-
-class LimitValues(BaseModel):
-    """The five limits; `null` means unlimited."""
-
-    daily_images: int | None
-    monthly_images: int | None
-    max_in_flight: int | None
-    submit_rpm: int | None
-    query_rpm: int | None
+        return cls(tenant_id=tenant.id, **values_of(tenant))
 
 
 class TenantOut(BaseModel):
@@ -224,7 +209,7 @@ class TenantOut(BaseModel):
             id=tenant.id,
             name=tenant.name,
             status=TenantStatus(tenant.status),
-            limits=LimitValues(**{name: getattr(tenant, name) for name in LIMIT_NAMES}),
+            limits=LimitValues(**values_of(tenant)),
             created_at=to_unix(tenant.created_at) or 0,
             updated_at=to_unix(tenant.updated_at) or 0,
         )

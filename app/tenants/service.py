@@ -24,7 +24,7 @@ from app.core.clock import Clock, from_unix, to_unix
 from app.core.db.engine import reads_only
 from app.core.errors import Conflict, GatewayError, InvalidRequest, NotFound, Unauthorized
 from app.core.ids import new_id
-from app.core.limits import LIMIT_NAMES, LimitsUpdate
+from app.core.limits import LIMIT_NAMES, LimitsUpdate, values_of
 from app.core.pagination import DEFAULT_PAGE
 from app.core.security import KeyMaterial, bearer_token, new_tenant_key
 from app.invalidation import Invalidator, record
@@ -438,9 +438,7 @@ class TenantService:
         key_row, plaintext = await self._insert_key(
             session, tenant.id, name="", scopes=list(SCOPES), expires_at=None, rotated_from_id=None, now=now, key=key
         )
-        audited.done(
-            tenant.id, {"name": name, "limits": {n: getattr(tenant, n) for n in LIMIT_NAMES}, "key_id": key_row.id}
-        )
+        audited.done(tenant.id, {"name": name, "limits": values_of(tenant), "key_id": key_row.id})
         return tenant, key_row, plaintext
 
     async def _insert_key(
