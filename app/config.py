@@ -28,8 +28,12 @@ else:
 class Settings(_NewTenantLimits):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Field(Path("./data"), description="Where the embedded SQLite ledger and demo secrets live.")
-    database_url: str = Field("", description="SQLAlchemy async URL; empty = SQLite file under data_dir.")
+    data_dir: Path = Field(
+        Path("./data"), description="Where the embedded PostgreSQL (data_dir/postgres) and the demo secrets live."
+    )
+    database_url: str = Field(
+        "", description="PostgreSQL URL (postgresql+asyncpg://...); empty = the embedded PostgreSQL under data_dir."
+    )
     upstream_base_url: str = Field("", description="Upstream base URL (without /v1); empty = built-in sandbox.")
     upstream_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Comma-separated upstream API keys, added to the pool at start."
@@ -63,7 +67,7 @@ class Settings(_NewTenantLimits):
         100, ge=0, description="Tenants labelled by their id in metrics, per process; the others are `other`."
     )
     auto_migrate: bool | None = Field(
-        None, description="Apply migrations at start; default: only for the embedded SQLite database."
+        None, description="Apply migrations at start; default: only for the embedded PostgreSQL."
     )
     user_agent: str = "seedream-gateway/0.1"
     upstream_timeout_s: float = 30.0
@@ -105,7 +109,7 @@ class Settings(_NewTenantLimits):
         le=3600,
         description="How long a key cools after 3 consecutive 5xx answers (each from another task).",
     )
-    redis_url: str = Field("", description="Rate windows in Redis when set; PostgreSQL/SQLite otherwise.")
+    redis_url: str = Field("", description="Rate windows in Redis when set; in PostgreSQL otherwise.")
     quotas_enabled: bool = Field(
         True, description="Reserve and settle images per task; off only for benchmarks and emergencies."
     )
@@ -149,18 +153,9 @@ class Settings(_NewTenantLimits):
         return not self.upstream_base_url
 
     @property
-    def effective_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'gateway.db').as_posix()}"
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.effective_database_url.startswith("sqlite")
-
-    @property
     def should_auto_migrate(self) -> bool:
-        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+        """Unless set: migrate the embedded PostgreSQL (no URL given), never a configured database."""
+        return not self.database_url if self.auto_migrate is None else self.auto_migrate
 
     @cached_property
     def secrets(self) -> ResolvedSecrets:

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 async def preflight(settings: Settings) -> None:
     """What `serve` checks before binding a port, so that a misconfiguration is one line instead of a traceback
     from inside the lifespan: the schema is at head and the stored upstream keys open with the secret key."""
-    if not await is_at_head(settings.effective_database_url):
+    if not await is_at_head(settings.database_url):
         raise DatabaseNotMigrated()
     async with kernel_for_command(settings) as kernel:
         await load_pool(kernel)

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.core.clock import Clock, utcnow
 from app.core.db.engine import create_engine, create_session_factory
+from app.core.errors import SettingsError
 from app.core.security import KeyMaterial
 
 
@@ -34,7 +35,9 @@ def build_kernel(settings: Settings, *, clock: Clock = utcnow, pool_size: int | 
     # A missing secret fails before anything is created on disk.
     previous = [k.get_secret_value() for k in settings.previous_secret_keys]
     keys = KeyMaterial(settings.secrets.secret_key, previous)
-    engine = create_engine(settings.effective_database_url, pool_size=pool_size or settings.db_pool_size)
+    if not settings.database_url:  # the commands fill it in: the embedded PostgreSQL's (app/cli/common.py)
+        raise SettingsError("GATEWAY_DATABASE_URL is empty: run the gateway with `seedream-gateway serve`")
+    engine = create_engine(settings.database_url, pool_size=pool_size or settings.db_pool_size)
     return Kernel(settings=settings, engine=engine, sessions=create_session_factory(engine), keys=keys, clock=clock)
 
 

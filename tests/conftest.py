@@ -1,4 +1,4 @@
-"""Suite-wide fixtures: one migrated SQLite and one migrated PostgreSQL database per worker."""
+"""Suite-wide fixtures: one migrated PostgreSQL database per worker."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 from tests.fixtures.databases import (
     create_postgres_database,
-    create_sqlite_database,
     drop_postgres_database,
     migrated,
     postgres_server_url,
@@ -27,23 +26,17 @@ def postgres_server() -> str:
 
 
 @pytest.fixture(scope="session")
-def sqlite_database(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return migrated(create_sqlite_database(tmp_path_factory.mktemp("sqlite")))
-
-
-@pytest.fixture(scope="session")
 def postgres_database(postgres_server: str) -> Iterator[str]:
     url = migrated(create_postgres_database(postgres_server))
     yield url
     drop_postgres_database(url)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """A migrated, emptied database of each kind; tests using it run once per backend."""
-    url: str = request.getfixturevalue(f"{request.param}_database")
-    truncate_all(url)
-    return url
+@pytest.fixture
+def database_url(postgres_database: str) -> str:
+    """The worker's migrated database, emptied."""
+    truncate_all(postgres_database)
+    return postgres_database
 
 
 @pytest.fixture

@@ -1,10 +1,9 @@
-"""The ORM metadata and the Alembic migrations never drift, and every migration is reversible, on both dialects."""
+"""The ORM metadata and the Alembic migrations never drift, and every migration is reversible."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,15 +16,12 @@ import app.models  # noqa: F401
 from app.core.db.base import Base
 from app.core.db.engine import create_engine
 from app.core.db.migrate import downgrade, upgrade
-from tests.fixtures.databases import create_postgres_database, create_sqlite_database, drop_postgres_database
+from tests.fixtures.databases import create_postgres_database, drop_postgres_database
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield create_sqlite_database(tmp_path)
-        return
-    url = create_postgres_database(request.getfixturevalue("postgres_server"), prefix="gw_migr")
+@pytest.fixture
+def empty_database(postgres_server: str) -> Iterator[str]:
+    url = create_postgres_database(postgres_server, prefix="gw_migr")
     yield url
     drop_postgres_database(url)
 

@@ -318,7 +318,7 @@ def build_app() -> FastAPI:
         upstream_base_url="http://upstream.test",
         secret_key="x" * 32,
         admin_token="y" * 32,
-        database_url="sqlite+aiosqlite:///:memory:",
+        database_url="postgresql+asyncpg://never-connected@127.0.0.1:9/none",
     )
     return create_app(settings)
 

@@ -10,7 +10,8 @@ import typer
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from app.config import Settings
-from app.core.db.migrate import DatabaseNotMigrated
+from app.core.db import embedded
+from app.core.db.migrate import DatabaseNotMigrated, upgrade
 from app.core.errors import GatewayError, SettingsError
 from app.core.pagination import MAX_PAGE
 from app.runtime import Kernel, kernel_for_command
@@ -37,10 +38,26 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
+def progress(line: str) -> None:
+    """A step of a command's preparation, on stderr (stdout stays the command's answer, e.g. its JSON)."""
+    typer.echo(f"seedream-gateway: {line}", err=True)
+
+
+def with_database(settings: Settings) -> Settings:
+    """`settings` with the database to use: GATEWAY_DATABASE_URL's, or else the embedded PostgreSQL under data_dir
+    (app/core/db/embedded.py), started unless it runs and migrated unless GATEWAY_AUTO_MIGRATE=false."""
+    if settings.database_url:
+        return settings
+    url = embedded.start(settings.data_dir, progress)
+    if settings.should_auto_migrate:
+        upgrade(url)
+    return settings.model_copy(update={"database_url": url, "auto_migrate": False})  # migrated: nothing left to do
+
+
 def run_with_kernel(settings: Settings, call: Callable[[Kernel], Awaitable[T]]) -> T:
     """Run one service call on a one-connection kernel; expected failures become one line and exit code 2."""
 
-    async def main() -> T:
+    async def main(settings: Settings) -> T:
         async with kernel_for_command(settings) as kernel:
             try:
                 return await call(kernel)
@@ -48,7 +65,8 @@ def run_with_kernel(settings: Settings, call: Callable[[Kernel], Awaitable[T]]) 
                 raise DatabaseNotMigrated() from e
 
     try:
-        return asyncio.run(main())
+        settings.secrets  # noqa: B018 - a missing secret fails before a database is started
+        return asyncio.run(main(with_database(settings)))
     except SettingsError as e:
         fail(str(e))
     except GatewayError as e:

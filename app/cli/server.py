@@ -10,9 +10,11 @@ import tempfile
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy.engine import make_url
 
-from app.cli.common import HostOpt, PortOpt, fail, run_with_kernel, settings_with
+from app.cli.common import HostOpt, PortOpt, fail, run_with_kernel, settings_with, with_database
 from app.config import Settings
+from app.core.db import embedded
 from app.core.db.errors import describe, is_database_unavailable
 from app.core.errors import SettingsError
 from app.core.files import write_private
@@ -39,7 +41,8 @@ def register(cli: typer.Typer) -> None:
 
 
 def serve(host: HostOpt = None, port: PortOpt = None, workers: WorkersOpt = None) -> None:
-    """Run the gateway. With no configuration: SQLite ledger, built-in sandbox upstream, a demo tenant."""
+    """Run the gateway. With no configuration: an embedded PostgreSQL under ./data, the built-in sandbox upstream,
+    a demo tenant."""
     import uvicorn
 
     from app.core.db.migrate import upgrade
@@ -56,8 +59,10 @@ def serve(host: HostOpt = None, port: PortOpt = None, workers: WorkersOpt = None
     # Everything up to the banner is done once, here, whatever the number of workers.
     try:
         resolved = settings.secrets
+        ledger = _ledger(settings)
+        settings = with_database(settings)  # without GATEWAY_DATABASE_URL: the embedded one, started and migrated
         if settings.should_auto_migrate:
-            upgrade(settings.effective_database_url)
+            upgrade(settings.database_url)
         # Checked here: raised inside the lifespan, uvicorn would print a traceback and exit 3.
         try:
             asyncio.run(preflight(settings))
@@ -70,7 +75,7 @@ def serve(host: HostOpt = None, port: PortOpt = None, workers: WorkersOpt = None
         fail(str(e))
     if settings.zero_config:
         key = _ensure_demo_key(settings)
-        _print_banner(settings, key, resolved.admin_token)
+        _print_banner(settings, key, resolved.admin_token, ledger)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -114,6 +119,7 @@ def _serve_workers(settings: Settings, options: dict[str, Any]) -> None:
     os.environ["GATEWAY_HOST"] = settings.host
     os.environ["GATEWAY_PORT"] = str(settings.port)
     os.environ["GATEWAY_WORKERS"] = str(settings.workers)
+    os.environ["GATEWAY_DATABASE_URL"] = settings.database_url  # the embedded server's too: this process runs it
     # Every worker writes its metrics under one fresh directory, which /metrics sums (app/core/metrics.py); set
     # before the workers start, as prometheus-client reads it when a worker imports it.
     metrics_dir = tempfile.mkdtemp(prefix="seedream-gateway-metrics-")
@@ -157,7 +163,9 @@ def migrate() -> None:
 
     settings = settings_with()
     setup_logging(settings.log_level, settings.log_format)
-    upgrade(settings.effective_database_url)
+    # The embedded database is migrated here below, not also on its way (auto_migrate off).
+    settings = with_database(settings.model_copy(update={"auto_migrate": False}))
+    upgrade(settings.database_url)
     typer.echo("migrated to head")
 
 
@@ -176,11 +184,19 @@ def _ensure_demo_key(settings: Settings) -> str:
     return key
 
 
-def _print_banner(settings: Settings, key: str, admin_token: str) -> None:
+def _ledger(settings: Settings) -> str:
+    """Where the ledger is, for the banner: the embedded PostgreSQL's data folder, or the configured database."""
+    if not settings.database_url:
+        return f"the embedded PostgreSQL under {settings.data_dir / embedded.PGDATA}"
+    url = make_url(settings.database_url)
+    return f"PostgreSQL database {url.database} on {url.host or 'a local socket'}"
+
+
+def _print_banner(settings: Settings, key: str, admin_token: str, ledger: str) -> None:
     base = f"http://{local_host_for(settings.host)}:{settings.port}"
     print(
         f"""
-Seedream Gateway (zero-config demo: SQLite at {settings.effective_database_url.split("///")[-1]}, built-in sandbox)
+Seedream Gateway (zero-config demo: built-in sandbox upstream, ledger in {ledger})
   API docs:     {base}/docs
   Tenant key:   {key}
   Admin token:  {admin_token}

@@ -1,4 +1,4 @@
-"""The public contract through the ASGI app, against the in-process sandbox, on SQLite and PostgreSQL."""
+"""The public contract through the ASGI app, against the in-process sandbox."""
 
 from __future__ import annotations
 

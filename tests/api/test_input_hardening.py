@@ -1,7 +1,7 @@
-"""Inputs the databases disagree on, bodies without a length, and uploads that are no image: on SQLite and PostgreSQL.
+"""Inputs PostgreSQL refuses, bodies without a length, and uploads that are no image.
 
-Before: a NUL in a stored field was 200 on SQLite and 500 on PostgreSQL (which refuses NUL in text), `%00` as a task
-id was 500 on PostgreSQL, a chunked 2 MB body was 400 instead of 413, and HTML declared as image/png went upstream.
+Before: a NUL in a stored field was 500 (PostgreSQL refuses NUL in text), `%00` as a task id was 500, a chunked
+2 MB body was 400 instead of 413, and HTML declared as image/png went upstream.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The task event stream (`GET /v1/images/generations/{id}/events`) and CORS, in process, on SQLite and PostgreSQL.
+"""The task event stream (`GET /v1/images/generations/{id}/events`) and CORS, in process.
 
 httpx's ASGI transport hands a response over only once it is complete, so streams are read here through a small
 ASGI driver (`AsgiStream`) that sees each chunk as the app sends it and can hang up like a browser does. The fake

@@ -1,4 +1,4 @@
-"""The task lifecycle (issue 9) in-process, on SQLite and PostgreSQL: idempotent submits, tasks that wait for the
+"""The task lifecycle (issue 9) in-process: idempotent submits, tasks that wait for the
 upstream and are sent later by the reconciler (once, whatever the replicas), and their deadlines."""
 
 from __future__ import annotations

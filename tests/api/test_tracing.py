@@ -217,8 +217,8 @@ async def test_a_status_call_answered_before_routing_gets_its_server_span(
     assert trace_of(spans, fast) == [fast]  # answered from memory: no statement, no upstream call
 
 
-async def test_the_provider_is_flushed_and_the_instrumentation_removed_at_shutdown(sqlite_database: str) -> None:
-    async with traced_gateway(sqlite_database) as (gw, exporter):
+async def test_the_provider_is_flushed_and_the_instrumentation_removed_at_shutdown(database_url: str) -> None:
+    async with traced_gateway(database_url) as (gw, exporter):
         engine = gw.kernel.engine.sync_engine
         await gw.client.get("/admin/v1/tenants", headers=ADMIN)
     assert server_spans(exporter.get_finished_spans(), "GET /admin/v1/tenants")
@@ -261,7 +261,7 @@ from app.core.tracing import RequestIdOnSpan
 from app.main import create_app
 from tests.fixtures.gateway import test_settings
 
-app = create_app(test_settings("sqlite+aiosqlite:///never-opened.db"))
+app = create_app(test_settings("postgresql+asyncpg://never-connected@127.0.0.1:9/none"))
 assert app.state.tracing is None
 assert RequestIdOnSpan not in [m.cls for m in app.user_middleware]
 stack, layers = app.build_middleware_stack(), []

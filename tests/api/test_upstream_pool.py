@@ -1,4 +1,4 @@
-"""The upstream key pool through the ASGI app, against the in-process sandbox, on SQLite and PostgreSQL.
+"""The upstream key pool through the ASGI app, against the in-process sandbox.
 
 Two upstream keys are configured. The sandbox refuses a key with its own `accepted_keys`, and answers 429 to one
 key's creates through its own `X-Sandbox-Fault` header, added by a small wrapper in front of it (`PerKeyFaults`):

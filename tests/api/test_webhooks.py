@@ -1,4 +1,4 @@
-"""Webhooks through the ASGI app, on SQLite and PostgreSQL, to a real HTTP receiver on 127.0.0.1.
+"""Webhooks through the ASGI app, to a real HTTP receiver on 127.0.0.1.
 
 Signatures are checked with hmac + hashlib written in tests/fixtures/webhook_receiver.py, never the gateway's own
 signer. Retry times come from the fake clock (advanced, then the deliverer woken), so no test sleeps for them.

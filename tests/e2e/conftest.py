@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from tests.fixtures.databases import create_postgres_database, drop_postgres_database, truncate_all
 from tests.support.processes import (
@@ -354,14 +353,9 @@ def start_gateways(processes: Processes, env: dict[str, str], names: list[str]) 
 
 
 @pytest.fixture
-def fresh_database_url(database_url: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A new, unmigrated, empty database of the same kind as `database_url` (to exercise `migrate`)."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite+aiosqlite:///{(tmp_path / 'fresh.db').as_posix()}"
-        return
-    server_url: str = request.getfixturevalue("postgres_server")
-    url = create_postgres_database(server_url, prefix="gw_e2e")
-    assert make_url(url).database != make_url(database_url).database
+def fresh_database_url(postgres_server: str) -> Iterator[str]:
+    """A new, unmigrated, empty database (to exercise `migrate`)."""
+    url = create_postgres_database(postgres_server, prefix="gw_e2e")
     try:
         yield url
     finally:
@@ -370,13 +364,6 @@ def fresh_database_url(database_url: str, request: pytest.FixtureRequest, tmp_pa
 
 @pytest.fixture
 def clean_postgres(postgres_database: str) -> str:
-    """The worker's PostgreSQL database, emptied, for tests that need exactly that kind."""
+    """The worker's database, emptied."""
     truncate_all(postgres_database)
     return postgres_database
-
-
-@pytest.fixture
-def clean_sqlite(sqlite_database: str) -> str:
-    """The worker's SQLite database, emptied."""
-    truncate_all(sqlite_database)
-    return sqlite_database

@@ -31,9 +31,9 @@ async def _until_nothing_in_flight(
 
 
 async def test_unpolled_task_settles_in_the_background(
-    clean_sqlite: str, sandbox: Sandbox, processes: Processes
+    clean_postgres: str, sandbox: Sandbox, processes: Processes
 ) -> None:
-    env = gateway_env(clean_sqlite, sandbox.url, GATEWAY_POLL_INTERVAL_S="0.3")
+    env = gateway_env(clean_postgres, sandbox.url, GATEWAY_POLL_INTERVAL_S="0.3")
     pending = processes.spawn_tenant(f"unpolled-{time.monotonic_ns()}", env)
     gateway = start_gateway(processes, env)
     tenant = gateway.tenant(pending)
@@ -51,12 +51,12 @@ async def test_unpolled_task_settles_in_the_background(
 
 
 async def test_a_gateway_killed_mid_submit_never_refunds_silently(
-    clean_sqlite: str, sandbox: Sandbox, processes: Processes
+    clean_postgres: str, sandbox: Sandbox, processes: Processes
 ) -> None:
     # The doomed replica waits long for the upstream (it must still be waiting when it is killed, however slow the
     # machine).
     survivor_env = gateway_env(
-        clean_sqlite,
+        clean_postgres,
         sandbox.url,
         GATEWAY_POLL_INTERVAL_S="0.3",
         GATEWAY_UPSTREAM_TIMEOUT_S="1",

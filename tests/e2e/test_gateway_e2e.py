@@ -246,9 +246,21 @@ async def test_many_pollers_one_upstream_call(database_url: str, processes: Proc
 # --- 4. zero-config demo ------------------------------------------------------------------------------------
 
 
+def zero_config_env(tmp_path: Path) -> dict[str, str]:
+    return base_env(GATEWAY_DATA_DIR=str(tmp_path / "data"))
+
+
+def embedded_server_runs(tmp_path: Path) -> bool:
+    return (tmp_path / "data" / "postgres" / "postmaster.pid").exists()
+
+
+def sqlite_files(tmp_path: Path) -> list[Path]:
+    return [path for path in tmp_path.rglob("*") if path.suffix in (".db", ".sqlite", ".sqlite3")]
+
+
 def start_zero_config(processes: Processes, tmp_path: Path, port: int) -> tuple[Process, str, str]:
     """`serve --port P` with only GATEWAY_DATA_DIR set; the banner's tenant key and curl line."""
-    env = base_env(GATEWAY_DATA_DIR=str(tmp_path / "data"))
+    env = zero_config_env(tmp_path)
     process = processes.start(
         ["serve", "--port", str(port)],
         env,
@@ -270,7 +282,10 @@ async def test_zero_config_demo(processes: Processes, tmp_path: Path) -> None:
     base = f"http://{HOST}:{port}"
     assert f"{base}/v1/images/generations" in curl, curl
     assert key in curl, curl
-    assert (tmp_path / "data" / "gateway.db").exists()
+    assert "starting the embedded PostgreSQL under" in process.log(), process.tail()
+    assert oct((tmp_path / "data").stat().st_mode & 0o777) in ("0o700", "0o711"), "0711 as root: see embedded.py"
+    assert embedded_server_runs(tmp_path)
+    assert not sqlite_files(tmp_path)
 
     demo = Tenant(id="", name="demo", key=key)
     async with http_client() as client:
@@ -289,6 +304,7 @@ async def test_zero_config_demo(processes: Processes, tmp_path: Path) -> None:
 
     # A restart keeps the ledger and prints the same key, which still works.
     processes.close()
+    assert not embedded_server_runs(tmp_path), "serve stops the embedded PostgreSQL it started when SIGTERM ends it"
     port = free_port()
     _, again, curl = start_zero_config(processes, tmp_path, port)
     assert again == key
@@ -297,6 +313,24 @@ async def test_zero_config_demo(processes: Processes, tmp_path: Path) -> None:
         response = await client.get(f"http://{HOST}:{port}/v1/images/generations/{task_id}", headers=demo.headers)
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "completed"
+
+    # The CLI finds the ledger of the running `serve` through the data folder: its tenant works there at once.
+    made = processes.run(["tenants", "create", "made-by-the-cli", "--json"], zero_config_env(tmp_path))
+    assert made.returncode == 0, made.stderr
+    assert "starting the embedded PostgreSQL" not in made.stderr, made.stderr
+    cli_tenant = Tenant(id="", name="made-by-the-cli", key=made.json()["key"])
+    async with http_client() as client:
+        response = await client.get(f"http://{HOST}:{port}/v1/usage", headers=cli_tenant.headers)
+        assert response.status_code == 200, response.text
+
+    # Without `serve`, each command starts the server and stops it when it ends.
+    processes.close()
+    for _ in range(2):
+        listed = processes.run(["tenants", "list"], zero_config_env(tmp_path))
+        assert listed.returncode == 0, listed.stderr
+        assert "made-by-the-cli" in listed.stdout and "demo" in listed.stdout, listed.stdout
+        assert "starting the embedded PostgreSQL" in listed.stderr, listed.stderr
+        assert not embedded_server_runs(tmp_path)
 
 
 # --- 5. refusal ---------------------------------------------------------------------------------------------
@@ -331,14 +365,13 @@ def test_serve_refuses_unmigrated_database(postgres_server: str, processes: Proc
     assert len(lines) == 1 and lines[0].startswith("seedream-gateway:"), result.stderr[-3000:]
 
 
-def test_serve_refuses_a_changed_secret_key(tmp_path: Path, sandbox: Sandbox, processes: Processes) -> None:
-    url = f"sqlite+aiosqlite:///{(tmp_path / 'rotated.db').as_posix()}"
-    env = gateway_env(url, sandbox.url)
+def test_serve_refuses_a_changed_secret_key(fresh_database_url: str, sandbox: Sandbox, processes: Processes) -> None:
+    env = gateway_env(fresh_database_url, sandbox.url)
     assert processes.run(["migrate"], env).returncode == 0
     start_gateway(processes, env).process.stop()  # stores the upstream key, encrypted with the first secret
     changed = {**env, "GATEWAY_SECRET_KEY": "another-secret-key-0123456789abcdef"}
     result = processes.run(["serve", "--host", HOST, "--port", str(free_port())], changed, timeout_s=15)
     assert result.returncode == 2, result
-    last = result.stderr.strip().splitlines()[-1]  # after the (SQLite auto-)migration's log lines
+    last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("seedream-gateway:") and "GATEWAY_SECRET_KEY" in last, result.stderr[-3000:]
     assert "Traceback" not in result.stderr

@@ -121,13 +121,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
 
 
 async def test_redis_cut_fails_open_and_limits_come_back(
-    clean_sqlite: str, sandbox: Sandbox, processes: Processes, redis_url: str | None
+    clean_postgres: str, sandbox: Sandbox, processes: Processes, redis_url: str | None
 ) -> None:
     if redis_url is None:
         pytest.xfail(NO_REDIS)
     limit = 3
     with TcpProxy.for_url(redis_url) as proxy:
-        env = gateway_env(clean_sqlite, sandbox.url, GATEWAY_REDIS_URL=proxy.url_for(redis_url))
+        env = gateway_env(clean_postgres, sandbox.url, GATEWAY_REDIS_URL=proxy.url_for(redis_url))
         pending = processes.spawn_tenant(f"redis-outage-{time.monotonic_ns()}", env)
         gateway = start_gateway(processes, env)
         tenant = gateway.tenant(pending)

@@ -24,7 +24,6 @@ from tests.e2e.conftest import (
     Tenant,
     gateway_env,
     http_client,
-    start_gateway,
     start_gateways,
 )
 
@@ -138,9 +137,3 @@ async def test_two_replicas_on_postgres_never_overdraw(
     env = gateway_env(clean_postgres, sandbox.url, GATEWAY_DB_POOL_SIZE="15")
     pending = processes.spawn(RACER, env)
     await _prove(start_gateways(processes, env, ["replica-a", "replica-b"]), sandbox, pending)
-
-
-async def test_one_process_on_sqlite_never_overdraws(clean_sqlite: str, sandbox: Sandbox, processes: Processes) -> None:
-    env = gateway_env(clean_sqlite, sandbox.url)
-    pending = processes.spawn(RACER, env)
-    await _prove([start_gateway(processes, env)], sandbox, pending)

@@ -1,4 +1,4 @@
-"""`serve --workers 2` as ops run it: one real process group, on PostgreSQL and on SQLite (README: both allowed).
+"""`serve --workers 2` as ops run it: one real process group.
 
 The parent answers on its port through two worker processes (its children), serves a tenant's submit and status
 (the tenant made by the CLI, the task settled through whichever worker the kernel hands each connection), and on
@@ -101,7 +101,6 @@ def _start(processes: Processes, env: dict[str, str]) -> Gateway:
 async def test_two_workers_serve_and_stop_on_sigterm(
     clean_postgres: str, sandbox: Sandbox, processes: Processes
 ) -> None:
-    # PostgreSQL only (the suite's time): SQLite's several workers share the same code path above the engine.
     env = gateway_env(clean_postgres, sandbox.url, GATEWAY_SHUTDOWN_GRACE_S="30")
     pending = processes.spawn_tenant("acme", env)
     gateway = _start(processes, env)

@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from tests.e2e.conftest import (
     http_client,
     start_gateway,
 )
-from tests.fixtures.databases import create_sqlite_database, migrated
+from tests.fixtures.databases import create_postgres_database, drop_postgres_database, migrated
 from tests.support.processes import Process
 
 pytestmark = pytest.mark.e2e
@@ -99,17 +99,21 @@ def _slow_tasks(sandbox: Sandbox) -> None:
 
 @pytest.fixture(scope="module")
 def shared(
-    tmp_path_factory: pytest.TempPathFactory, sandbox_process: Process, module_processes: Processes
-) -> tuple[Gateway, Tenant]:
+    postgres_server: str, sandbox_process: Process, module_processes: Processes
+) -> Iterator[tuple[Gateway, Tenant]]:
     """One gateway and one tenant for the tests that only read and refuse (a server start and a `tenants create`
     cost seconds of imports each): each of them submits its own tasks, and nothing in the background looks at a
     task (GATEWAY_POLL_INTERVAL_S=0), so they cannot see each other. Its own database, so no other test empties it
     under it."""
-    database_url = migrated(create_sqlite_database(tmp_path_factory.mktemp("events-sqlite")))
-    env = _gateway_env(database_url, Sandbox(sandbox_process))
-    pending = module_processes.spawn_tenant(f"browser-{time.monotonic_ns()}", env)
-    gateway = start_gateway(module_processes, env)
-    return gateway, gateway.tenant(pending)
+    database_url = migrated(create_postgres_database(postgres_server, prefix="gw_events"))
+    try:
+        env = _gateway_env(database_url, Sandbox(sandbox_process))
+        pending = module_processes.spawn_tenant(f"browser-{time.monotonic_ns()}", env)
+        gateway = start_gateway(module_processes, env)
+        yield gateway, gateway.tenant(pending)
+        gateway.process.stop()
+    finally:
+        drop_postgres_database(database_url)
 
 
 @pytest.fixture
@@ -128,10 +132,10 @@ def tenant(shared: tuple[Gateway, Tenant], gateway: Gateway) -> Tenant:
 
 
 @pytest.fixture
-def own_gateway(clean_sqlite: str, sandbox: Sandbox, processes: Processes) -> tuple[Gateway, Tenant]:
+def own_gateway(clean_postgres: str, sandbox: Sandbox, processes: Processes) -> tuple[Gateway, Tenant]:
     """A gateway and a tenant of the test's own, for a test that stops the gateway."""
     _slow_tasks(sandbox)
-    env = _gateway_env(clean_sqlite, sandbox)
+    env = _gateway_env(clean_postgres, sandbox)
     pending = processes.spawn_tenant(f"browser-{time.monotonic_ns()}", env)
     gateway = start_gateway(processes, env)
     return gateway, gateway.tenant(pending)

@@ -1,4 +1,4 @@
-"""The ops command line for tenants and keys, in-process (CliRunner) on a real SQLite database: tables for people,
+"""The ops command line for tenants and keys, in-process (CliRunner) on the test database: tables for people,
 `--json` for scripts, one-line errors, and an audit event with the actor "cli" for every change."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from app.cli import cli
 from app.cli.keys import parse_duration
 from app.core.clock import utcnow
 from app.core.db.engine import create_engine, create_session_factory
-from app.core.db.migrate import upgrade
 from app.core.security import KeyMaterial
 from app.tenants.service import TenantService
 
@@ -25,14 +24,12 @@ SECRET = "cli-secret-key-0123456789abcdef"
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for name in [n for n in os.environ if n.startswith("GATEWAY_")]:
         monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    url = f"sqlite+aiosqlite:///{(tmp_path / 'cli.db').as_posix()}"
-    upgrade(url)
     return {
-        "GATEWAY_DATABASE_URL": url,
+        "GATEWAY_DATABASE_URL": database_url,
         "GATEWAY_UPSTREAM_BASE_URL": "http://upstream.test",
         "GATEWAY_SECRET_KEY": SECRET,
         "GATEWAY_ADMIN_TOKEN": "cli-admin-token-0123456789",

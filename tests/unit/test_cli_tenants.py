@@ -1,4 +1,4 @@
-"""The ops command line for tenants and quota, in-process (CliRunner) on a real SQLite database."""
+"""The ops command line for tenants and quota, in-process (CliRunner) on the test database."""
 
 from __future__ import annotations
 
@@ -10,18 +10,15 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.core.db.migrate import upgrade
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for name in [n for n in os.environ if n.startswith("GATEWAY_")]:
         monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    url = f"sqlite+aiosqlite:///{(tmp_path / 'cli.db').as_posix()}"
-    upgrade(url)
     return {
-        "GATEWAY_DATABASE_URL": url,
+        "GATEWAY_DATABASE_URL": database_url,
         "GATEWAY_UPSTREAM_BASE_URL": "http://upstream.test",
         "GATEWAY_SECRET_KEY": "cli-secret-key-0123456789abcdef",
         "GATEWAY_ADMIN_TOKEN": "cli-admin-token-0123456789",

@@ -57,27 +57,19 @@ def test_upstream_keys_are_not_shown_in_repr(monkeypatch: pytest.MonkeyPatch) ->
     assert GOOD_SECRET not in shown
 
 
-def test_defaults_are_zero_config_with_sqlite_under_data_dir() -> None:
+def test_defaults_are_zero_config_with_the_embedded_postgres_under_data_dir() -> None:
     settings = Settings()
     assert settings.zero_config is True
     assert settings.data_dir == Path("data")
-    assert settings.effective_database_url == "sqlite+aiosqlite:///data/gateway.db"
-    assert settings.is_sqlite is True
+    assert settings.database_url == ""  # the commands start the embedded PostgreSQL under data/postgres
     assert settings.should_auto_migrate is True
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
 
 
-def test_sqlite_follows_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path / "ledger"))
-    settings = Settings()
-    assert settings.effective_database_url == f"sqlite+aiosqlite:///{(tmp_path / 'ledger').as_posix()}/gateway.db"
-
-
-def test_postgres_is_not_auto_migrated(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_configured_database_is_not_auto_migrated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GATEWAY_DATABASE_URL", "postgresql+asyncpg://gw@db/gw")
     settings = Settings()
-    assert settings.effective_database_url == "postgresql+asyncpg://gw@db/gw"
-    assert settings.is_sqlite is False
+    assert settings.database_url == "postgresql+asyncpg://gw@db/gw"
     assert settings.should_auto_migrate is False
 
 
@@ -250,19 +242,3 @@ def test_tenants_create_without_secret_exits_2(monkeypatch: pytest.MonkeyPatch, 
     assert result.stderr.strip().startswith("seedream-gateway: GATEWAY_SECRET_KEY")
     assert len(result.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
-
-
-def test_the_sqlite_ledger_is_readable_by_its_owner_only(tmp_path: Path) -> None:
-    """It holds key hashes and encrypted upstream keys: 0600, in a 0700 folder when the gateway creates it."""
-
-    from app.core.db.migrate import upgrade
-
-    data = tmp_path / "data"
-    upgrade(f"sqlite+aiosqlite:///{data / 'gateway.db'}")
-    assert stat.S_IMODE((data / "gateway.db").stat().st_mode) == 0o600
-    assert stat.S_IMODE(data.stat().st_mode) == 0o700
-    for extra in data.glob("gateway.db-*"):  # WAL and shared-memory files, if any are left
-        assert stat.S_IMODE(extra.stat().st_mode) & 0o077 == 0, extra
-    (data / "gateway.db").chmod(0o644)  # a file made world-readable by an older version is tightened
-    upgrade(f"sqlite+aiosqlite:///{data / 'gateway.db'}")
-    assert stat.S_IMODE((data / "gateway.db").stat().st_mode) == 0o600

@@ -429,8 +429,8 @@ async def post_to_app(**kwargs: Any) -> httpx.Response:
 
 
 # --- text that cannot be stored: C0 control characters and lone surrogates ------------------------------------
-# PostgreSQL refuses NUL in a text parameter (500 before this rule) where SQLite stored it: both now refuse it, and
-# every other C0 control character and lone surrogate, with a 400 naming the field.
+# PostgreSQL refuses NUL in a text parameter (500 before this rule): the contract now refuses it, and every other C0
+# control character and lone surrogate, with a 400 naming the field.
 
 CONTROL_CHARACTERS = ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f"]
 LONE_SURROGATES = ["\ud800", "\udfff"]

@@ -55,7 +55,7 @@ async def scratch_on(database_url: str) -> AsyncIterator[Scratch]:
 
 @pytest.fixture
 async def scratch(database_url: str) -> AsyncIterator[Scratch]:
-    """SQLite (a session: there is no direct path) and PostgreSQL (straight to asyncpg)."""
+    """Straight to asyncpg."""
     async with scratch_on(database_url) as made:
         yield made
 

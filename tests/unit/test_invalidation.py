@@ -99,19 +99,12 @@ async def test_one_failed_read_stops_trust_at_once_and_the_next_read_drops_every
     assert seen == [ALL] and reader.fresh
 
 
-def postgresql_only(database_url: str) -> None:
-    # SQLite writers take turns (BEGIN IMMEDIATE): a second one waits for the first to commit, so ids commit in order.
-    if not database_url.startswith("postgresql"):
-        pytest.skip("only PostgreSQL lets transactions commit out of id order")
-
-
 async def test_an_event_committed_after_a_later_one_arrives_however_long_its_transaction_stays_open(
-    sessions: async_sessionmaker[AsyncSession], database_url: str
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     """PostgreSQL hands out the id at insert: the revocation holds the lower id and commits after a later event was
     read. The reader re-reads the skipped id until it appears, and asks on every read here (no check delay) without
     letting it go while its transaction is still open."""
-    postgresql_only(database_url)
     reader = Invalidator(sessions, utcnow, gap_check_s=0.0)
     seen: list[str] = []
     reader.subscribe("tenant_key", seen.append)
@@ -133,11 +126,10 @@ async def test_an_event_committed_after_a_later_one_arrives_however_long_its_tra
 
 
 async def test_a_starting_reader_watches_the_ids_still_open_below_the_newest_event(
-    sessions: async_sessionmaker[AsyncSession], database_url: str
+    sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     """A replica (re)started while a change is in flight: its first read starts after the newest event, yet the
     change committed afterwards with a lower id still reaches it."""
-    postgresql_only(database_url)
     reader = Invalidator(sessions, utcnow)
     seen: list[str] = []
     reader.subscribe("tenant_key", seen.append)
@@ -163,7 +155,7 @@ async def _commit_after_skipping(sessions: async_sessionmaker[AsyncSession], ski
         now = utcnow()
         await session.execute(insert(InvalidationEvent), [{"topic": "tenant", "key": key, "created_at": now}] * skipped)
         ids = (await session.scalars(select(InvalidationEvent.id).where(InvalidationEvent.key == key))).all()
-        await record(session, "tenant", key, now=now)  # before the delete: SQLite would reuse the ids after the last
+        await record(session, "tenant", key, now=now)
         await session.execute(delete(InvalidationEvent).where(InvalidationEvent.id.in_(ids)))
     return set(ids)
 

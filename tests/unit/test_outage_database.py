@@ -7,10 +7,8 @@ import asyncio
 import datetime as dt
 import logging
 import socket
-import sqlite3
 import traceback
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -163,33 +161,6 @@ async def test_postgres_refused_missing_and_terminated_are_outages(postgres_data
     await engine.dispose()
 
     bug = await _failure(create_engine(postgres_database), "SELECT * FROM no_such_table")
-    assert not is_database_unavailable(bug)
-
-
-async def test_sqlite_unopenable_and_locked_are_outages_missing_tables_are_not(tmp_path: Path) -> None:
-    gone = tmp_path / "gone"
-    gone.mkdir()
-    url = f"sqlite+aiosqlite:///{(gone / 'gw.db').as_posix()}"
-    engine = create_engine(url)
-    (gone / "gw.db").unlink()  # the engine made the (empty, private) file and its directory;
-    gone.rmdir()  # both are gone before the first connection
-    unopenable = await _failure(engine)
-    assert is_database_unavailable(unopenable)
-    assert describe(unopenable) == "OperationalError: unable to open database file"
-
-    path = tmp_path / "locked.db"
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("CREATE TABLE t (x)")
-    holder.execute("BEGIN EXCLUSIVE")
-    try:
-        quick = create_async_engine(f"sqlite+aiosqlite:///{path.as_posix()}", connect_args={"timeout": 0.1})
-        locked = await _failure(quick, "INSERT INTO t VALUES (1)")
-    finally:
-        holder.close()
-    assert is_database_unavailable(locked)
-    assert "database is locked" in describe(locked)
-
-    bug = await _failure(create_engine(f"sqlite+aiosqlite:///{path.as_posix()}"), "SELECT * FROM no_such_table")
     assert not is_database_unavailable(bug)
 
 

@@ -1,4 +1,4 @@
-"""`seedream-gateway upstream-keys ...` in-process (CliRunner) on a real SQLite database: each command one service
+"""`seedream-gateway upstream-keys ...` in-process (CliRunner) on the test database: each command one service
 call, tables for people, --json for scripts, and never a key on the command line or in the output."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.core.db.engine import create_engine, create_session_factory
-from app.core.db.migrate import upgrade
 from app.core.security import KeyMaterial
 from app.models import AuditEvent, UpstreamKey
 
@@ -26,14 +25,12 @@ OTHER = "sk-upstream-cli-other-0123"
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for name in [n for n in os.environ if n.startswith("GATEWAY_")]:
         monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-    url = f"sqlite+aiosqlite:///{(tmp_path / 'cli.db').as_posix()}"
-    upgrade(url)
     return {
-        "GATEWAY_DATABASE_URL": url,
+        "GATEWAY_DATABASE_URL": database_url,
         "GATEWAY_UPSTREAM_BASE_URL": "http://upstream.test",
         "GATEWAY_SECRET_KEY": OLD_SECRET,
         "GATEWAY_ADMIN_TOKEN": "cli-admin-token-0123456789",

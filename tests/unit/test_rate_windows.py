@@ -1,4 +1,4 @@
-"""Rate windows in each store: the database (SQLite, PostgreSQL) and Redis, through the one service."""
+"""Rate windows in each store: the database and Redis, through the one service."""
 
 from __future__ import annotations
 

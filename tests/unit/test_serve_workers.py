@@ -18,6 +18,8 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 from uvicorn.config import STARTUP_FAILURE
 
+import app.cli.common
+import app.core.db.embedded
 import app.core.db.migrate
 import app.main
 from app.cli import cli
@@ -27,7 +29,10 @@ from app.core.metrics import MULTIPROC_ENV
 
 # What `serve` writes into os.environ for its workers: restored after each test (see `env`). The metrics directory
 # too: left behind, it would point the subprocesses of later tests at a directory `serve` has removed.
-WRITTEN = ("GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_WORKERS", MULTIPROC_ENV)
+WRITTEN = ("GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_WORKERS", "GATEWAY_DATABASE_URL", MULTIPROC_ENV)
+
+
+NEVER_CONNECTED = "postgresql+asyncpg://gw@127.0.0.1:9/never"
 
 
 class Recorder:
@@ -62,7 +67,8 @@ class Recorder:
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str | None]:
-    """A configured gateway (external upstream, real secrets, a SQLite file) for CliRunner, serving stubbed."""
+    """A configured gateway (external upstream, real secrets, a database never connected to) for CliRunner, serving
+    stubbed."""
     for name in [n for n in os.environ if n.startswith("GATEWAY_")]:
         monkeypatch.delenv(name)
     for name in WRITTEN:  # monkeypatch restores these (absent) at the end, whatever `serve` wrote
@@ -76,12 +82,12 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str | None
     monkeypatch.setattr(app.main, "preflight", no_preflight)
     monkeypatch.setattr(app.core.db.migrate, "upgrade", lambda url: None)
     return {
-        "GATEWAY_DATABASE_URL": f"sqlite+aiosqlite:///{(tmp_path / 'gw.db').as_posix()}",
         "GATEWAY_UPSTREAM_BASE_URL": "http://upstream.test",
         "GATEWAY_SECRET_KEY": "workers-secret-key-0123456789abcdef",
         "GATEWAY_ADMIN_TOKEN": "workers-admin-token-0123456789",
         # CliRunner restores what it sets: these come back as they were after each invoke.
         **dict.fromkeys(WRITTEN),
+        "GATEWAY_DATABASE_URL": NEVER_CONNECTED,
     }
 
 
@@ -158,6 +164,26 @@ def test_the_command_line_wins_and_reaches_the_workers_environment(
     # A spawned worker builds Settings() from the environment it inherits: the parent's, as it was at run().
     seen = recorder.environ_at_run
     assert (seen["GATEWAY_HOST"], seen["GATEWAY_PORT"], seen["GATEWAY_WORKERS"]) == ("0.0.0.0", "9124", "2")
+    assert seen["GATEWAY_DATABASE_URL"] == NEVER_CONNECTED
+
+
+def test_the_workers_use_the_embedded_postgresql_the_parent_runs(
+    env: dict[str, str | None], recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    embedded_url = "postgresql+asyncpg://postgres@/gateway?host=/somewhere/data/postgres"
+    started: list[Path] = []
+    migrated: list[str] = []
+
+    def start(data_dir: Path, progress: Any) -> str:
+        started.append(data_dir)
+        return embedded_url
+
+    monkeypatch.setattr(app.core.db.embedded, "start", start)
+    monkeypatch.setattr(app.cli.common, "upgrade", migrated.append)
+    code, err = serve({**env, "GATEWAY_DATABASE_URL": None}, "--workers", "2")
+    assert code == 0, err
+    assert started == [Path("data")] and migrated == [embedded_url]  # once, by the parent
+    assert recorder.environ_at_run["GATEWAY_DATABASE_URL"] == embedded_url
 
 
 def test_the_factory_builds_the_app_from_the_environment(
