@@ -144,9 +144,12 @@ class BodySizeLimit:
         if scope["method"] == "POST" and is_upload_route(scope):  # read by the route, once it knows who calls
             await self.app(scope, receive, send)
             return
+        declared = _declared_length(scope)
+        if declared == 0:  # no body at all (a GET, say): nothing to bound, nothing to wait for
+            await self.app(scope, receive, send)
+            return
         upload = scope["path"] in self.upload_paths  # answered in the upload envelope, as upstream
         limit = UPLOAD_BODY_LIMIT if upload else self.max_body_bytes
-        declared = _content_length(scope)
         if declared is not None and declared > limit:
             await too_large(send, limit, upload=upload)
             return
@@ -170,11 +173,16 @@ def is_upload_route(scope: Scope) -> bool:
     return (path[len(root) :] if root and path.startswith(root) else path) == UPLOAD_PATH
 
 
-def _content_length(scope: Scope) -> int | None:
+def _declared_length(scope: Scope) -> int | None:
+    """The body's declared length: Content-Length; None for a chunked body (or a length that is no number); 0 when
+    the request declares neither, as HTTP/1.1 then has no body."""
+    length: int | None = 0
     for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit():
-            return int(value)
-    return None
+        if name == b"content-length":
+            length = int(value) if value.isdigit() else None
+        elif name == b"transfer-encoding":
+            return None
+    return length
 
 
 def replay(message: Message, receive: Receive) -> Receive:

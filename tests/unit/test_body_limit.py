@@ -97,8 +97,12 @@ class Client:
         return json.loads(b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body"))
 
 
+CHUNKED = [(b"transfer-encoding", b"chunked")]
+
+
 def http(path: str, method: str = "POST", headers: list[tuple[bytes, bytes]] | None = None, **extra: Any) -> Scope:
-    return {"type": "http", "method": method, "path": path, "root_path": "", "headers": headers or [], **extra}
+    """A request with a body: chunked unless `headers` say otherwise."""
+    return {"type": "http", "method": method, "path": path, "root_path": "", "headers": headers or CHUNKED, **extra}
 
 
 async def call(middleware: BodySizeLimit, scope: Scope, client: Client) -> None:
@@ -123,6 +127,23 @@ async def test_chunks_over_the_limit_are_413_before_the_app_runs_and_unread_beyo
     await call(middleware, http("/v1/images/generations"), client)
     assert client.status == 413 and client.json["error"]["code"] == "invalid_request"
     assert app.entered == 0 and client.reads == 2
+
+
+async def test_a_request_without_a_body_goes_on_unread_and_unwrapped() -> None:
+    seen: list[Receive] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(receive)
+
+    client = Client([b""])
+    await BodySizeLimit(app, max_body_bytes=10)(
+        http("/v1/usage", "GET", [(b"accept", b"*/*")]), client.receive, client.send
+    )
+    assert seen == [client.receive] and client.reads == 0
+    await BodySizeLimit(app, max_body_bytes=10)(
+        http("/x", headers=[(b"content-length", b"0")]), client.receive, client.send
+    )
+    assert seen[-1] == client.receive
 
 
 async def test_a_declared_length_over_the_limit_is_413_without_reading() -> None:
