@@ -12,8 +12,7 @@ commits, so a reader can see id 12 while id 11's transaction is still open (wait
 later. An id skipped that way (a gap) is remembered and read again, in the same statement as the new events, until it
 appears or until no transaction that could still commit it is running: PostgreSQL's snapshot says so exactly
 (`pg_snapshot_xmin`: every transaction older than it has ended), so a gap is let go only when its id was rolled back,
-never because its transaction took long. On SQLite writers take turns (BEGIN IMMEDIATE), so ids commit in order and
-a gap (a deleted row) never fills.
+never because its transaction took long.
 """
 
 from __future__ import annotations
@@ -27,12 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import delete, func, insert, or_, select, text
+from sqlalchemy import delete, insert, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.background import cancel_and_wait
 from app.core.clock import Clock
-from app.core.db.dialect import is_postgresql
 from app.core.db.engine import reads_only
 from app.models import InvalidationEvent
 
@@ -76,9 +74,8 @@ class _Gap:
     """An id skipped by a read: its transaction may still commit."""
 
     check_at: float  # time.monotonic() from which to ask whether its transaction may still be running
-    # PostgreSQL: the first transaction id not yet started just after the gap was seen (its transaction's is lower);
-    # None on SQLite, where a gap never fills.
-    horizon: int | None
+    # The first transaction id not yet started just after the gap was seen (its transaction's is lower).
+    horizon: int
 
 
 class Invalidator:
@@ -161,10 +158,8 @@ class Invalidator:
     async def _start(self, session: AsyncSession) -> None:
         """Start after the newest id handed out; the ids missing just below it may belong to transactions still open
         (their events are read when they commit)."""
-        if is_postgresql(session):  # the sequence's: the newest event may not be committed, or the table empty
-            newest = await session.scalar(_NEWEST_ID, {"table": InvalidationEvent.__tablename__}) or 0
-        else:  # writers take turns: the newest row's
-            newest = await session.scalar(select(func.max(InvalidationEvent.id))) or 0
+        # The sequence's: the newest event may not be committed yet, or the table be empty.
+        newest = await session.scalar(_NEWEST_ID, {"table": InvalidationEvent.__tablename__}) or 0
         window = range(max(newest - START_WINDOW + 1, 1), newest + 1)
         stmt = select(InvalidationEvent.id).where(InvalidationEvent.id.between(window.start, window.stop - 1))
         present = set((await session.scalars(stmt)).all())
@@ -212,11 +207,11 @@ class Invalidator:
         due = [event_id for event_id, gap in self._gaps.items() if gap.check_at <= now]
         if not due:
             return []
-        oldest_running = await session.scalar(_OLDEST_RUNNING) if is_postgresql(session) else None
+        oldest_running = await session.scalar(_OLDEST_RUNNING)
         settled = []
         for event_id in due:
             gap = self._gaps[event_id]
-            if gap.horizon is None or (oldest_running is not None and oldest_running >= gap.horizon):
+            if oldest_running >= gap.horizon:
                 settled.append(event_id)
             else:
                 gap.check_at = now + self._gap_check_s
@@ -228,7 +223,7 @@ class Invalidator:
             return
         # Asked after the read that skipped them, so their transactions already hold transaction ids below it: each
         # change writes its own row before its event (and an INSERT takes its transaction id as it takes its row id).
-        horizon = await session.scalar(_NOT_YET_STARTED) if is_postgresql(session) else None
+        horizon = await session.scalar(_NOT_YET_STARTED)
         check_at = time.monotonic() + self._gap_check_s
         for event_id in skipped:
             self._gaps[event_id] = _Gap(check_at, horizon)
@@ -236,13 +231,8 @@ class Invalidator:
     async def prune(self) -> None:
         """Forget events older than any replica can still need."""
         async with self._sessions.begin() as session:
-            # The newest event stays: SQLite numbers a new row after the highest one left, and would reuse ids
-            # readers have already passed.
-            newest = select(func.max(InvalidationEvent.id)).scalar_subquery()
             await session.execute(
-                delete(InvalidationEvent).where(
-                    InvalidationEvent.created_at < self._clock() - KEEP_EVENTS, InvalidationEvent.id < newest
-                )
+                delete(InvalidationEvent).where(InvalidationEvent.created_at < self._clock() - KEEP_EVENTS)
             )
 
     def start(self) -> None:

@@ -8,7 +8,8 @@ the configurations so that drift of the machine hits all of them alike; one gate
 for its turn in each round), so that only its connection pool is open on the server, and with its background poller
 off (GATEWAY_POLL_INTERVAL_S=0). The CPU time of the gateway and of PostgreSQL is read from /proc around every
 measured chunk, and lock waits are sampled from pg_stat_activity. Then the database work of a submit is timed on
-its own, in-process through the app's own code (`services.quotas.reserve` and the rest), without HTTP.
+its own, in-process through the app's own code (the admission statement of app/tasks/admission.py and the rest),
+without HTTP.
 
     .venv/bin/python bench/submit_quota.py [--requests N] [--concurrency 1,32] [--database-url URL]
                                            [--redis-url URL] [--out bench/RESULTS.md]
@@ -481,9 +482,8 @@ async def run_http(
 MICRO_LABELS = {
     "checkout": "connection checkout, as configured (pool_pre_ping=True)",
     "checkout_noping": "connection checkout without pre-ping (for comparison)",
-    "insert": "task insert transaction (quotas off)",
-    "reserve_tx": "task insert + quotas.reserve transaction (quotas on)",
-    "reserve": "quotas.reserve alone (inside the above)",
+    "insert": "task admission statement, quotas off (the row and the key's slot)",
+    "reserve_tx": "task admission statement, quotas on (the row, the reservation and the key's slot)",
     "window_pg": "rate window hit, PostgreSQL (own transaction)",
     "window_redis": "rate window hit, Redis (one script call)",
 }
@@ -492,35 +492,29 @@ MICRO_LABELS = {
 @dataclass
 class Micro:
     times: dict[str, list[float]]  # seconds per call, by MICRO_LABELS key
-    reserve_statements: Counter[int]  # SQL statements sent by one quotas.reserve call -> number of such calls
 
 
 async def run_micro(database_url: str, redis_url: str | None, iterations: int) -> Micro:
     """Time, one call at a time, the transactions of a submit through the app's own code."""
-    from sqlalchemy import event
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from app.contract import GenerationRequest, TaskStatus
     from app.core.clock import utcnow
+    from app.core.db.direct import Statements
     from app.core.db.engine import create_engine, create_session_factory
     from app.core.ids import new_id
     from app.core.security import KeyMaterial
     from app.models.task import Task
     from app.quotas import service as quotas
     from app.quotas.rate_limits import WINDOW_S, RedisWindowStore, SqlWindowStore
-    from app.tasks import repository as task_repo
+    from app.tasks import admission
     from app.tenants.service import TenantService
     from app.upstream.pool import UpstreamKeyPool
 
     engine = create_engine(database_url, pool_size=2)  # the app's engine settings, pre-ping included
     no_ping = create_async_engine(database_url, pool_size=2, max_overflow=0, pool_pre_ping=False)
     sessions = create_session_factory(engine)
-    executed = [0]  # statements sent on the app's engine so far
-
-    @event.listens_for(engine.sync_engine, "before_cursor_execute")
-    def _count(*_: Any) -> None:
-        executed[0] += 1
-
+    statements = Statements(engine, sessions)
     keys = KeyMaterial(secrets.token_urlsafe(32))
     pool = UpstreamKeyPool(sessions, keys, utcnow)
     limits = {"daily_images": HIGH, "monthly_images": HIGH, "max_in_flight": HIGH, "submit_rpm": HIGH}
@@ -530,7 +524,7 @@ async def run_micro(database_url: str, redis_url: str | None, iterations: int) -
     body = GenerationRequest.model_validate({"prompt": "bench", "n": 1}).to_upstream()
     sql_windows = SqlWindowStore(sessions)
     redis_windows = RedisWindowStore(redis.asyncio.from_url(redis_url)) if redis_url else None
-    micro = Micro({key: [] for key in MICRO_LABELS}, Counter())
+    micro = Micro({key: [] for key in MICRO_LABELS})
     recording = False
 
     def record(key: str, seconds: float) -> None:
@@ -565,25 +559,25 @@ async def run_micro(database_url: str, redis_url: str | None, iterations: int) -
             pass
         record("checkout_noping", time.perf_counter() - start)
 
+    async def admit(task: Task, with_quota: bool) -> None:
+        # What TaskService.submit sends: the row, its reservation (quotas on) and its slot on the key, one statement.
+        reservation = quotas.reservation(tenant, task.id, 1, task.created_at) if with_quota else None
+        later = task.created_at + dt.timedelta(minutes=1)
+        assert await admission.admit(
+            statements, task, reservation, upstream_key_id, check_sent=later, check_waiting=later
+        )
+
     async def insert_only() -> None:
         task = new_task()
         start = time.perf_counter()
-        async with sessions.begin() as session:
-            await task_repo.insert(session, task)
+        await admit(task, with_quota=False)
         record("insert", time.perf_counter() - start)
 
     async def insert_and_reserve() -> None:
-        # What TaskService.submit does with quotas on: the task row and its reservation in one transaction.
         task = new_task()
         start = time.perf_counter()
-        async with sessions.begin() as session:
-            await task_repo.insert(session, task)
-            before, sent = time.perf_counter(), executed[0]
-            await quotas.reserve(session, tenant, task.id, 1, task.created_at)
-            reserved = time.perf_counter() - before
-            micro.reserve_statements[executed[0] - sent] += 1
+        await admit(task, with_quota=True)
         record("reserve_tx", time.perf_counter() - start)
-        record("reserve", reserved)
 
     def window() -> int:
         return int(time.time()) // WINDOW_S * WINDOW_S
@@ -1002,15 +996,9 @@ class Report:
         lines.append("")
         if "reserve_tx" in p50 and "insert" in p50:
             lines.append(
-                f"- Quotas add {ms(p50['reserve_tx'] - p50['insert'], signed=True)} ms to the submit transaction "
-                "at p50 (insert + reserve minus insert alone)."
+                f"- Quotas add {ms(p50['reserve_tx'] - p50['insert'], signed=True)} ms to the admission statement "
+                "at p50 (quotas on minus quotas off)."
             )
-        if micro.reserve_statements:
-            counts = ", ".join(
-                f"{n} statement{'s' if n != 1 else ''} in {seen} calls"
-                for n, seen in sorted(micro.reserve_statements.items())
-            )
-            lines.append(f"- SQL sent by `quotas.reserve` (counted on the engine, warm-up included): {counts}.")
         if "checkout" in p50 and "checkout_noping" in p50:
             lines.append(
                 f"- The pre-ping adds {ms(p50['checkout'] - p50['checkout_noping'], signed=True)} ms to every "

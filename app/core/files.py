@@ -14,12 +14,3 @@ def write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.replace(tmp, path)
-
-
-def ensure_private_file(path: Path) -> None:
-    """Create `path` (and its missing folders, 0700) with mode 0600 if it does not exist; make it 0600 if it does."""
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db.base import Base, UTCDateTime
@@ -15,7 +15,7 @@ class AuditEvent(Base):
     __tablename__ = "audit_events"
     __table_args__ = (Index("ix_audit_events_created_at", "created_at"),)
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     actor: Mapped[str] = mapped_column(String(64))  # "admin-token", "cli", ...
     action: Mapped[str] = mapped_column(String(64))  # "tenant.create", "key.rotate", "upstream_key.drain", ...

@@ -1,17 +1,19 @@
-"""SQL for quota counters, quota entries and rate windows. Each change is one conditional statement."""
+"""SQL for quota counters, quota entries and rate windows. Each change is one conditional statement.
+
+The reservation (RESERVE_*_SQL) and the settle (`settle_ctes`) are parts of the statements that admit a task and end
+it (app/tasks/admission.py, app/tasks/ending.py): the one place each rule is written, and the one path that runs it.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import BigInteger, Integer, Table, bindparam, case, delete, func, select, text, update
+from sqlalchemy import BigInteger, Integer, bindparam, case, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.db.base import UTCDateTime
-from app.core.db.dialect import insert_for, is_postgresql
 from app.models import QuotaCounter, QuotaEntry, RateWindow
 from app.models.quota import INFLIGHT_PERIOD
 
@@ -21,7 +23,7 @@ RESERVE_ENTRY_SQL = """
     ON CONFLICT (task_id, kind) DO NOTHING
 """
 # All three counters in one upsert; a row whose new amount would pass its limit (NULL = unlimited) is left alone
-# and missing from RETURNING. Rows lock in VALUES order (day, month, in flight), the order `settle` uses too.
+# and missing from RETURNING. Rows lock in VALUES order (day, month, in flight), the order `settle_ctes` uses too.
 RESERVE_COUNTERS_SQL = """
     INSERT INTO quota_counters AS c (tenant_id, period, amount)
     VALUES (:tenant_id, :day_period, :n), (:tenant_id, :month_period, :n), (:tenant_id, :inflight_period, 1)
@@ -38,14 +40,6 @@ RESERVE_PARAMS = (
     bindparam("month_limit", type_=Integer),
     bindparam("inflight_limit", type_=Integer),
 )
-# Built once: on the submit path the statement's construction costs as much as its round trip.
-_RESERVE_POSTGRES = text(f"WITH entry AS ({RESERVE_ENTRY_SQL}) {RESERVE_COUNTERS_SQL}").bindparams(
-    *RESERVE_PARAMS, bindparam("created_at", type_=UTCDateTime())
-)
-_RESERVE_ENTRY = text(RESERVE_ENTRY_SQL).bindparams(
-    bindparam("n", type_=Integer), bindparam("created_at", type_=UTCDateTime())
-)
-_RESERVE_COUNTERS = text(RESERVE_COUNTERS_SQL).bindparams(*RESERVE_PARAMS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,22 +80,7 @@ class Reservation:
         }
 
 
-async def reserve(session: AsyncSession, r: Reservation) -> set[str]:
-    """Write the reserve entry and add to the day, month and in-flight counters in one go (one statement on
-    PostgreSQL, two on SQLite, which has no data-modifying CTEs); the counter periods that took the addition.
-
-    A period missing from the answer did not fit: the caller must then roll the transaction back.
-    """
-    params = r.params()
-    if is_postgresql(session):
-        result = await session.execute(_RESERVE_POSTGRES, params)
-    else:
-        await session.execute(_RESERVE_ENTRY, params)
-        result = await session.execute(_RESERVE_COUNTERS, params)
-    return {row[0] for row in result.all()}
-
-
-def settle_ctes_postgres(reserved: str) -> str:
+def settle_ctes(reserved: str) -> str:
     """The CTEs that settle a reservation, for a statement whose CTE `reserved` gives the reserve entry to settle
     (tenant_id, images, day, month, and `charged`: the images to charge): `settled` (the settle entry, once per
     task) and `locked` (the counter rows it changes), then `counted`, the counters' update. Counter rows are locked in
@@ -126,46 +105,6 @@ def settle_ctes_postgres(reserved: str) -> str:
         WHERE q.tenant_id = l.tenant_id AND q.period = l.period
         RETURNING 1
     )"""
-
-
-# Settle a task's reservation in one statement (PostgreSQL): see settle_ctes_postgres.
-_SETTLE_POSTGRES = text(
-    "WITH"
-    + settle_ctes_postgres(
-        """reserved AS (
-        SELECT tenant_id, images, day, month, CAST(:produced AS integer) AS charged
-        FROM quota_entries WHERE task_id = :task_id AND kind = 'reserve'
-    )"""
-    )
-    + " SELECT count(*) FROM counted"
-).bindparams(bindparam("produced", type_=Integer), bindparam("now", type_=UTCDateTime()))
-
-
-async def settle_postgres(session: AsyncSession, task_id: str, produced: int, now: dt.datetime) -> None:
-    """`service.settle` as one statement on PostgreSQL (a no-op when the task has no reservation or is settled)."""
-    await session.execute(_SETTLE_POSTGRES, {"task_id": task_id, "produced": produced, "now": now})
-
-
-async def subtract(session: AsyncSession, tenant_id: str, period: str, amount: int) -> None:
-    stmt = (
-        update(QuotaCounter)
-        .where(QuotaCounter.tenant_id == tenant_id, QuotaCounter.period == period)
-        .values(amount=QuotaCounter.amount - amount)
-    )
-    await session.execute(stmt)
-
-
-async def insert_entry_once(session: AsyncSession, values: dict[str, Any]) -> bool:
-    """Insert a ledger entry unless one of the same (task, kind) exists; True when this call inserted it."""
-    table = cast(Table, QuotaEntry.__table__)
-    stmt = insert_for(session, table).values(**values)
-    stmt = stmt.on_conflict_do_nothing(index_elements=[table.c.task_id, table.c.kind]).returning(table.c.id)
-    return (await session.execute(stmt)).first() is not None
-
-
-async def reserve_entry(session: AsyncSession, task_id: str) -> QuotaEntry | None:
-    stmt = select(QuotaEntry).where(QuotaEntry.task_id == task_id, QuotaEntry.kind == "reserve")
-    return (await session.execute(stmt)).scalar_one_or_none()
 
 
 async def counters(session: AsyncSession, tenant_id: str, periods: Sequence[str]) -> dict[str, int]:

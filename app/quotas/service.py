@@ -1,7 +1,9 @@
-"""Quota rules: reserve a task's images at submit, settle them when it ends, report usage and drift.
+"""Quota rules: what a task reserves at submit and why a reservation is refused; usage and drift reports.
 
-Every change to a counter is one conditional statement in the same transaction as the ledger entry it accounts
-for, and entries are unique per (task, kind): a retry, a duplicate poll or a second replica cannot apply one twice.
+The reservation and the settle are SQL (app/quotas/repository.py) run inside the statements that admit a task and
+end it (app/tasks/admission.py, app/tasks/ending.py): every change to a counter is one conditional statement with the
+ledger entry it accounts for, and entries are unique per (task, kind), so a retry, a duplicate poll or a second
+replica cannot apply one twice.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core import metrics
 from app.core.clock import Clock
-from app.core.db.dialect import is_postgresql
 from app.core.errors import InsufficientQuota, RateLimited
 from app.models import Tenant
 from app.models.quota import INFLIGHT_PERIOD
@@ -97,45 +98,6 @@ def refuse_unless_fitted(tenant: Tenant, r: repo.Reservation, fitted: set[str], 
     )
 
 
-async def reserve(session: AsyncSession, tenant: Tenant, task_id: str, n: int, now: dt.datetime) -> None:
-    """Reserve `n` images and an in-flight slot for a task about to be sent; raise (so the caller's transaction
-    rolls back, task row included) when it does not fit."""
-    r = reservation(tenant, task_id, n, now)
-    fitted = could_fit(r)
-    if len(fitted) == 3:
-        fitted = await repo.reserve(session, r)
-    refuse_unless_fitted(tenant, r, fitted, now)
-
-
-async def settle(session: AsyncSession, task_id: str, produced: int, now: dt.datetime) -> None:
-    """Charge the images produced and return the rest of the reservation; a no-op the second time."""
-    if is_postgresql(session):
-        await repo.settle_postgres(session, task_id, produced, now)
-        return
-    reservation = await repo.reserve_entry(session, task_id)
-    if reservation is None:  # submitted while quotas were switched off
-        return
-    refund = reservation.images - min(max(produced, 0), reservation.images)
-    inserted = await repo.insert_entry_once(
-        session,
-        {
-            "tenant_id": reservation.tenant_id,
-            "task_id": task_id,
-            "kind": "settle",
-            "images": -refund,
-            "day": reservation.day,
-            "month": reservation.month,
-            "created_at": now,
-        },
-    )
-    if not inserted:
-        return
-    if refund:
-        await repo.subtract(session, reservation.tenant_id, f"day:{reservation.day}", refund)
-        await repo.subtract(session, reservation.tenant_id, f"month:{reservation.month}", refund)
-    await repo.subtract(session, reservation.tenant_id, INFLIGHT_PERIOD, 1)
-
-
 @dataclass(frozen=True)
 class PeriodUsage:
     period: str
@@ -191,8 +153,8 @@ async def drift(session: AsyncSession, tenant_id: str | None = None) -> list[Dri
 
 
 class QuotaService:
-    """Usage and drift reports, each in its own read transaction (reserve and settle run inside the tasks
-    service's transactions, next to the ledger rows they account for)."""
+    """Usage and drift reports, each in its own read transaction (the reservation and the settle run inside the
+    tasks' own statements, next to the ledger rows they account for)."""
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock) -> None:
         self._sessions = sessions

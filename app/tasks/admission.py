@@ -1,4 +1,4 @@
-"""Admitting a task on PostgreSQL: its ledger row, its quota reservation and its slot on an upstream key, in one
+"""Admitting a task: its ledger row, its quota reservation and its slot on an upstream key, in one
 statement sent outside any explicit transaction (one round trip, where BEGIN, three statements and COMMIT took five).
 
 - The reservation is the quota rule's own SQL (app/quotas/repository.RESERVE_*_SQL) and the slot the pool's
@@ -11,9 +11,6 @@ statement sent outside any explicit transaction (one round trip, where BEGIN, th
   settle transaction uses, so the two cannot deadlock.
 
 The statement goes straight to the driver where it can (app/core/db/direct.py).
-
-SQLite has no data-modifying CTEs; the tasks service runs the same rules there as three statements in one
-transaction.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
-"""A task's end on PostgreSQL in one statement: the task row made terminal (unless it already is), its quota
-reservation settled, its slot on its upstream key freed, and its tenant's webhook URL read for the end's events.
+"""A task's end in one statement: the task row made terminal (unless it already is), its quota reservation settled
+(app/quotas/repository.py `settle_ctes`), its slot on its upstream key freed (app/upstream/repository.py
+`release_slot_sql`), and its tenant's webhook URL read for the end's events.
 
 Separately these were four statements, each a round trip with SQLAlchemy's work around it, and the reconciler ends
-every task. SQLite keeps the statements (app/tasks/service.py `_record`): it has no data-modifying CTEs.
+every task.
 
 Rows are locked in the order every other writer uses: the task, then the tenant's counters (in the reservation's
-order, app/quotas/repository.py), then the key's row. The key's update waits for the counters' (its condition reads
-them), because PostgreSQL runs the sub-statements of one WITH in no promised order.
+order, app/quotas/repository.py), then the key's row. The key's update waits for the counters' (the key it updates
+is read through them), because PostgreSQL runs the sub-statements of one WITH in no promised order.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.contract import OPEN_STATUSES, TaskStatus
 from app.core.db.base import UTCDateTime
 from app.models.task import Task
-from app.quotas.repository import settle_ctes_postgres
+from app.quotas.repository import settle_ctes
+from app.upstream.repository import release_slot_sql
 
 _TASKS = cast(Table, Task.__table__)
 _COLUMNS = tuple(column.name for column in _TASKS.c)
+# The ended task's key, read once the counters are updated: the key's row is locked after them.
+_ENDED_KEY_AFTER_COUNTERS = "(SELECT upstream_key_id FROM ended WHERE (SELECT count(*) FROM counted) >= 0)"
 
 
 @functools.lru_cache(maxsize=32)
@@ -45,12 +49,8 @@ def _statement(columns: frozenset[str]) -> TextClause:
     )"""
     sql = (
         "WITH"
-        + settle_ctes_postgres(ended_and_reserved)
-        + """, slot AS (
-        UPDATE upstream_keys k SET in_flight = k.in_flight - 1 FROM ended e
-        WHERE k.id = e.upstream_key_id AND k.in_flight > 0 AND (SELECT count(*) FROM counted) >= 0
-        RETURNING k.id
-    )
+        + settle_ctes(ended_and_reserved)
+        + f""", slot AS ({release_slot_sql(_ENDED_KEY_AFTER_COUNTERS)})
     SELECT """
         + ", ".join(f"ended.{name}" for name in _COLUMNS)
         + """, (SELECT webhook_url FROM tenants t WHERE t.id = ended.tenant_id) AS tenant_webhook_url,

@@ -10,16 +10,10 @@ from sqlalchemy import Table, TextClause, bindparam, func, or_, select, text, up
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.contract import OPEN_STATUSES, TaskStatus
-from app.core.db.dialect import is_postgresql
 from app.core.db.direct import Statements
 from app.models.task import Task
 
 _TASKS = cast(Table, Task.__table__)
-
-
-async def insert(session: AsyncSession, task: Task) -> None:
-    session.add(task)
-    await session.flush()
 
 
 async def get_for_tenant(session: AsyncSession, tenant_id: str, task_id: str) -> Task | None:
@@ -99,9 +93,8 @@ async def claim_due(
     statements, per five tasks of a lone busy tenant). The leased rows as the lease left them: the claimant works
     from them without reading each again.
 
-    PostgreSQL: candidates are locked with FOR UPDATE SKIP LOCKED, so concurrent claimants (every replica runs
-    one) never wait for each other nor take the same task. SQLite has one writer at a time: the conditional UPDATE
-    suffices there.
+    Candidates are locked with FOR UPDATE SKIP LOCKED, so concurrent claimants (every replica runs one) never wait
+    for each other nor take the same task.
     """
     due = (
         select(
@@ -122,9 +115,11 @@ async def claim_due(
     candidates = list((await session.execute(fair)).scalars().all())
     if not candidates:
         return []
-    lockable = select(Task.id).where(Task.id.in_(candidates), or_(Task.lease_until.is_(None), Task.lease_until <= now))
-    if is_postgresql(session):
-        lockable = lockable.with_for_update(skip_locked=True)
+    lockable = (
+        select(Task.id)
+        .where(Task.id.in_(candidates), or_(Task.lease_until.is_(None), Task.lease_until <= now))
+        .with_for_update(skip_locked=True)
+    )
     locked = list((await session.execute(lockable)).scalars().all())
     if not locked:
         return []

@@ -27,7 +27,6 @@ from app.contract import (
     images_reserved_for,
 )
 from app.core.clock import Clock, from_unix, to_unix
-from app.core.db.dialect import is_postgresql
 from app.core.db.direct import Statements
 from app.core.db.engine import one_statement, reads_only
 from app.core.db.errors import describe, is_database_unavailable
@@ -43,7 +42,6 @@ from app.core.errors import (
 from app.core.ids import new_id
 from app.models import Tenant
 from app.models.task import Task
-from app.quotas import repository as quota_sql
 from app.quotas import service as quotas
 from app.tasks import admission, ending
 from app.tasks import repository as repo
@@ -217,50 +215,30 @@ class TaskService:
     async def _admit(
         self, tenant: Tenant, task: Task, images: int, key: PoolKey | None, now: dt.datetime
     ) -> PoolKey | None:
-        """Write the task with its reservation and a slot on `key`: the key it holds, or None when it waits (no key
-        now: every one cools down or is full). PostgreSQL: one statement (app/tasks/admission.py); SQLite: one
-        transaction of three, the key's slot last so its row is locked only for the commit."""
+        """Write the task with its reservation and a slot on `key` in one statement (app/tasks/admission.py): the key
+        it holds, or None when it waits (no key now: every one cools down or is full)."""
         reservation = quotas.reservation(tenant, task.id, images, now) if self._quotas_enabled else None
         if reservation is not None:
             quotas.refuse_unless_fitted(tenant, reservation, quotas.could_fit(reservation), now)
         waiting_check = now + dt.timedelta(seconds=self._pool.retry_after_s())
-        if self._statements.postgresql:
-            try:
-                slotted = await admission.admit(
-                    self._statements,
-                    task,
-                    reservation,
-                    key.id if key is not None else None,
-                    check_sent=now + self._submit_deadline,
-                    check_waiting=waiting_check,
-                )
-            except admission.AdmissionRefused as refused:
-                assert reservation is not None
-                quotas.refuse_unless_fitted(tenant, reservation, refused.fitted, now)
-                raise  # not reached: a refusal leaves a period out
-            if key is None or slotted:
-                return key
-            # The key was cooled or filled by another replica: another key, or the task waits.
-            self._pool.mark_full(key.id)
-            return await self._take_other_slot(task, {key.id}, waiting_check)
-        async with self._sessions() as session, session.begin():
-            await repo.insert(session, task)
-            if reservation is not None:
-                fitted = await quota_sql.reserve(session, reservation)
-                quotas.refuse_unless_fitted(tenant, reservation, fitted, now)
-            if key is None:
-                return None
-            try:
-                taken = await self._pool.take_slot(session, key)
-            except NoUpstreamKey:  # another replica cooled or filled the keys meanwhile
-                if not self._pool.recovers_by_itself():
-                    raise
-                await self._to_waiting(session, task, waiting_check)
-                return None
-            if taken.id != key.id:
-                await repo.set_upstream_key(session, task.id, taken.id)
-                task.upstream_key_id = taken.id
-            return taken
+        try:
+            slotted = await admission.admit(
+                self._statements,
+                task,
+                reservation,
+                key.id if key is not None else None,
+                check_sent=now + self._submit_deadline,
+                check_waiting=waiting_check,
+            )
+        except admission.AdmissionRefused as refused:
+            assert reservation is not None
+            quotas.refuse_unless_fitted(tenant, reservation, refused.fitted, now)
+            raise  # not reached: a refusal leaves a period out
+        if key is None or slotted:
+            return key
+        # The key was cooled or filled by another replica: another key, or the task waits.
+        self._pool.mark_full(key.id)
+        return await self._take_other_slot(task, {key.id}, waiting_check)
 
     async def _take_other_slot(self, task: Task, tried: set[str], waiting_check: dt.datetime) -> PoolKey | None:
         """A task admitted `waiting` because its key gave no slot: a slot on another key, or it stays waiting."""
@@ -288,17 +266,6 @@ class TaskService:
         task.status, task.upstream_key_id, task.attempts = TaskStatus.SUBMITTING, taken.id, 1
         task.next_check_at = task.created_at + self._submit_deadline
         return taken
-
-    async def _to_waiting(self, session: AsyncSession, task: Task, next_check_at: dt.datetime) -> None:
-        await repo.update_task(
-            session, task.id, status=TaskStatus.WAITING, upstream_key_id=None, attempts=0, next_check_at=next_check_at
-        )
-        task.status, task.upstream_key_id, task.attempts, task.next_check_at = (
-            TaskStatus.WAITING,
-            None,
-            0,
-            next_check_at,
-        )
 
     async def _replay(self, tenant_id: str, key: str, request_hash: str | None, now: dt.datetime) -> Task | None:
         """The task an earlier request with this Idempotency-Key made, if it is recent; Conflict if its body differs.
@@ -646,27 +613,15 @@ class TaskService:
             return stored
         values = {**values, "next_check_at": None, "lease_until": None}
         async with self._sessions.begin() as session:
-            if is_postgresql(session):  # the end, settle and slot in one statement (app/tasks/ending.py)
-                ended = await ending.end(session, task_id, values, produced, self._clock())
-                if ended is None:  # already terminal: another caller or replica recorded the end first
-                    stored = await repo.get(session, task_id)
-                else:
-                    stored, tenant_webhook_url = ended
-                    if stored.upstream_key_id is not None:
-                        self._pool.slot_released(stored.upstream_key_id)
-                    webhook_sql.known_tenant_webhook_url(session, stored.tenant_id, tenant_webhook_url)
-                    for hook in self._end_hooks:
-                        await hook(session, stored)
-                assert stored is not None
-                return stored
-            stored = await repo.apply_update(session, task_id, values)
-            if stored is None:  # already terminal: another caller or replica recorded the end first
+            # The end, the settle and the key's slot in one statement (app/tasks/ending.py).
+            ended = await ending.end(session, task_id, values, produced, self._clock())
+            if ended is None:  # already terminal: another caller or replica recorded the end first
                 stored = await repo.get(session, task_id)
-            elif stored.status in TERMINAL_STATUSES:
-                charged = produced if stored.status == TaskStatus.COMPLETED or stored.outcome_unknown else 0
-                await quotas.settle(session, task_id, charged, self._clock())
+            else:
+                stored, tenant_webhook_url = ended
                 if stored.upstream_key_id is not None:
-                    await self._pool.release_slot(session, stored.upstream_key_id)
+                    self._pool.slot_released(stored.upstream_key_id)
+                webhook_sql.known_tenant_webhook_url(session, stored.tenant_id, tenant_webhook_url)
                 for hook in self._end_hooks:
                     await hook(session, stored)
         assert stored is not None

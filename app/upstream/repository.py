@@ -7,10 +7,10 @@ from collections.abc import Collection, Sequence
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Table, and_, bindparam, func, or_, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db.base import UTCDateTime
-from app.core.db.dialect import insert_for
 from app.models import TenantKey, UpstreamKey, UpstreamKeyStatus
 
 # Statuses in which a key takes new tasks (a cooling key once its cooldown has passed).
@@ -55,7 +55,7 @@ async def insert(session: AsyncSession, key: UpstreamKey) -> None:
 
 async def insert_if_new(session: AsyncSession, values: dict[str, Any]) -> bool:
     """Insert a key unless one with its fingerprint exists (two replicas seeding the same key at once)."""
-    stmt = insert_for(session, _KEYS).values(**values).on_conflict_do_nothing(index_elements=["fingerprint"])
+    stmt = postgresql.insert(_KEYS).values(**values).on_conflict_do_nothing(index_elements=["fingerprint"])
     return _rowcount(await session.execute(stmt)) > 0
 
 
@@ -93,10 +93,19 @@ async def take_slot(session: AsyncSession, key_id: str, now: dt.datetime) -> boo
     return (await session.execute(_TAKE_SLOT, {"key_id": key_id, "now": now})).first() is not None
 
 
+def release_slot_sql(key: str = ":key_id") -> str:
+    """One task fewer in flight on the key that `key` gives (a parameter, or a scalar subquery of the statement that
+    embeds it), never below zero. The one statement of that rule: release_slot runs it, and a task's end
+    (app/tasks/ending.py) embeds it."""
+    return f"UPDATE upstream_keys SET in_flight = in_flight - 1 WHERE id = {key} AND in_flight > 0 RETURNING id"
+
+
+_RELEASE_SLOT = text(release_slot_sql())
+
+
 async def release_slot(session: AsyncSession, key_id: str) -> None:
     """One task fewer in flight on the key (never below zero)."""
-    stmt = update(_KEYS).where(_KEYS.c.id == key_id, _KEYS.c.in_flight > 0).values(in_flight=_KEYS.c.in_flight - 1)
-    await session.execute(stmt)
+    await session.execute(_RELEASE_SLOT, {"key_id": key_id})
 
 
 # --- health --------------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.db.dialect import is_postgresql
 from app.models import Tenant
 from app.models.webhook import WebhookDelivery as D
 
@@ -49,14 +48,11 @@ async def any_due(session: AsyncSession, now: dt.datetime) -> bool:
 async def claim_due(session: AsyncSession, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[D]:
     """Take up to `limit` due pending deliveries whose lease (if any) ran out, leased until `lease_until`.
 
-    One statement: on PostgreSQL the candidates are locked with FOR UPDATE SKIP LOCKED (replicas claiming at once
-    take different rows, without waiting on each other); SQLite runs one writer at a time, and the UPDATE's own
-    conditions make the claim exclusive.
+    One statement: the candidates are locked with FOR UPDATE SKIP LOCKED (replicas claiming at once take different
+    rows, without waiting on each other).
     """
     due = _due(now)
-    candidates = select(D.id).where(due).order_by(D.next_attempt_at).limit(limit)
-    if is_postgresql(session):
-        candidates = candidates.with_for_update(skip_locked=True)
+    candidates = select(D.id).where(due).order_by(D.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
     stmt = (
         update(D)
         .where(D.id.in_(candidates.scalar_subquery()), due)

@@ -307,7 +307,7 @@ class WebhookService:
             raise RuntimeError("this WebhookService cannot deliver (no sender)")
         now = self._clock()
         lease_until = now + LEASE
-        async with self._sessions() as session:  # a read first: an idle tick takes no write lock (SQLite)
+        async with self._sessions() as session:  # a read first: an idle tick is one autocommit read, no transaction
             await reads_only(session)
             if not await repo.any_due(session, now):
                 return 0

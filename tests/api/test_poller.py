@@ -8,6 +8,7 @@ from app.contract import GenerationRequest, TaskStatus
 from app.core.ids import new_id
 from app.models import Task
 from app.quotas import service as quotas
+from app.tasks import admission
 from app.tasks import repository as tasks_repo
 from app.tasks.reconciler import Reconciler
 from tests.fixtures.gateway import ADMIN_TOKEN, Harness
@@ -50,24 +51,28 @@ async def test_recently_polled_tasks_are_left_alone(gw: Harness) -> None:
 
 
 async def _interrupted_submit(gw: Harness, key: str) -> str:
-    """What a process that died during the upstream create call leaves behind: the row and its reservation."""
+    """What a process that died during the upstream create call leaves behind: the row admitted as submit admits it
+    (its reservation and its slot on a key), and no answer."""
     now = gw.clock.now()
     tenant = await gw.tenants.authenticate(f"Bearer {key}")
-    async with gw.sessions.begin() as session:
-        task = Task(
-            id=new_id("task_img_"),
-            tenant_id=tenant.id,
-            model="doubao-seedream-4-0",
-            request=GenerationRequest(prompt="interrupted", n=3).to_upstream(),  # reserves 3: the charge then
-            n=3,
-            status=TaskStatus.SUBMITTING,
-            progress=0,
-            created_at=now,
-            updated_at=now,
-            next_check_at=now + dt.timedelta(seconds=70),  # what submit sets: longer than any create call lasts
-        )
-        await tasks_repo.insert(session, task)
-        await quotas.reserve(session, tenant, task.id, 3, now)
+    task = Task(
+        id=new_id("task_img_"),
+        tenant_id=tenant.id,
+        model="doubao-seedream-4-0",
+        request=GenerationRequest(prompt="interrupted", n=3).to_upstream(),  # reserves 3: the charge then
+        n=3,
+        progress=0,
+        created_at=now,
+        updated_at=now,
+    )
+    reservation = quotas.reservation(tenant, task.id, 3, now)
+    submit_deadline = now + dt.timedelta(seconds=70)  # what submit sets: longer than any create call lasts
+    upstream_key = gw.tasks._pool.choose()
+    statements = gw.tasks._statements
+    assert await admission.admit(
+        statements, task, reservation, upstream_key.id, check_sent=submit_deadline, check_waiting=submit_deadline
+    )
+    assert task.status == TaskStatus.SUBMITTING
     return task.id
 
 

@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
+from app.contract import TaskStatus
+from app.tasks import ending
 from tests.fixtures.gateway import ADMIN_TOKEN, Harness
 
 URL = "/v1/images/generations"
@@ -133,10 +135,9 @@ async def test_failed_task_is_refunded_once_however_often_polled(gw: Harness) ->
     for _ in range(3):
         await finish_all(gw, key, [task["id"]])
     assert (await usage(gw, key))["day"]["used"] == 0
-    async with gw.sessions.begin() as session:  # a second replica settling the same task
-        from app.quotas import service as quotas
-
-        await quotas.settle(session, task["id"], 0, gw.clock.now())
+    async with gw.sessions.begin() as session:  # a second replica ending (and so settling) the same task
+        failed = {"status": TaskStatus.FAILED, "error_code": "again", "error_message": "again"}
+        assert await ending.end(session, task["id"], failed, 0, gw.clock.now()) is None
     assert (await usage(gw, key))["day"]["used"] == 0
     assert (await drift(gw))["ok"] is True
 

@@ -18,7 +18,7 @@ NAMING_CONVENTION = {
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
-    """Timezone-aware UTC datetimes on every dialect (SQLite stores naive values)."""
+    """Timezone-aware UTC datetimes in and out (a naive one is refused rather than guessed)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True

@@ -1,5 +1,5 @@
 """Single statements sent straight to asyncpg, on a connection of the engine's pool: the two writes of every submit
-on PostgreSQL (the admission and the upstream's answer), where a session and SQLAlchemy's execution layer cost twice
+(the admission and the upstream's answer), where a session and SQLAlchemy's execution layer cost twice
 the statement's own client work (2026-11-29, in-process: 400 us of CPU per autocommit statement through a session,
 130 us this way).
 
@@ -16,7 +16,7 @@ What the session path gives, kept:
 
 What it does not give is the engine's per-statement event hooks, so an engine traced by OpenTelemetry (a span per
 statement) is `declined` (app/core/tracing.py): its statements go through a session, where the instrumentation sees
-them. SQLite has no direct path either: `Statements` runs the same calls in a session there.
+them.
 """
 
 from __future__ import annotations
@@ -70,21 +70,20 @@ class CompiledStatement:
 
 class Statements:
     """Single-statement reads and writes in autocommit: `scalar` (the first column of the first row) and `rowcount`
-    (rows an UPDATE or DELETE touched). Straight to asyncpg on PostgreSQL unless the engine is declined; in a
-    session otherwise (SQLite: a transaction committed at the end)."""
+    (rows an UPDATE or DELETE touched). Straight to asyncpg unless the engine is declined; in a session (in
+    autocommit too) otherwise."""
 
     def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._engine = engine
         self._sync_engine = engine.sync_engine
         self._sessions = sessions
         self._dialect = engine.dialect
-        self.postgresql = self._dialect.name == "postgresql"
         self._tracker = recovery_tracker(engine)
         self._compiled: dict[TextClause, CompiledStatement] = {}
 
     @property
     def direct(self) -> bool:
-        return self.postgresql and self._sync_engine not in _declined
+        return self._sync_engine not in _declined
 
     async def scalar(self, clause: TextClause, params: dict[str, Any]) -> Any:
         if self.direct:

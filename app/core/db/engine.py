@@ -1,4 +1,4 @@
-"""Engine and session factory; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE writes.
+"""Engine and session factory (PostgreSQL through asyncpg).
 
 Every engine hides statement parameters in its errors (`hide_parameters=True`, plus the values PostgreSQL and asyncpg
 echo in their own messages: a failing statement's message, and so any traceback logged of it, never carries a prompt
@@ -12,17 +12,15 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, ExceptionContext, make_url
+from sqlalchemy.engine import Engine, ExceptionContext
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.core import outage
 from app.core.db.errors import redact_in_place
-from app.core.files import ensure_private_file
 
 # A connect attempt to an unreachable PostgreSQL (a network partition swallowing packets) fails after this long
 # instead of asyncpg's 60 s; a refused or reset connection fails at once anyway.
@@ -30,36 +28,24 @@ PG_CONNECT_TIMEOUT_S = 10.0
 _STARTED_DURING_OUTAGE = "gw_started_during_outage"
 _RETURNED_AT = "gw_returned_at"
 PING_AFTER_IDLE_S = 5.0
-# Execution option of a connection whose transaction only reads (a deferred BEGIN on SQLite).
-READ_ONLY = "gateway_read_only"
 _trackers: weakref.WeakKeyDictionary[Engine, outage.OutageTracker] = weakref.WeakKeyDictionary()
 
 
 def create_engine(url: str, *, pool_size: int = 20, tracker: outage.OutageTracker | None = None) -> AsyncEngine:
-    """Build the async engine for a PostgreSQL (asyncpg) or SQLite (aiosqlite) URL."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database and database != ":memory:":
-            # It holds key hashes and encrypted upstream keys: readable by its owner only (SQLite gives its -wal and
-            # -shm files the database file's permissions).
-            ensure_private_file(Path(database))
-        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
-        _configure_sqlite(engine)
-    else:
-        # pool_size is the per-process connection cap: overflow connections would be closed on return and reopened
-        # on the next burst (measured: a fifth of the throughput lost to that churn at concurrency 32). A connection
-        # that dies in use invalidates the whole pool, so no stale connection outlives an outage; one that sat idle
-        # is pinged before it is handed out (_ping_when_idle), which replaces what a database restart killed
-        # meanwhile without a ping per checkout on a busy pool.
-        engine = create_async_engine(
-            url,
-            pool_size=pool_size,
-            max_overflow=0,
-            hide_parameters=True,
-            connect_args={"timeout": PG_CONNECT_TIMEOUT_S},
-        )
-        _ping_when_idle(engine)
+    """Build the async engine for a PostgreSQL URL (postgresql+asyncpg://...)."""
+    # pool_size is the per-process connection cap: overflow connections would be closed on return and reopened on
+    # the next burst (measured: a fifth of the throughput lost to that churn at concurrency 32). A connection that
+    # dies in use invalidates the whole pool, so no stale connection outlives an outage; one that sat idle is pinged
+    # before it is handed out (_ping_when_idle), which replaces what a database restart killed meanwhile without a
+    # ping per checkout on a busy pool.
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        hide_parameters=True,
+        connect_args={"timeout": PG_CONNECT_TIMEOUT_S},
+    )
+    _ping_when_idle(engine)
     _report_recovery(engine, tracker or outage.tracker(outage.DATABASE))
     _redact_errors(engine)
     return engine
@@ -127,57 +113,24 @@ def _report_recovery(engine: AsyncEngine, tracker: outage.OutageTracker) -> None
             tracker.operation_succeeded(conn.info.pop(_STARTED_DURING_OUTAGE, None))
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    # Without BEGIN IMMEDIATE, a read lock that upgrades to a write lock fails with "database is locked" under
-    # concurrent writers; pysqlite's own transaction handling has to be switched off for that to work.
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        # A transaction that only reads (READ_ONLY) takes no write lock: it must never queue behind, or hold up,
-        # the writers (the invalidator reads four times a second in every process).
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
-
-
 async def reads_only(session: AsyncSession) -> None:
-    """Declare, before its first statement, that a session only reads.
-
-    On PostgreSQL its statements then run in autocommit: a single-statement read is one round trip instead of three
-    (no BEGIN, no ROLLBACK). On SQLite its transaction begins deferred (READ_ONLY), taking no write lock; autocommit
-    is not used there, as resetting it would hand transactions back to pysqlite (see _configure_sqlite).
-    """
-    bind = session.bind
-    if bind is not None and bind.dialect.name == "postgresql":
-        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    else:
-        await session.connection(execution_options={READ_ONLY: True})
+    """Declare, before its first statement, that a session only reads: its statements then run in autocommit, so a
+    single-statement read is one round trip instead of three (no BEGIN, no ROLLBACK)."""
+    await autocommit(session)
 
 
 async def autocommit(session: AsyncSession) -> None:
-    """PostgreSQL only: each statement of the session commits on its own (no BEGIN, no COMMIT), for work that is one
-    statement. SQLite keeps its transactions (see reads_only)."""
+    """Each statement of the session commits on its own (no BEGIN, no COMMIT), for work that is one statement."""
     await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 @asynccontextmanager
 async def one_statement(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """A session for work that is a single write statement: in autocommit on PostgreSQL (one round trip instead of
-    three: no BEGIN, no COMMIT), in a transaction committed at the end on SQLite."""
+    """A session for work that is a single write statement, in autocommit (one round trip instead of three: no
+    BEGIN, no COMMIT)."""
     async with sessions() as session:
-        if session.get_bind().dialect.name == "postgresql":
-            await autocommit(session)
-            yield session
-        else:
-            async with session.begin():
-                yield session
+        await autocommit(session)
+        yield session
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

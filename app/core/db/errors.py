@@ -1,8 +1,8 @@
 """What a database failure means for the caller, and how it may be logged.
 
-`is_database_unavailable` tells an outage (the server down or unreachable, the database dropped, SQLite locked or
-unopenable, no pooled connection in time) from a bug: an outage is answered 503 `database_unavailable` with
-`Retry-After`, logged once per outage (app/core/outage.py), never with a traceback per request.
+`is_database_unavailable` tells an outage (the server down or unreachable, the database dropped, no pooled connection
+in time) from a bug: an outage is answered 503 `database_unavailable` with `Retry-After`, logged once per outage
+(app/core/outage.py), never with a traceback per request.
 
 The engine hides statement parameters (`hide_parameters=True`), but PostgreSQL and asyncpg echo values in their
 own messages (`DETAIL: Key (key_hash)=(...) already exists`, `invalid input for query argument $1: '...'`):
@@ -28,10 +28,7 @@ RETRY_AFTER_S = 2
 _PG_UNAVAILABLE_CLASSES = ("08", "53", "57")
 _PG_UNAVAILABLE_STATES = frozenset({"3D000"})
 _PG_NOT_UNAVAILABLE = frozenset({"57014"})
-# SQLite primary result codes: PERM, BUSY (locked past the busy timeout), LOCKED, READONLY, IOERR, FULL, CANTOPEN,
-# PROTOCOL. Everything else (SQLITE_ERROR: no such table, syntax, ...) is a bug and stays a 500 with a traceback.
-_SQLITE_UNAVAILABLE = frozenset({3, 5, 6, 8, 10, 13, 14, 15})
-_DRIVER_MODULES = ("sqlalchemy.", "asyncpg", "aiosqlite", "sqlite3")
+_DRIVER_MODULES = ("sqlalchemy.", "asyncpg")
 _MAX_CHAIN = 16
 
 
@@ -54,9 +51,6 @@ def is_database_unavailable(exc: BaseException) -> bool:
             return True
         if isinstance(e, sa_exc.TimeoutError):  # no pooled connection within pool_timeout
             return True
-        sqlite_code = getattr(e, "sqlite_errorcode", None)
-        if isinstance(sqlite_code, int):
-            return (sqlite_code & 0xFF) in _SQLITE_UNAVAILABLE
         sqlstate = getattr(e, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate:
             if sqlstate in _PG_NOT_UNAVAILABLE:
