@@ -90,7 +90,9 @@ class Settings(_NewTenantLimits):
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest JSON request body accepted (413 above).")
     max_concurrent_uploads: int = Field(
-        8, ge=1, description="Upload bodies (up to 10 MB each) buffered at once per process; 429 beyond."
+        8,
+        ge=1,
+        description="Upload bodies (up to 10 MB each, spooled to disk) received at once per process; 429 beyond.",
     )
     events_poll_interval_s: float = Field(
         1.0, gt=0, le=60, description="How often a task's event stream looks at its status (the status call)."
