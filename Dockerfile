@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # Seedream Gateway: a builder stage fills /venv, a slim runtime stage runs it as a non-root user under tini.
 #   docker build -t seedream-gateway .
-#   docker run --rm -p 8000:8000 seedream-gateway        # zero-config demo (SQLite, built-in sandbox)
+#   docker run --rm -p 8000:8000 seedream-gateway        # zero-config demo (embedded PostgreSQL, built-in sandbox)
 # docker-compose.yml runs it for real: PostgreSQL, Redis, a one-shot migration, the sandbox, the gateway;
 # deploy/kubernetes/ runs it on a cluster (README.md "Deploying on Kubernetes").
 
@@ -48,7 +48,7 @@ COPY alembic.ini ./
 COPY migrations ./migrations
 COPY app ./app
 # Bytecode compiled now, as root: the code stays read-only for the gateway user. data/ is the only writable
-# place (zero-config SQLite and demo secrets; mount a volume there to keep them).
+# place (the zero-config run's embedded PostgreSQL and demo secrets; mount a volume there to keep them).
 RUN python -m compileall -q app migrations \
     && mkdir -p /app/data \
     && chown gateway:gateway /app/data
