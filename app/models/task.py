@@ -51,7 +51,7 @@ class Task(Base):
     # When the task is next due: for a task waiting to be sent (`waiting`), its next create attempt; for one the
     # upstream has, its next status check. NULL once terminal.
     next_check_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
-    # A process working on the task holds it until lease_until (FOR UPDATE SKIP LOCKED claims on PostgreSQL).
+    # A process working on the task holds it until lease_until (FOR UPDATE SKIP LOCKED claims).
     lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
     lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))  # create calls made

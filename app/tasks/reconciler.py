@@ -1,6 +1,6 @@
 """The reconciler: every gateway process runs one, so every task ends (and settles) whether or not anyone polls it.
 
-Each sweep leases the open tasks that are due (TaskService.claim_due: `FOR UPDATE SKIP LOCKED` on PostgreSQL, so
+Each sweep leases the open tasks that are due (TaskService.claim_due: `FOR UPDATE SKIP LOCKED`, so
 replicas share the work without waiting for each other; a lease expires, so a process that dies mid-task leaves it
 to the others) and does what each needs (TaskService.reconcile):
 
