@@ -14,27 +14,27 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.middleware.cors import CORSMiddleware
 
 from app.audit import router as audit
-from app.config import Settings
 from app.contract import ErrorEnvelope
 from app.core import metrics
 from app.core.body_limit import UPLOAD_PATH, BodySizeLimit
 from app.core.clock import Clock, utcnow
+from app.core.config import Settings
 from app.core.cors import cors_options
 from app.core.db.migrate import DatabaseNotMigrated, is_at_head
 from app.core.error_handlers import install_error_handlers
+from app.core.invalidation import Invalidator
 from app.core.logs import setup_logging
 from app.core.observe import Observe
 from app.core.openapi import install_openapi
+from app.core.runtime import build_kernel, kernel_for_command
 from app.core.tracing import RequestIdOnSpan, configure_tracing
 from app.health import router as health
-from app.invalidation import Invalidator
 from app.metrics import router as metrics_router
 from app.metrics.gauges import Gauges
 from app.models import Task
 from app.quotas import admin_router as admin_quota
 from app.quotas import router as usage
 from app.quotas.feature import build_quotas
-from app.runtime import build_kernel, kernel_for_command
 from app.tasks import admin_router as admin_tasks
 from app.tasks import events_router as generation_events
 from app.tasks import router as generations

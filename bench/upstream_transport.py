@@ -61,7 +61,7 @@ from common import (
 if str(ROOT) not in sys.path:  # `python bench/upstream_transport.py` puts bench/ first, not the checkout
     sys.path.insert(0, str(ROOT))
 
-from app.config import Settings
+from app.core.config import Settings
 from app.upstream.toapis import ToAPIsAdapter, build_http_client, build_transport
 
 PATH = "/v1/images/generations"

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 import app.models  # noqa: F401  (registers every table)
-from app.config import Settings
+from app.core.config import Settings
 from app.core.db import embedded
 from app.core.db.base import Base, UTCDateTime
 from app.core.db.engine import create_engine

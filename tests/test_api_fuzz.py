@@ -42,9 +42,9 @@ from schemathesis.specs.openapi.checks import (
     negative_data_rejection,
 )
 
-from app.config import Settings
 from app.contract import UPLOAD_MIME_TYPES
 from app.core.clock import utcnow
+from app.core.config import Settings
 from app.core.db.engine import create_engine, create_session_factory
 from app.core.security import KeyMaterial
 from app.main import create_app

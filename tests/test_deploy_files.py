@@ -1,7 +1,7 @@
 """Dockerfile, docker-compose.yml, .env.example and deploy/ (Kubernetes, Grafana, Prometheus) against the code they
 deploy, offline (no container engine, no cluster, no network).
 
-Settings names come from `app.config.Settings`, commands and options from the typer app `app.cli.cli`: a renamed
+Settings names come from `app.core.config.Settings`, commands and options from the typer app `app.cli.cli`: a renamed
 setting, command or option breaks these tests before it breaks a deployment.
 """
 
@@ -24,7 +24,7 @@ import typer.main
 import yaml
 
 from app.cli import cli
-from app.config import Settings, SettingsError, resolve_secrets
+from app.core.config import Settings, SettingsError, resolve_secrets
 from app.sandbox import SandboxConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,7 +234,7 @@ def test_env_example_names_only_real_settings() -> None:
 
 def test_env_example_lists_every_setting() -> None:
     missing = sorted(set(SETTING_NAMES) - set(env_example_assignments()))
-    assert not missing, f".env.example lacks {missing} (fields of app.config.Settings)"
+    assert not missing, f".env.example lacks {missing} (fields of app.core.config.Settings)"
 
 
 def test_env_example_explains_every_setting_and_its_default() -> None:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from fastapi import FastAPI
 
-from app.config import Settings
+from app.core.config import Settings
 from app.main import create_app
 
 UPSTREAM_SPEC = Path(__file__).resolve().parents[1] / "openapi" / "upstream.yaml"

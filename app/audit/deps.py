@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends
 
 from app.audit.service import AuditService
-from app.deps import KernelDep
+from app.core.deps import KernelDep
 
 
 async def get_audit_service(kernel: KernelDep) -> AuditService:

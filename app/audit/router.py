@@ -10,8 +10,8 @@ from app.audit.deps import AuditServiceDep
 from app.audit.schemas import AuditList
 from app.audit.service import EVENT_CURSOR
 from app.contract import NO_CONTROL_PATTERN, ErrorEnvelope
+from app.core.deps import AdminDep
 from app.core.pagination import DEFAULT_PAGE, limit_query
-from app.deps import AdminDep
 
 router = APIRouter(
     prefix="/admin/v1",

@@ -9,12 +9,12 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from app.config import Settings
+from app.core.config import Settings
 from app.core.db import embedded
 from app.core.db.migrate import DatabaseNotMigrated, upgrade
 from app.core.errors import GatewayError, SettingsError
 from app.core.pagination import MAX_PAGE
-from app.runtime import Kernel, kernel_for_command
+from app.core.runtime import Kernel, kernel_for_command
 
 T = TypeVar("T")
 

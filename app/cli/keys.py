@@ -24,7 +24,7 @@ from app.cli.tenants import (
     when,
 )
 from app.core.pagination import DEFAULT_PAGE
-from app.runtime import Kernel
+from app.core.runtime import Kernel
 from app.tenants.schemas import DEFAULT_GRACE_S, SCOPES, KeyList, KeyOut, NewKeyOut
 
 keys_cli = typer.Typer(help="Manage tenant API keys: list, create, rotate, revoke.", no_args_is_help=True)

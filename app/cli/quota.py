@@ -8,9 +8,9 @@ from typing import Annotated, Any
 import typer
 
 from app.cli.common import jsonable, run_with_kernel, settings_with
+from app.core.runtime import Kernel
 from app.quotas.schemas import DriftReport
 from app.quotas.service import QuotaService
-from app.runtime import Kernel
 
 quota_cli = typer.Typer(help="Quota bookkeeping.", no_args_is_help=True)
 

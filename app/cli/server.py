@@ -13,7 +13,7 @@ import typer
 from sqlalchemy.engine import make_url
 
 from app.cli.common import HostOpt, PortOpt, fail, run_with_kernel, settings_with, with_database
-from app.config import Settings
+from app.core.config import Settings
 from app.core.db import embedded
 from app.core.db.errors import describe, is_database_unavailable
 from app.core.errors import SettingsError
@@ -21,7 +21,7 @@ from app.core.files import write_private
 from app.core.logs import setup_logging
 from app.core.metrics import MULTIPROC_ENV
 from app.core.net import local_host_for
-from app.runtime import Kernel
+from app.core.runtime import Kernel
 from app.tenants.service import TenantService
 
 SANDBOX_DEFAULT_PORT = 8100

@@ -9,7 +9,7 @@ import typer
 from app.cli.common import CursorOpt, PageLimitOpt, run_with_kernel, settings_with
 from app.cli.tenants import JsonOpt, print_json, print_next, print_table, when
 from app.core.pagination import DEFAULT_PAGE
-from app.runtime import Kernel
+from app.core.runtime import Kernel
 from app.tasks.ledger import LedgerPage, StatusFilter, TaskLedger
 
 _STATUS_HELP = "open, waiting, queued, in_progress, completed, failed."

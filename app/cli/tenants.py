@@ -18,9 +18,9 @@ from app.audit.service import ACTOR_CLI
 from app.cli.common import CursorOpt, PageLimitOpt, fail, jsonable, run_with_kernel, settings_with
 from app.core.limits import LIMIT_NAMES, LimitsUpdate, describe, parse_limit_word
 from app.core.pagination import DEFAULT_PAGE
+from app.core.runtime import Kernel
 from app.quotas.schemas import UsageOut
 from app.quotas.service import QuotaService
-from app.runtime import Kernel
 from app.tenants.schemas import TenantList, TenantOut
 from app.tenants.service import TenantService
 

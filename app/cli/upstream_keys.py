@@ -22,7 +22,7 @@ from app.cli.common import fail, jsonable, run_with_kernel, settings_with
 from app.core.clock import from_unix
 from app.core.limits import parse_limit_word
 from app.core.pagination import MAX_PAGE
-from app.runtime import Kernel
+from app.core.runtime import Kernel
 from app.upstream.schemas import RekeyReport, UpstreamKeyCreate, UpstreamKeyUpdate
 from app.upstream.service import UpstreamKeyService
 

@@ -15,7 +15,7 @@ from app.audit.service import ACTOR_CLI
 from app.cli.common import CursorOpt, PageLimitOpt, fail, run_with_kernel, settings_with
 from app.cli.tenants import print_fields, print_json, print_next, print_table, when
 from app.core.pagination import DEFAULT_PAGE
-from app.runtime import Kernel
+from app.core.runtime import Kernel
 from app.webhooks.feature import webhook_service
 from app.webhooks.schemas import DEFAULT_GRACE_S, DeliveryList, DeliveryOut, WebhookOut, WebhookUpdate
 

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.core.db.migrate import head_revisions
-from app.deps import KernelDep
+from app.core.deps import KernelDep
 from app.quotas.deps import RateLimitsDep
 from app.upstream.deps import UpstreamDep
 

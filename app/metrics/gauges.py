@@ -11,12 +11,12 @@ from collections import Counter
 
 from sqlalchemy import func, select
 
-from app.config import Settings
 from app.contract import TaskStatus
 from app.core import metrics
 from app.core.background import cancel_and_wait
+from app.core.config import Settings
+from app.core.runtime import Kernel
 from app.models import Task, UpstreamKeyStatus
-from app.runtime import Kernel
 from app.upstream.pool import UpstreamKeyPool
 
 log = logging.getLogger(__name__)

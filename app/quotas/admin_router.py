@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.contract import ErrorEnvelope
-from app.deps import AdminDep
+from app.core.deps import AdminDep
 from app.quotas.deps import QuotaServiceDep
 from app.quotas.schemas import DriftReport, UsageOut
 

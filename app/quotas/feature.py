@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import redis.asyncio
 
+from app.core.runtime import Kernel
 from app.quotas.rate_limits import RateLimitService, RedisWindowStore, SqlWindowStore
 from app.quotas.service import QuotaService
-from app.runtime import Kernel
 
 
 @dataclass

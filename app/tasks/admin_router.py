@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.contract import ErrorEnvelope
+from app.core.deps import AdminDep, KernelDep
 from app.core.pagination import DEFAULT_PAGE, limit_query
-from app.deps import AdminDep, KernelDep
 from app.tasks.ledger import TASK_CURSOR, LedgerPage, StatusFilter, TaskLedger
 
 router = APIRouter(

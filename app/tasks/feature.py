@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from app.core.background import cancel_and_wait
 from app.core.db.direct import Statements
 from app.core.db.errors import describe
-from app.runtime import Kernel
+from app.core.runtime import Kernel
 from app.tasks.reconciler import Reconciler
 from app.tasks.service import TaskService
 from app.upstream.feature import Upstream

@@ -11,9 +11,9 @@ from fastapi import APIRouter
 
 from app.audit.service import ACTOR_ADMIN_TOKEN
 from app.contract import ErrorEnvelope
+from app.core.deps import AdminDep
 from app.core.limits import LimitsUpdate
 from app.core.pagination import DEFAULT_PAGE, PAGE_ERRORS, limit_query
-from app.deps import AdminDep
 from app.tenants.deps import TenantServiceDep
 from app.tenants.schemas import (
     DEFAULT_GRACE_S,

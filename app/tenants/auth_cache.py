@@ -1,7 +1,7 @@
 """Who a key is, kept in memory: a warm request authenticates without a database read.
 
 Entries are keyed by the key's hash under the current GATEWAY_SECRET_KEY (the plaintext key is never kept) and
-dropped by the one invalidation mechanism (app/invalidation.py) when their key or tenant changes on any replica:
+dropped by the one invalidation mechanism (app/core/invalidation.py) when their key or tenant changes on any replica:
 a revocation, rotation, tenant disable or limit change reaches every process within `Invalidator.bound_s`. Time-bound
 validity (a key's expiry, a rotated key's grace) is checked on every hit, so it needs no event.
 
@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from app.invalidation import ALL
+from app.core.invalidation import ALL
 
 if TYPE_CHECKING:
-    from app.invalidation import Invalidator
+    from app.core.invalidation import Invalidator
     from app.tenants.service import AuthenticatedKey
 
 DEFAULT_SIZE = 10_000

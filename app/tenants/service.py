@@ -2,7 +2,7 @@
 
 Owns its transactions. Every change made for an operator is one audited action (`AuditService.action`: `actor` is
 "admin-token" for the ops API, "cli" for the command line, "system" for the gateway itself) and writes its
-invalidation event (app/invalidation.py) in the transaction of the change.
+invalidation event (app/core/invalidation.py) in the transaction of the change.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from app.core.clock import Clock, from_unix, to_unix
 from app.core.db.engine import reads_only
 from app.core.errors import Conflict, GatewayError, InvalidRequest, NotFound, Unauthorized
 from app.core.ids import new_id
+from app.core.invalidation import Invalidator, record
 from app.core.limits import LIMIT_NAMES, LimitsUpdate, values_of
 from app.core.pagination import DEFAULT_PAGE
 from app.core.security import KeyMaterial, bearer_token, new_tenant_key
-from app.invalidation import Invalidator, record
 from app.models import Tenant, TenantKey, TenantStatus
 from app.tenants import repository as repo
 from app.tenants.auth_cache import AuthCache

@@ -11,8 +11,8 @@ from starlette.types import Receive, Scope, Send
 
 from app.audit.service import ACTOR_ADMIN_TOKEN
 from app.contract import ErrorEnvelope
+from app.core.deps import AdminDep
 from app.core.pagination import DEFAULT_PAGE, PAGE_ERRORS, limit_query
-from app.deps import AdminDep
 from app.upstream.deps import UpstreamKeyServiceDep
 from app.upstream.schemas import (
     KEY_CURSOR,

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from app.config import Settings
 from app.core.background import cancel_and_wait
+from app.core.config import Settings
+from app.core.invalidation import Invalidator
 from app.core.net import local_host_for
+from app.core.runtime import Kernel
 from app.core.tracing import Tracing
-from app.invalidation import Invalidator
-from app.runtime import Kernel
 from app.upstream.base import UpstreamAdapter
 from app.upstream.instrumented import InstrumentedAdapter
 from app.upstream.pool import PoolPolicy, UpstreamKeyPool

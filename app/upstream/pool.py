@@ -1,11 +1,11 @@
 """The pool of the organisation's upstream keys: which key sends a new task, and the key of an existing one.
 
 The keys live in the database (encrypted, `upstream_keys`); each process holds a decrypted copy of every key with
-its state, weight and cap, loaded at start and reloaded when an invalidation event names a key (app/invalidation.py),
-so choosing a key costs no database read. What one replica learns about a key (a 429 cools it, a 401/403 disables
-it, repeated 5xx cool it briefly) it writes to the key's row with an invalidation event, so every replica knows
-within the invalidator's bound; the statement that counts a task in flight on a key re-checks its state and cap in
-the database, so a key cooled, drained or filled elsewhere is never used even before that.
+its state, weight and cap, loaded at start and reloaded when an invalidation event names a key
+(app/core/invalidation.py), so choosing a key costs no database read. What one replica learns about a key (a 429
+cools it, a 401/403 disables it, repeated 5xx cool it briefly) it writes to the key's row with an invalidation event,
+so every replica knows within the invalidator's bound; the statement that counts a task in flight on a key re-checks
+its state and cap in the database, so a key cooled, drained or filled elsewhere is never used even before that.
 
 States: `active`; `cooling` until `cooling_until` (then usable again, computed from the time, no write needed);
 `disabled` (refused by the upstream: re-probed by `prober.KeyProber` and re-enabled when accepted again; or disabled
@@ -32,8 +32,8 @@ from app.core.clock import Clock
 from app.core.db.errors import describe, is_database_unavailable, redacted_traceback
 from app.core.errors import GatewayError, NoUpstreamKey, SettingsError, UpstreamCredentialsRefused, UpstreamRejected
 from app.core.ids import new_id
+from app.core.invalidation import ALL, Invalidator, record
 from app.core.security import KeyMaterial
-from app.invalidation import ALL, Invalidator, record
 from app.models import UpstreamKey, UpstreamKeyStatus
 from app.upstream import repository as repo
 from app.upstream.base import UpstreamServerError, parse_retry_after

@@ -16,9 +16,9 @@ from app.audit.service import AuditedAction, AuditService
 from app.core.clock import Clock
 from app.core.errors import Conflict, NotFound
 from app.core.ids import new_id
+from app.core.invalidation import ALL, record
 from app.core.pagination import DEFAULT_PAGE
 from app.core.security import KeyMaterial
-from app.invalidation import ALL, record
 from app.models import UpstreamKey, UpstreamKeyStatus
 from app.upstream import repository as repo
 from app.upstream.pool import ADMIN_DISABLED_REASON, UpstreamKeyPool

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Path, Query
 
 from app.audit.service import ACTOR_ADMIN_TOKEN
 from app.contract import NO_CONTROL_PATTERN, ErrorEnvelope
+from app.core.deps import AdminDep
 from app.core.pagination import DEFAULT_PAGE, PAGE_ERRORS, limit_query
-from app.deps import AdminDep
 from app.webhooks.deps import WebhookServiceDep
 from app.webhooks.schemas import (
     DELIVERY_CURSOR,

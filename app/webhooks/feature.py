@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from app.core.background import cancel_and_wait
-from app.invalidation import Invalidator
-from app.runtime import Kernel
+from app.core.invalidation import Invalidator
+from app.core.runtime import Kernel
 from app.webhooks.sender import Sender
 from app.webhooks.service import WebhookService
 from app.webhooks.targets import Resolver, system_resolver

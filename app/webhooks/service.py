@@ -26,9 +26,9 @@ from app.core import metrics
 from app.core.clock import Clock, to_unix
 from app.core.db.engine import reads_only
 from app.core.errors import Conflict, InvalidRequest, NotFound
+from app.core.invalidation import Invalidator, record
 from app.core.pagination import DEFAULT_PAGE
 from app.core.security import KeyMaterial
-from app.invalidation import Invalidator, record
 from app.models import Tenant
 from app.models.task import Task
 from app.models.webhook import WebhookDelivery

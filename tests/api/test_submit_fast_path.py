@@ -51,7 +51,7 @@ def routing(monkeypatch: pytest.MonkeyPatch) -> Routing:
 async def warm(gw: Harness, keys: dict[str, str], routing: Routing | None = None) -> None:
     """Every key known in memory, and memory trusted. On a busy machine the invalidator may have gone longer than
     its bound without a read since the last request, and then its next read drops every cached key
-    (app/invalidation.py): so this is done before each request whose path a test asserts."""
+    (app/core/invalidation.py): so this is done before each request whose path a test asserts."""
     for _ in range(3):
         await until_fresh(gw)  # also reads the events still pending (a new tenant's own drops its keys)
         missing = [key for key in keys.values() if gw.tenants.known_key(f"Bearer {key}") is None]

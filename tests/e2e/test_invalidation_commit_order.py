@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.clock import utcnow
 from app.core.db.engine import create_engine, create_session_factory
-from app.invalidation import record
+from app.core.invalidation import record
 from app.models import TenantKey
 from tests.e2e.conftest import Processes, Sandbox, gateway_env, http_client, start_gateways
 from tests.e2e.test_key_changes_reach_replicas import BOUND_S, SLACK_S, _refused_within, _status

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
-from app.config import Settings, SettingsError, resolve_secrets
+from app.core.config import Settings, SettingsError, resolve_secrets
 
 GOOD_SECRET = "k3y-Xq9vR2mT8wLp4sZ7nB1c"
 GOOD_ADMIN = "adm-Hy6uJ3kD0fGq5rWe2tYx"

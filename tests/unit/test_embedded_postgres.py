@@ -13,7 +13,7 @@ import pytest
 
 import app.cli.common
 from app.cli.common import with_database
-from app.config import Settings
+from app.core.config import Settings
 from app.core.db import embedded
 
 

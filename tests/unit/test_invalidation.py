@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.clock import utcnow
 from app.core.db.engine import create_engine, create_session_factory
-from app.invalidation import ALL, MAX_GAPS, Invalidator, record
+from app.core.invalidation import ALL, MAX_GAPS, Invalidator, record
 from app.models import InvalidationEvent
 
 # What a busy CI machine may need before every other transaction on the server has ended (other test workers').

@@ -9,7 +9,7 @@ from sqlalchemy import Integer
 from typer.main import get_command
 
 from app.cli.tenants import tenants_cli
-from app.config import Settings
+from app.core.config import Settings
 from app.core.limits import LIMIT_NAMES, MAX_LIMIT, LimitsUpdate, LimitValues, describe
 from app.models import Tenant
 from app.tenants.schemas import Limits, TenantCreate, TenantOut

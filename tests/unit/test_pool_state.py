@@ -21,8 +21,8 @@ from app.core.errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
+from app.core.invalidation import Invalidator
 from app.core.security import KeyMaterial
-from app.invalidation import Invalidator
 from app.models import InvalidationEvent, UpstreamKey
 from app.upstream.base import UpstreamServerError
 from app.upstream.pool import UpstreamKeyPool

@@ -24,7 +24,7 @@ import app.core.db.migrate
 import app.main
 from app.cli import cli
 from app.cli.server import WORKER_APP
-from app.config import Settings
+from app.core.config import Settings
 from app.core.metrics import MULTIPROC_ENV
 
 # What `serve` writes into os.environ for its workers: restored after each test (see `env`). The metrics directory

@@ -8,8 +8,8 @@ from fastapi import Depends, Header, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.core.errors import Unauthorized
+from app.core.runtime import Kernel
 from app.core.security import bearer_token, constant_time_equals
-from app.runtime import Kernel
 
 
 async def get_kernel(request: Request) -> Kernel:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.config import Settings
 from app.core.clock import Clock, utcnow
+from app.core.config import Settings
 from app.core.db.engine import create_engine, create_session_factory
 from app.core.errors import SettingsError
 from app.core.security import KeyMaterial
