@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -149,7 +150,11 @@ def create_app(
             stack.push_async_callback(gauges.stop)
             yield
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI's and ReDoc's scripts shipped in the package (fastapi-offline), never a CDN:
+    # on a closed network the pages render all the same. No validator badge (it would call validator.swagger.io).
+    app = FastAPIOffline(
+        static_url="/docs/assets",
+        swagger_ui_parameters={"validatorUrl": None},
         title="Seedream Gateway",
         version="0.1.0",
         description="The Seedream 4.0 task API (ToAPIs contract) for tenants: same requests, same answers, "
