@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +18,8 @@ from app.core.limits import LIMIT_NAMES, settings_fields
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "change_me", "secret", "placeholder", "xxx", "todo"})
 MIN_SECRET_CHARS = 16
+# What example files put where an upstream key goes (.env.example: sk-replace-with-your-upstream-key).
+_UPSTREAM_PLACEHOLDER = re.compile(r"replace|your[-_]?(upstream[-_]?)?key|change[-_]?me|placeholder", re.IGNORECASE)
 if TYPE_CHECKING:
     _NewTenantLimits = BaseSettings
 else:
@@ -191,7 +194,17 @@ def resolve_secrets(settings: Settings) -> ResolvedSecrets:
                 f"{name} is missing or a placeholder (need {MIN_SECRET_CHARS}+ random characters, "
                 "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)."
             )
+    if any(is_placeholder_upstream_key(k.get_secret_value()) for k in settings.upstream_keys):
+        raise SettingsError(
+            "GATEWAY_UPSTREAM_KEYS holds a placeholder (as .env.example's sk-replace-with-your-upstream-key): "
+            "put your upstream keys there, or leave it empty and add keys with `seedream-gateway upstream-keys add`."
+        )
     return ResolvedSecrets(admin, key)
+
+
+def is_placeholder_upstream_key(value: str) -> bool:
+    """An upstream key that is an example's placeholder, not a key: never sent upstream, never in the pool."""
+    return value.strip().lower() in PLACEHOLDER_SECRETS or _UPSTREAM_PLACEHOLDER.search(value) is not None
 
 
 def _load_demo_secrets(data_dir: Path) -> dict[str, str]:

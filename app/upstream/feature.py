@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from app.core.background import cancel_and_wait
-from app.core.config import Settings
+from app.core.config import Settings, is_placeholder_upstream_key
 from app.core.invalidation import Invalidator
 from app.core.net import local_host_for
 from app.core.runtime import Kernel
@@ -33,7 +33,10 @@ def upstream_base_url(settings: Settings) -> str:
 
 
 def configured_upstream_keys(settings: Settings) -> list[str]:
+    """GATEWAY_UPSTREAM_KEYS (a placeholder is refused by the secrets' check, and dropped in demo mode), or the
+    sandbox's demo key in demo mode."""
     keys = [k.get_secret_value() for k in settings.upstream_keys]
+    keys = [k for k in keys if not is_placeholder_upstream_key(k)]
     if not keys and settings.zero_config:
         keys = [SANDBOX_DEMO_UPSTREAM_KEY]
     return keys

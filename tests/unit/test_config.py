@@ -130,6 +130,45 @@ def test_missing_or_placeholder_admin_token_is_refused(
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    "keys", ["sk-replace-with-your-upstream-key", "sk-real-0123456789,sk-replace-with-your-upstream-key", "changeme"]
+)
+def test_a_placeholder_upstream_key_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, keys: str) -> None:
+    """.env.example's upstream key is a placeholder, refused like the other two (it used to join the pool)."""
+    production(monkeypatch, tmp_path)
+    monkeypatch.setenv("GATEWAY_SECRET_KEY", GOOD_SECRET)
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", GOOD_ADMIN)
+    monkeypatch.setenv("GATEWAY_UPSTREAM_KEYS", keys)
+
+    with pytest.raises(SettingsError) as info:
+        resolve_secrets(Settings())
+
+    assert str(info.value).startswith("GATEWAY_UPSTREAM_KEYS holds a placeholder")
+    assert "sk-real" not in str(info.value)
+
+
+def test_the_example_files_placeholders_are_all_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """.env.example copied as it is, with an upstream URL set: refused, as the file says."""
+    example = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    (tmp_path / ".env").write_text(
+        example.replace("GATEWAY_UPSTREAM_BASE_URL=\n", "GATEWAY_UPSTREAM_BASE_URL=https://x\n")
+    )
+    monkeypatch.setenv("GATEWAY_SECRET_KEY", GOOD_SECRET)
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", GOOD_ADMIN)
+
+    with pytest.raises(SettingsError, match="GATEWAY_UPSTREAM_KEYS"):
+        resolve_secrets(Settings())
+
+
+def test_demo_mode_drops_a_placeholder_upstream_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from app.upstream.feature import SANDBOX_DEMO_UPSTREAM_KEY, configured_upstream_keys
+
+    monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("GATEWAY_UPSTREAM_KEYS", "sk-replace-with-your-upstream-key")
+
+    assert configured_upstream_keys(Settings()) == [SANDBOX_DEMO_UPSTREAM_KEY]
+
+
 def test_real_secrets_are_used_as_given(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     production(monkeypatch, tmp_path)
     monkeypatch.setenv("GATEWAY_SECRET_KEY", GOOD_SECRET)
