@@ -20,7 +20,7 @@ tasks_cli = typer.Typer(
 
 @tasks_cli.command("list")
 def list_tasks(
-    tenant: Annotated[str | None, typer.Option("--tenant", help="A tenant's id (`ten_...`).")] = None,
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's (id or name).")] = None,
     status: Annotated[StatusFilter | None, typer.Option("--status", help=_STATUS_HELP)] = None,
     outcome_unknown: Annotated[
         bool, typer.Option("--outcome-unknown", help="Only tasks whose create call was sent and never answered.")

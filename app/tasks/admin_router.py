@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.contract import ErrorEnvelope
+from app.contract import NO_CONTROL_PATTERN, ErrorEnvelope
 from app.core.deps import AdminDep, KernelDep
 from app.core.pagination import DEFAULT_PAGE, limit_query
 from app.tasks.ledger import TASK_CURSOR, LedgerPage, StatusFilter, TaskLedger
@@ -19,12 +19,17 @@ router = APIRouter(
 @router.get(
     "/tasks",
     response_model=LedgerPage,
-    responses={400: {"model": ErrorEnvelope, "description": "Invalid filter, limit or cursor"}},
+    responses={
+        400: {"model": ErrorEnvelope, "description": "Invalid filter, limit or cursor"},
+        404: {"model": ErrorEnvelope, "description": "No such tenant"},
+    },
     summary="Tasks of the ledger, newest first (filter by tenant, status, unknown create outcome)",
 )
 async def list_tasks(
     kernel: KernelDep,
-    tenant_id: Annotated[str | None, Query(max_length=40, pattern=r"^[A-Za-z0-9_-]+$")] = None,
+    tenant_id: Annotated[
+        str | None, Query(max_length=200, pattern=NO_CONTROL_PATTERN, description="Only this tenant's (id or name).")
+    ] = None,
     status: StatusFilter | None = None,
     outcome_unknown: bool | None = None,
     limit: Annotated[int, limit_query()] = DEFAULT_PAGE,

@@ -18,6 +18,7 @@ from app.core.clock import to_unix
 from app.core.db.engine import reads_only
 from app.core.pagination import DEFAULT_PAGE, Cursor, Page
 from app.models.task import Task
+from app.tenants.service import find
 
 TASK_CURSOR = Cursor.of_ids("task_img_")
 StatusFilter = Literal["open", "waiting", "queued", "in_progress", "completed", "failed"]
@@ -78,13 +79,17 @@ class TaskLedger:
         limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
     ) -> LedgerPage:
-        """A page of tasks, newest first; `cursor` is the previous page's `next_cursor`."""
+        """A page of tasks, newest first; `cursor` is the previous page's `next_cursor`. `tenant_id`: a tenant's id
+        or name (404 `tenant_not_found` for an unknown one)."""
         page = TASK_CURSOR.request(limit, cursor)
         stmt = select(Task)
         unresolved = select(func.count(), func.coalesce(func.sum(Task.n), 0)).where(
             Task.outcome_unknown.is_(True), Task.status.in_(OPEN_STATUSES)
         )
         if tenant_id is not None:
+            async with self._sessions() as session:
+                await reads_only(session)
+                tenant_id = (await find(session, tenant_id)).id
             stmt = stmt.where(Task.tenant_id == tenant_id)
             unresolved = unresolved.where(Task.tenant_id == tenant_id)
         if status == "open":

@@ -166,3 +166,15 @@ async def test_ops_list_a_tenants_tasks_by_status_page_by_page(gw: Harness) -> N
     assert len(opened.json()["data"]) == 3
     assert (await gw.client.get("/admin/v1/tasks", headers=headers(key))).status_code == 401
     assert (await gw.client.get("/admin/v1/tasks", headers=ADMIN, params={"cursor": "x"})).status_code == 400
+
+
+async def test_ops_list_a_tenants_tasks_by_its_name_and_an_unknown_tenant_is_not_found(gw: Harness) -> None:
+    """`tenant_id` takes a name as every other ops call does (it used to answer an empty list)."""
+    key = await gw.new_tenant("team-a")
+    await gw.new_tenant("team-b")
+    task_id = (await gw.client.post(URL, headers=headers(key), json={"prompt": "mine"})).json()["id"]
+    by_name = await gw.client.get("/admin/v1/tasks", headers=ADMIN, params={"tenant_id": "team-a"})
+    assert by_name.status_code == 200, by_name.text
+    assert [t["id"] for t in by_name.json()["data"]] == [task_id] and by_name.json()["object"] == "list"
+    unknown = await gw.client.get("/admin/v1/tasks", headers=ADMIN, params={"tenant_id": "team-z"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "tenant_not_found"

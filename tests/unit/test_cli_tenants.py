@@ -99,3 +99,13 @@ def test_tasks_list_reads_the_ledger(env: dict[str, str]) -> None:
     assert "unresolved (unknown create outcome): 0 task(s)" in out
     code, _, err = run(env, "tasks", "list", "--status", "nonsense")
     assert code == 2 and "nonsense" in err
+
+
+def test_tasks_list_takes_a_tenant_name_and_refuses_an_unknown_one(env: dict[str, str]) -> None:
+    code, out, err = run(env, "tenants", "create", "team-a", "--json")
+    assert code == 0, err
+    code, out, err = run(env, "tasks", "list", "--tenant", "team-a", "--json")
+    assert code == 0, err
+    assert json.loads(out)["data"] == []
+    code, out, err = run(env, "tasks", "list", "--tenant", "team-z")
+    assert code == 2 and "Tenant 'team-z' not found" in err and out == ""
