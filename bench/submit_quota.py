@@ -500,8 +500,7 @@ async def run_micro(database_url: str, redis_url: str | None, iterations: int) -
 
     from app.contract import GenerationRequest, TaskStatus
     from app.core.clock import utcnow
-    from app.core.db.direct import Statements
-    from app.core.db.engine import create_engine, create_session_factory
+    from app.core.db.engine import autocommit_engine, create_engine, create_session_factory
     from app.core.ids import new_id
     from app.core.security import KeyMaterial
     from app.models.task import Task
@@ -514,7 +513,7 @@ async def run_micro(database_url: str, redis_url: str | None, iterations: int) -
     engine = create_engine(database_url, pool_size=2)  # the app's engine settings, pre-ping included
     no_ping = create_async_engine(database_url, pool_size=2, max_overflow=0, pool_pre_ping=False)
     sessions = create_session_factory(engine)
-    statements = Statements(engine, sessions)
+    autocommit = autocommit_engine(engine)
     keys = KeyMaterial(secrets.token_urlsafe(32))
     pool = UpstreamKeyPool(sessions, keys, utcnow)
     limits = {"daily_images": HIGH, "monthly_images": HIGH, "max_in_flight": HIGH, "submit_rpm": HIGH}
@@ -563,9 +562,10 @@ async def run_micro(database_url: str, redis_url: str | None, iterations: int) -
         # What TaskService.submit sends: the row, its reservation (quotas on) and its slot on the key, one statement.
         reservation = quotas.reservation(tenant, task.id, 1, task.created_at) if with_quota else None
         later = task.created_at + dt.timedelta(minutes=1)
-        assert await admission.admit(
-            statements, task, reservation, upstream_key_id, check_sent=later, check_waiting=later
-        )
+        async with autocommit.connect() as connection:
+            assert await admission.admit(
+                connection, task, reservation, upstream_key_id, check_sent=later, check_waiting=later
+            )
 
     async def insert_only() -> None:
         task = new_task()

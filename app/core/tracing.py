@@ -130,9 +130,6 @@ class Tracing:
             _InTraceOnly(tracer), engine.sync_engine, NoOpUpDownCounter("db.client.connections.usage")
         )
         self._engines.append(engine.sync_engine)
-        from app.core.db import direct
-
-        direct.decline(engine)  # its statements go through sessions, where the listeners above see them
 
     def instrument_http_client(self, client: httpx.AsyncClient) -> None:
         """A client span per upstream call (method, URL, status; no header), with the trace context sent along."""

@@ -10,7 +10,8 @@ statement sent outside any explicit transaction (one round trip, where BEGIN, th
 - Counter rows are locked in the reservation's order (day, month, in flight), then the key's row: the order the
   settle transaction uses, so the two cannot deadlock.
 
-The statement goes straight to the driver where it can (app/core/db/direct.py).
+The statement runs on the caller's connection in autocommit (app/core/db/engine.autocommit_engine): SQLAlchemy
+compiles its text once and keeps the compiled form in the engine's cache.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from typing import Any, cast
 
 from sqlalchemy import Table, TextClause, bindparam, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.contract import TaskStatus
 from app.core.db.base import UTCDateTime
-from app.core.db.direct import Statements
 from app.models.task import Task
 from app.quotas.repository import RESERVE_COUNTERS_SQL, RESERVE_ENTRY_SQL, RESERVE_PARAMS, Reservation
 from app.upstream.repository import TAKE_SLOT_SQL
@@ -99,7 +100,7 @@ def _column_values(task: Task) -> dict[str, Any]:
 
 
 async def admit(
-    statements: Statements,
+    connection: AsyncConnection,
     task: Task,
     reservation: Reservation | None,
     key_id: str | None,
@@ -111,7 +112,7 @@ async def admit(
     the key gave the slot (the task is `submitting` on it), False when it is admitted `waiting`.
 
     AdmissionRefused when a counter refused (nothing written); IntegrityError when its Idempotency-Key is taken.
-    `task` is updated to what was written.
+    `task` is updated to what was written. `connection`: one in autocommit (the statement is its own transaction).
     """
     params = _column_values(task)
     params.update(
@@ -125,7 +126,8 @@ async def admit(
     if reservation is not None:
         params.update(reservation.params())
     try:
-        slotted = bool(await statements.scalar(_WITH_QUOTA if reservation is not None else _WITHOUT_QUOTA, params))
+        statement = _WITH_QUOTA if reservation is not None else _WITHOUT_QUOTA
+        slotted = bool((await connection.execute(statement, params)).scalar())
     except DBAPIError as e:
         if getattr(e.orig, "sqlstate", None) != REFUSED_SQLSTATE:
             raise

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field
 
 from app.core.background import cancel_and_wait
-from app.core.db.direct import Statements
+from app.core.db.engine import autocommit_engine
 from app.core.db.errors import describe
 from app.core.runtime import Kernel
 from app.tasks.reconciler import Reconciler
@@ -49,7 +49,7 @@ def build_tasks(kernel: Kernel, upstream: Upstream) -> Tasks:
     settings = kernel.settings
     service = TaskService(
         kernel.sessions,
-        Statements(kernel.engine, kernel.sessions),
+        autocommit_engine(kernel.engine),
         upstream.adapter,
         upstream.pool,
         kernel.clock,

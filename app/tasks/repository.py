@@ -7,10 +7,9 @@ import functools
 from typing import Any, cast
 
 from sqlalchemy import Table, TextClause, bindparam, func, or_, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.contract import OPEN_STATUSES, TaskStatus
-from app.core.db.direct import Statements
 from app.models.task import Task
 
 _TASKS = cast(Table, Task.__table__)
@@ -58,10 +57,11 @@ async def apply_update(session: AsyncSession, task_id: str, values: dict[str, An
     return None if row is None else Task(**row._asdict())
 
 
-async def apply_update_to(statements: Statements, task: Task, values: dict[str, Any]) -> bool:
-    """`apply_update` for a task already in memory, in one statement of its own (straight to the driver where it
-    can: app/core/db/direct.py): nothing read back, `task` updated when the row was."""
-    if not await statements.rowcount(_update_open(frozenset(values), returning=False), {**values, "_id": task.id}):
+async def apply_update_to(connection: AsyncConnection, task: Task, values: dict[str, Any]) -> bool:
+    """`apply_update` for a task already in memory, on a connection in autocommit (the statement is its own
+    transaction): nothing read back, `task` updated when the row was."""
+    result = await connection.execute(_update_open(frozenset(values), returning=False), {**values, "_id": task.id})
+    if not result.rowcount:
         return False
     for name, value in values.items():
         setattr(task, name, value)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.contract import (
     TERMINAL_STATUSES,
@@ -27,7 +27,6 @@ from app.contract import (
     images_reserved_for,
 )
 from app.core.clock import Clock, from_unix, to_unix
-from app.core.db.direct import Statements
 from app.core.db.engine import one_statement, reads_only
 from app.core.db.errors import describe, is_database_unavailable
 from app.core.errors import (
@@ -46,6 +45,7 @@ from app.quotas import service as quotas
 from app.tasks import admission, ending
 from app.tasks import repository as repo
 from app.tasks.cache import TaskAnswers
+from app.tasks.images import ImageView, ShownImages
 from app.tasks.singleflight import SingleFlight
 from app.upstream.base import UpstreamAdapter, UpstreamServerError, UpstreamTask, parse_retry_after
 from app.upstream.pool import PoolKey, UpstreamKeyPool
@@ -102,7 +102,7 @@ class TaskService:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        statements: Statements,
+        autocommit: AsyncEngine,
         adapter: UpstreamAdapter,
         pool: UpstreamKeyPool,
         clock: Clock,
@@ -121,7 +121,8 @@ class TaskService:
         self._submit_deadline = submit_deadline  # longer than any create call can take
         self.on_waiting: Callable[[], None] | None = None  # the reconciler's wake-up: a task started waiting
         self._sessions = sessions
-        self._statements = statements  # the submit path's single statements (app/core/db/direct.py)
+        # The submit path's single statements, each its own transaction (app/core/db/engine.autocommit_engine).
+        self._autocommit = autocommit
         self._adapter = adapter
         self._pool = pool
         self._clock = clock
@@ -130,6 +131,8 @@ class TaskService:
         self._inflight: SingleFlight[Task] = SingleFlight()
         self._answers = TaskAnswers(refresh_interval)
         self._end_hooks: list[EndHook] = []
+        # A completed task's images as callers see them (app/results: the kept copies); None: the upstream's URLs.
+        self.images: ImageView | None = None
         # Upstream answers to create calls that the ledger could not take (database away): written by
         # `write_kept_answers` (the reconciler's sweep, before it claims anything) once the database is back.
         self._kept: dict[str, tuple[dict[str, Any], int]] = {}
@@ -222,14 +225,15 @@ class TaskService:
             quotas.refuse_unless_fitted(tenant, reservation, quotas.could_fit(reservation), now)
         waiting_check = now + dt.timedelta(seconds=self._pool.retry_after_s())
         try:
-            slotted = await admission.admit(
-                self._statements,
-                task,
-                reservation,
-                key.id if key is not None else None,
-                check_sent=now + self._submit_deadline,
-                check_waiting=waiting_check,
-            )
+            async with self._autocommit.connect() as connection:
+                slotted = await admission.admit(
+                    connection,
+                    task,
+                    reservation,
+                    key.id if key is not None else None,
+                    check_sent=now + self._submit_deadline,
+                    check_waiting=waiting_check,
+                )
         except admission.AdmissionRefused as refused:
             assert reservation is not None
             quotas.refuse_unless_fitted(tenant, reservation, refused.fitted, now)
@@ -463,8 +467,10 @@ class TaskService:
         body = self._answers.get(tenant_id, task_id, self._clock())
         if body is None:
             task = await self.status(tenant_id, task_id)
-            body = render(task)
-            self._answers.put(task, body)
+            images = self.images if task.status == TaskStatus.COMPLETED else None
+            shown = await images(task) if images is not None else None
+            body = render(task, shown=shown)
+            self._answers.put(task, body, until=shown.fresh_until if shown is not None else None)
         return body
 
     # --- the reconciler's work (app/tasks/reconciler.py claims, this does) -------------------------------------------
@@ -603,8 +609,10 @@ class TaskService:
         and frees its slot on its upstream key. `known`: the task as this process holds it, updated in place
         rather than read back."""
         if values.get("status") not in TERMINAL_STATUSES:  # one statement, nothing to settle
-            if known is not None and await repo.apply_update_to(self._statements, known, values):
-                return known
+            if known is not None:
+                async with self._autocommit.connect() as connection:
+                    if await repo.apply_update_to(connection, known, values):
+                        return known
             async with one_statement(self._sessions) as session:
                 stored = await repo.apply_update(session, task_id, values)
                 if stored is None:  # already terminal: another caller or replica recorded the end first
@@ -672,14 +680,15 @@ def _values_from_upstream(upstream: UpstreamTask, now: dt.datetime, reserved: in
     return values, len(urls)
 
 
-def render(task: Task, *, created: bool = False) -> bytes:
+def render(task: Task, *, created: bool = False, shown: ShownImages | None = None) -> bytes:
     """The status answer of a ledger row, as JSON (what FastAPI would send for `to_task_object` without Nones);
     `created`: the create call's answer."""
-    return to_task_object(task, created=created).model_dump_json(exclude_none=True).encode()
+    return to_task_object(task, created=created, shown=shown).model_dump_json(exclude_none=True).encode()
 
 
-def to_task_object(task: Task, *, created: bool = False) -> TaskObject:
-    """The contract's task object for a ledger row."""
+def to_task_object(task: Task, *, created: bool = False, shown: ShownImages | None = None) -> TaskObject:
+    """The contract's task object for a ledger row; `shown`: its images as callers see them (app/tasks/images.py),
+    else the ledger's upstream URLs."""
     status = TaskStatus(task.status).public
     obj = TaskObject(
         id=task.id,
@@ -691,9 +700,9 @@ def to_task_object(task: Task, *, created: bool = False) -> TaskObject:
         metadata={} if created else None,
     )
     if status == TaskStatus.COMPLETED:
-        urls = task.result_urls or []
+        urls = shown.urls if shown is not None else task.result_urls or []
         obj.completed_at = to_unix(task.completed_at)
-        obj.expires_at = to_unix(task.expires_at)
+        obj.expires_at = to_unix(shown.expires_at if shown is not None else task.expires_at)
         obj.result = TaskResult(data=[ImageRef(url=u) for u in urls])
         obj.url = urls[0] if urls else None
     elif status == TaskStatus.FAILED:

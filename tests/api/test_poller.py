@@ -68,10 +68,10 @@ async def _interrupted_submit(gw: Harness, key: str) -> str:
     reservation = quotas.reservation(tenant, task.id, 3, now)
     submit_deadline = now + dt.timedelta(seconds=70)  # what submit sets: longer than any create call lasts
     upstream_key = gw.tasks._pool.choose()
-    statements = gw.tasks._statements
-    assert await admission.admit(
-        statements, task, reservation, upstream_key.id, check_sent=submit_deadline, check_waiting=submit_deadline
-    )
+    async with gw.tasks._autocommit.connect() as connection:
+        assert await admission.admit(
+            connection, task, reservation, upstream_key.id, check_sent=submit_deadline, check_waiting=submit_deadline
+        )
     assert task.status == TaskStatus.SUBMITTING
     return task.id
 

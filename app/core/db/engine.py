@@ -9,13 +9,12 @@ or a key hash), and reports to the database's outage tracker
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, ExceptionContext
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -28,7 +27,6 @@ PG_CONNECT_TIMEOUT_S = 10.0
 _STARTED_DURING_OUTAGE = "gw_started_during_outage"
 _RETURNED_AT = "gw_returned_at"
 PING_AFTER_IDLE_S = 5.0
-_trackers: weakref.WeakKeyDictionary[Engine, outage.OutageTracker] = weakref.WeakKeyDictionary()
 
 
 def create_engine(url: str, *, pool_size: int = 20, tracker: outage.OutageTracker | None = None) -> AsyncEngine:
@@ -87,19 +85,13 @@ def _redact_errors(engine: AsyncEngine) -> None:
         redact_in_place(context.original_exception)
 
 
-def recovery_tracker(engine: AsyncEngine) -> outage.OutageTracker | None:
-    """The outage tracker whose outage a successful statement of `engine` ends (app/core/db/direct.py's
-    statements report to it too)."""
-    return _trackers.get(engine.sync_engine)
-
-
 def _report_recovery(engine: AsyncEngine, tracker: outage.OutageTracker) -> None:
-    """End the tracker's outage when a statement *started after it began* succeeds.
+    """End the tracker's outage when a statement *started after it began* succeeds: the one place a statement's
+    success reaches the outage tracker, whatever ran it (a session, a connection, the autocommit engine).
 
     A statement that was sent before the outage was noticed and answered just in time proves nothing, so the start
     is stamped on the connection (only while an outage is on: nothing is done per statement otherwise).
     """
-    _trackers[engine.sync_engine] = tracker
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def _before(conn: Any, _cursor: Any, _statement: Any, _params: Any, _context: Any, _many: Any) -> None:
@@ -111,6 +103,14 @@ def _report_recovery(engine: AsyncEngine, tracker: outage.OutageTracker) -> None
     def _after(conn: Any, _cursor: Any, _statement: Any, _params: Any, _context: Any, _many: Any) -> None:
         if tracker.is_down:
             tracker.operation_succeeded(conn.info.pop(_STARTED_DURING_OUTAGE, None))
+
+
+def autocommit_engine(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` for work that is one statement: each statement on its connections commits on its own (no BEGIN, no
+    COMMIT: one round trip instead of three). The same pool, hooks and error translation as `engine` (idle ping,
+    redaction, outage recovery, tracing): an execution option of it, not another engine. Used as
+    `async with autocommit.connect() as connection: await connection.execute(statement, params)`."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 async def reads_only(session: AsyncSession) -> None:
