@@ -28,6 +28,7 @@ SANDBOX_DEFAULT_PORT = 8100
 # What each worker of `serve --workers N` imports and calls to build its own app (a uvicorn factory).
 WORKER_APP = "app.main:app_from_environment"
 
+SandboxPortOpt = Annotated[int | None, typer.Option(help=f"Port to bind (default: {SANDBOX_DEFAULT_PORT}).")]
 WorkersOpt = Annotated[
     int | None,
     typer.Option(min=1, help="Worker processes, each with its own pools and loops (default: GATEWAY_WORKERS or 1)."),
@@ -134,7 +135,7 @@ def _serve_workers(settings: Settings, options: dict[str, Any]) -> None:
         fail("a worker process could not start (its log lines are above)")
 
 
-def sandbox(host: HostOpt = None, port: PortOpt = None) -> None:
+def sandbox(host: HostOpt = None, port: SandboxPortOpt = None) -> None:
     """Run the sandbox upstream (the upstream contract, with injectable faults) on its own port."""
     import uvicorn
 

@@ -281,3 +281,14 @@ def test_tenants_create_without_secret_exits_2(monkeypatch: pytest.MonkeyPatch, 
     assert result.stderr.strip().startswith("seedream-gateway: GATEWAY_SECRET_KEY")
     assert len(result.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sandbox_help_names_the_port_it_binds() -> None:
+    """It said GATEWAY_PORT or 8000, and bound 8100."""
+    from app.cli.server import SANDBOX_DEFAULT_PORT
+
+    result = CliRunner().invoke(cli, ["sandbox", "--help"], env={"COLUMNS": "200"})
+
+    assert result.exit_code == 0
+    assert f"default: {SANDBOX_DEFAULT_PORT}" in result.output
+    assert "GATEWAY_PORT" not in result.output
