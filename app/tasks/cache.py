@@ -1,6 +1,8 @@
 """Status answers kept in memory, rendered once: a warm status call reads neither the database nor pydantic.
 
-- A terminal task never changes again (the ledger refuses to update one), so its answer is kept until evicted.
+- A terminal task never changes again (the ledger refuses to update one), so its answer is kept until evicted;
+  unless its images' rendering changes (app/tasks/images.py: a copy about to be published in the organisation's
+  store, a signed link's life), then until that moment, which every replica's cache honours alike.
 - An open task's answer is kept until it is next due for an upstream refresh (`refreshed_at` + the refresh
   interval, whichever replica refreshed it): the same staleness the ledger itself allows, since the ledger row is
   not refreshed more often either. After that the call goes the usual way (ledger, then a claimed refresh).
@@ -46,10 +48,12 @@ class TaskAnswers:
         self._entries.move_to_end(task_id)
         return entry.body
 
-    def put(self, task: Task, body: bytes) -> None:
-        """Keep the answer of a terminal task, or of an open one until its next refresh is due."""
+    def put(self, task: Task, body: bytes, *, until: dt.datetime | None = None) -> None:
+        """Keep the answer of a terminal task (until `until` when its rendering changes, e.g. a kept copy about to
+        be published or a signed link's life: app/tasks/images.py), or of an open one until its next refresh is
+        due."""
         if task.status in TERMINAL_STATUSES:
-            fresh_until = None
+            fresh_until = until
         elif task.refreshed_at is not None and task.upstream_task_id is not None:
             fresh_until = task.refreshed_at + self._refresh_interval
         else:
