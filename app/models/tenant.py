@@ -51,6 +51,9 @@ class Tenant(Base):
     webhook_previous_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     # Origins (scheme://host[:port]) a request's callback_url may point at; JSON list, NULL = none.
     callback_origins: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    # Kept results (issue 23): days a completed task's images are kept in the gateway's store; NULL = the gateway's
+    # default (GATEWAY_RESULTS_RETENTION_DAYS), 0 = not kept (callers get the upstream's links only).
+    result_retention_days: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class TenantKey(Base):
