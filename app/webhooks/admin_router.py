@@ -35,7 +35,8 @@ DeliveryId = Annotated[str, Path(description="The delivery's (event's) id, `evt_
 
 @router.get("/tenants/{tenant_id}/webhook", response_model=WebhookOut, summary="A tenant's webhook configuration")
 async def get_webhook(tenant_id: TenantId, webhooks: WebhookServiceDep) -> WebhookOut:
-    """The endpoint, the callback origins and whether a signing secret is set (never the secret)."""
+    """The endpoint, the callback origins and whether a signing secret is set (never the secret); 404
+    `webhook_not_found` when the tenant has none (never set, or deleted)."""
     return await webhooks.describe(tenant_id)
 
 

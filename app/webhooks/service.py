@@ -159,8 +159,11 @@ class WebhookService:
 
     # --- configuration (ops) --------------------------------------------------------------------------------------
     async def describe(self, tenant_ref: str) -> WebhookOut:
+        """The tenant's webhook configuration; 404 `webhook_not_found` when it has none (never set, or deleted)."""
         async with self._sessions() as session:
             tenant = await find(session, tenant_ref)
+        if tenant.webhook_url is None and tenant.webhook_secret is None and not tenant.callback_origins:
+            raise NotFound(f"Tenant {tenant_ref!r} has no webhook configuration.", code="webhook_not_found")
         return WebhookOut.of(tenant, now_unix=self._now_unix())
 
     async def configure(self, tenant_ref: str, update: WebhookUpdate, *, actor: str) -> WebhookOut:

@@ -134,6 +134,12 @@ async def test_delete_forgets_endpoint_secret_and_origins(hooks: Harness) -> Non
         "previous_secret_until": None,
         "secret": None,
     }
+    # Deleted means gone: a read afterwards is a 404, as before the first PUT (it used to answer 200).
+    gone = await hooks.client.get(f"/admin/v1/tenants/{tenant_id}/webhook", headers=ADMIN)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "webhook_not_found"
+    _, other = await tenant(hooks, "globex")
+    never = await hooks.client.get(f"/admin/v1/tenants/{other}/webhook", headers=ADMIN)
+    assert never.status_code == 404 and never.json()["error"]["code"] == "webhook_not_found"
 
 
 # --- events ---------------------------------------------------------------------------------------------------------
