@@ -24,6 +24,23 @@ _EXAMPLE = (
 )
 
 
+# One event of the stream (OpenAPI 3.1: a text/event-stream's `schema` describes each event, as its fields).
+_EVENT = {
+    "type": "object",
+    "required": ["event", "data", "id"],
+    "properties": {
+        "event": {"const": "status"},
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The task's step, for `Last-Event-ID`."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/TaskObject"},
+            "description": "The status call's task object, as JSON on one line.",
+        },
+    },
+}
+
+
 def _error(description: str) -> dict[str, Any]:
     # Errors are answered before the stream starts, as JSON (`model=` would document them as the stream's type).
     return {"description": description, "content": {"application/json": {"schema": {"$ref": _ENVELOPE_REF}}}}
@@ -34,7 +51,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The event stream, closed after the task's final event (`completed` or `failed`). Each "
         "event: `id` (the task's step, for `Last-Event-ID`), `event: status`, `data` (the status call's task "
         "object, as JSON on one line). A `: keep-alive` comment when no event was sent for a while (15 s).",
-        "content": {MEDIA_TYPE: {"schema": {"type": "string"}, "example": _EXAMPLE}},
+        "content": {MEDIA_TYPE: {"schema": _EVENT, "example": _EXAMPLE}},
     },
     204: {"description": "The task has ended and `Last-Event-ID` is its final event: nothing more to send"},
     401: _error("Missing or invalid API key"),

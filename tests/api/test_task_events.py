@@ -458,3 +458,18 @@ async def test_cors_is_off_without_origins(gw: Harness) -> None:
     assert "access-control-allow-origin" not in r.headers
     health = await gw.client.get("/healthz", headers={"Origin": ORIGIN})
     assert "access-control-allow-origin" not in health.headers
+
+
+async def test_each_event_fits_the_documented_event_schema(gw: Harness) -> None:
+    """The document described the whole stream as one string, and schemathesis found every event violating it:
+    each event (its `event`, `id` and `data`, the task object as JSON) now fits the schema it documents."""
+    import schemathesis
+
+    from tests.fixtures.gateway import completed_task
+
+    key = await gw.new_tenant("acme")
+    task_id = await completed_task(gw, key)
+    r = await gw.client.get(f"{URL}/{task_id}/events", headers=bearer(key))
+    assert r.status_code == 200 and r.text.count("event: status") == 1, r.text
+    operation = schemathesis.openapi.from_dict(gw.app.openapi())[f"{URL}/{{task_id}}/events"]["GET"]
+    operation.validate_response(r)  # raises on a violation
