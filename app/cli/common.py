@@ -43,15 +43,30 @@ def progress(line: str) -> None:
     typer.echo(f"seedream-gateway: {line}", err=True)
 
 
-def with_database(settings: Settings) -> Settings:
+def with_database(settings: Settings, *, create: bool = True) -> Settings:
     """`settings` with the database to use: GATEWAY_DATABASE_URL's, or else the embedded PostgreSQL under data_dir
-    (app/core/db/embedded.py), started unless it runs and migrated unless GATEWAY_AUTO_MIGRATE=false."""
+    (app/core/db/embedded.py), started unless it runs and migrated unless GATEWAY_AUTO_MIGRATE=false. `create`
+    False (the ops commands): an embedded ledger that does not exist yet is a refusal, not a new empty one."""
     if settings.database_url:
         return settings
+    if not create:
+        require_ledger(settings)
     url = embedded.start(settings.data_dir, progress)
     if settings.should_auto_migrate:
         upgrade(url)
     return settings.model_copy(update={"database_url": url, "auto_migrate": False})  # migrated: nothing left to do
+
+
+def require_ledger(settings: Settings) -> None:
+    """Refuse (one line, exit 2) an ops command run where there is no gateway: no GATEWAY_DATABASE_URL and no
+    embedded ledger under data_dir. It used to create a fresh, empty demo ledger wherever it was run."""
+    if settings.database_url or (settings.data_dir / embedded.PGDATA).exists():
+        return
+    fail(
+        f"no gateway here: GATEWAY_DATABASE_URL is not set and there is no ledger under "
+        f"{settings.data_dir / embedded.PGDATA} (`serve` makes the demo's). Run this in the gateway's directory, "
+        "set GATEWAY_DATABASE_URL, or reach a running gateway with --url and an admin token."
+    )
 
 
 def run_with_kernel(settings: Settings, call: Callable[[Kernel], Awaitable[T]]) -> T:
@@ -65,8 +80,10 @@ def run_with_kernel(settings: Settings, call: Callable[[Kernel], Awaitable[T]]) 
                 raise DatabaseNotMigrated() from e
 
     try:
+        if settings.zero_config:
+            require_ledger(settings)  # before the secrets: the demo's would be generated here
         settings.secrets  # noqa: B018 - a missing secret fails before a database is started
-        return asyncio.run(main(with_database(settings)))
+        return asyncio.run(main(with_database(settings, create=False)))
     except SettingsError as e:
         fail(str(e))
     except GatewayError as e:

@@ -13,10 +13,10 @@ import typer
 from sqlalchemy.engine import make_url
 
 from app.cli.common import HostOpt, PortOpt, fail, run_with_kernel, settings_with, with_database
-from app.core.config import Settings
+from app.core.config import DEMO_SECRETS_FILE, Settings
 from app.core.db import embedded
 from app.core.db.errors import describe, is_database_unavailable
-from app.core.errors import SettingsError
+from app.core.errors import SecretKeyMismatch, SettingsError
 from app.core.files import write_private
 from app.core.logs import setup_logging
 from app.core.metrics import MULTIPROC_ENV
@@ -58,6 +58,7 @@ def serve(host: HostOpt = None, port: PortOpt = None, workers: WorkersOpt = None
             "sandbox keeps its tasks in one process's memory (run `seedream-gateway sandbox` apart and point at it)"
         )
     # Everything up to the banner is done once, here, whatever the number of workers.
+    demo_ledger = not settings.database_url  # the embedded one under data_dir, which the demo may have made
     try:
         resolved = settings.secrets
         ledger = _ledger(settings)
@@ -73,7 +74,7 @@ def serve(host: HostOpt = None, port: PortOpt = None, workers: WorkersOpt = None
             fail(f"database unavailable: {describe(e)}")
         app = create_app(settings)  # with several workers, only a check: each of them builds its own
     except SettingsError as e:
-        fail(str(e))
+        fail(_explained(e, settings, demo_ledger))
     if settings.zero_config:
         key = _ensure_demo_key(settings)
         _print_banner(settings, key, resolved.admin_token, ledger)
@@ -168,6 +169,19 @@ def migrate() -> None:
     settings = with_database(settings.model_copy(update={"auto_migrate": False}))
     upgrade(settings.database_url)
     typer.echo("migrated to head")
+
+
+def _explained(error: SettingsError, settings: Settings, embedded_ledger: bool) -> str:
+    """The refusal, and where the demo's secret key is when the ledger is the demo's (moving from the demo to a
+    real upstream with the same ./data)."""
+    demo = settings.data_dir / DEMO_SECRETS_FILE
+    if not isinstance(error, SecretKeyMismatch) or settings.zero_config or not embedded_ledger or not demo.exists():
+        return str(error)
+    return (
+        f"{error} This data directory was the demo's: its generated secret key is `secret_key` in {demo}. Set "
+        "GATEWAY_SECRET_KEY to it, or put it in GATEWAY_PREVIOUS_SECRET_KEYS and run `seedream-gateway secrets "
+        "rekey`; or start the real gateway on another GATEWAY_DATA_DIR (or GATEWAY_DATABASE_URL)."
+    )
 
 
 def _ensure_demo_key(settings: Settings) -> str:

@@ -18,6 +18,7 @@ from app.core.limits import LIMIT_NAMES, settings_fields
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "change_me", "secret", "placeholder", "xxx", "todo"})
 MIN_SECRET_CHARS = 16
+DEMO_SECRETS_FILE = "demo-secrets.json"  # under data_dir: the demo mode's generated admin token and secret key
 # What example files put where an upstream key goes (.env.example: sk-replace-with-your-upstream-key).
 _UPSTREAM_PLACEHOLDER = re.compile(r"replace|your[-_]?(upstream[-_]?)?key|change[-_]?me|placeholder", re.IGNORECASE)
 if TYPE_CHECKING:
@@ -208,7 +209,7 @@ def is_placeholder_upstream_key(value: str) -> bool:
 
 
 def _load_demo_secrets(data_dir: Path) -> dict[str, str]:
-    path = data_dir / "demo-secrets.json"
+    path = data_dir / DEMO_SECRETS_FILE
     if path.exists():
         stored: dict[str, str] = json.loads(path.read_text())
         return stored

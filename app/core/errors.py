@@ -9,6 +9,10 @@ class SettingsError(RuntimeError):
     """The configuration or the database cannot run; the message is one line for the operator."""
 
 
+class SecretKeyMismatch(SettingsError):
+    """What the ledger holds was encrypted under another GATEWAY_SECRET_KEY than the ones configured."""
+
+
 class GatewayError(Exception):
     """An expected outcome rendered as `{"error": {"code", "message", "type", "param"}}`."""
 

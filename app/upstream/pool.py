@@ -30,7 +30,13 @@ from app.core import outage
 from app.core.background import cancel_and_wait
 from app.core.clock import Clock
 from app.core.db.errors import describe, is_database_unavailable, redacted_traceback
-from app.core.errors import GatewayError, NoUpstreamKey, SettingsError, UpstreamCredentialsRefused, UpstreamRejected
+from app.core.errors import (
+    GatewayError,
+    NoUpstreamKey,
+    SecretKeyMismatch,
+    UpstreamCredentialsRefused,
+    UpstreamRejected,
+)
 from app.core.ids import new_id
 from app.core.invalidation import ALL, Invalidator, record
 from app.core.security import KeyMaterial
@@ -206,7 +212,7 @@ class UpstreamKeyPool:
                 secret = self._material.decrypt(row.secret_encrypted)
             except ValueError as e:
                 if strict and row.status != UpstreamKeyStatus.RETIRED:
-                    raise SettingsError(
+                    raise SecretKeyMismatch(
                         "Stored upstream keys cannot be decrypted with this GATEWAY_SECRET_KEY: it was changed; "
                         "restore it (or list the former one in GATEWAY_PREVIOUS_SECRET_KEYS)."
                     ) from e

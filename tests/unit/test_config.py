@@ -292,3 +292,32 @@ def test_sandbox_help_names_the_port_it_binds() -> None:
     assert result.exit_code == 0
     assert f"default: {SANDBOX_DEFAULT_PORT}" in result.output
     assert "GATEWAY_PORT" not in result.output
+
+
+def test_an_ops_command_where_there_is_no_gateway_refuses_instead_of_making_a_ledger(tmp_path: Path) -> None:
+    """Run outside the gateway's directory without settings, a command used to create a fresh demo ledger there."""
+    result = CliRunner().invoke(cli, ["tenants", "list"])
+
+    assert result.exit_code == 2
+    assert result.stderr.startswith("seedream-gateway: no gateway here: GATEWAY_DATABASE_URL is not set")
+    assert "--url" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no data/postgres, no demo secrets
+
+
+def test_moving_from_the_demo_names_the_demos_secrets_file(tmp_path: Path) -> None:
+    """The refusal said the secret key "was changed" without saying where the demo's generated one is."""
+    from app.cli.server import _explained
+    from app.core.errors import SecretKeyMismatch
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "demo-secrets.json").write_text(json.dumps({"admin_token": GOOD_ADMIN, "secret_key": GOOD_SECRET}))
+    real = Settings(upstream_base_url="https://api.toapis.com", data_dir=data_dir)
+    error = SecretKeyMismatch("Stored upstream keys cannot be decrypted with this GATEWAY_SECRET_KEY: it was changed.")
+
+    explained = _explained(error, real, embedded_ledger=True)
+
+    assert str(data_dir / "demo-secrets.json") in explained and "GATEWAY_PREVIOUS_SECRET_KEYS" in explained
+    assert GOOD_SECRET not in explained
+    assert _explained(error, real, embedded_ledger=False) == str(error)  # another database: not the demo's
+    assert _explained(SettingsError("other"), real, embedded_ledger=True) == "other"

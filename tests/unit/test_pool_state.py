@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.db.engine import create_engine, create_session_factory
 from app.core.errors import (
     NoUpstreamKey,
-    SettingsError,
+    SecretKeyMismatch,
     UpstreamCredentialsRefused,
     UpstreamRejected,
     UpstreamTimeout,
@@ -82,7 +82,7 @@ async def test_a_rotated_secret_key_neither_duplicates_nor_loses_a_key(
     await rotated.load(KEYS)  # fingerprints under the previous secret still find the stored keys
     assert len(await rows(sessions)) == 2
     assert sorted(k.secret for k in rotated.snapshot()) == sorted(KEYS)
-    with pytest.raises(SettingsError, match="GATEWAY_SECRET_KEY"):
+    with pytest.raises(SecretKeyMismatch, match="GATEWAY_SECRET_KEY"):  # serve names the demo's secrets from it
         await replica(sessions, clock, KeyMaterial(NEW_SECRET)).load(KEYS)
     assert len(await rows(sessions)) == 2  # the failed start added nothing
 
