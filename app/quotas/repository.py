@@ -1,7 +1,8 @@
 """SQL for quota counters, quota entries and rate windows. Each change is one conditional statement.
 
-The reservation (RESERVE_*_SQL) and the settle (`settle_ctes`) are parts of the statements that admit a task and end
-it (app/tasks/admission.py, app/tasks/ending.py): the one place each rule is written, and the one path that runs it.
+The reservation (`reserve_ctes`) and the settle (`settle_ctes`) are parts of the statements that admit a task and
+end it (app/tasks/admission.py, app/tasks/ending.py): the one place each rule is written, and the one path that runs
+it. They are this module's public fragments: the tasks feature composes them, and reads nothing else of this module.
 """
 
 from __future__ import annotations
@@ -11,20 +12,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, bindparam, case, delete, func, select, text
+from sqlalchemy import BigInteger, BindParameter, Integer, bindparam, case, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.db.base import UTCDateTime
 from app.models import QuotaCounter, QuotaEntry, RateWindow
 from app.models.quota import INFLIGHT_PERIOD
 
-RESERVE_ENTRY_SQL = """
+_RESERVE_ENTRY = """
     INSERT INTO quota_entries (tenant_id, task_id, kind, images, day, month, created_at)
     VALUES (:tenant_id, :task_id, 'reserve', :n, :day, :month, :created_at)
     ON CONFLICT (task_id, kind) DO NOTHING
 """
 # All three counters in one upsert; a row whose new amount would pass its limit (NULL = unlimited) is left alone
 # and missing from RETURNING. Rows lock in VALUES order (day, month, in flight), the order `settle_ctes` uses too.
-RESERVE_COUNTERS_SQL = """
+_RESERVE_COUNTERS = """
     INSERT INTO quota_counters AS c (tenant_id, period, amount)
     VALUES (:tenant_id, :day_period, :n), (:tenant_id, :month_period, :n), (:tenant_id, :inflight_period, 1)
     ON CONFLICT (tenant_id, period) DO UPDATE SET amount = c.amount + excluded.amount
@@ -34,12 +36,27 @@ RESERVE_COUNTERS_SQL = """
         c.amount + excluded.amount)
     RETURNING period
 """
-RESERVE_PARAMS = (
-    bindparam("n", type_=Integer),
-    bindparam("day_limit", type_=Integer),
-    bindparam("month_limit", type_=Integer),
-    bindparam("inflight_limit", type_=Integer),
-)
+RESERVED_COUNTERS = 3  # the rows of `counters` when every counter took the reservation
+
+
+def reserve_ctes() -> str:
+    """The reservation as two data-modifying CTEs, for the statement that admits a task (app/tasks/admission.py):
+    `counters`, one row (`period`) per counter that took the reservation (RESERVED_COUNTERS when all did; a counter
+    the reservation would take past its limit is left alone and missing), then `entry`, the task's reserve entry
+    (once per task). The statement must undo everything when a counter is missing. Parameters: `Reservation.params()`,
+    typed by `reserve_params()`."""
+    return f"counters AS ({_RESERVE_COUNTERS}),\nentry AS ({_RESERVE_ENTRY})"
+
+
+def reserve_params() -> tuple[BindParameter[Any], ...]:
+    """The typed bind parameters of `reserve_ctes` (those whose type SQLAlchemy cannot guess from the text)."""
+    return (
+        bindparam("n", type_=Integer),
+        bindparam("day_limit", type_=Integer),
+        bindparam("month_limit", type_=Integer),
+        bindparam("inflight_limit", type_=Integer),
+        bindparam("created_at", type_=UTCDateTime()),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +80,7 @@ class Reservation:
         return f"month:{self.month}"
 
     def params(self) -> dict[str, Any]:
-        """The parameters of RESERVE_ENTRY_SQL and RESERVE_COUNTERS_SQL."""
+        """The parameters of `reserve_ctes`."""
         return {
             "tenant_id": self.tenant_id,
             "task_id": self.task_id,
@@ -85,7 +102,7 @@ def settle_ctes(reserved: str) -> str:
     (tenant_id, images, day, month, and `charged`: the images to charge): `settled` (the settle entry, once per
     task) and `locked` (the counter rows it changes), then `counted`, the counters' update. Counter rows are locked in
     the reservation's order (day, month, in flight) whatever the plan, so a settle and a reservation of the same
-    tenant cannot deadlock. `:task_id` and `:now` are bound by the statement."""
+    tenant cannot deadlock. `:task_id` and `:now` are bound by the statement (app/tasks/ending.py)."""
     return f"""
     {reserved}, settled AS (
         INSERT INTO quota_entries (tenant_id, task_id, kind, images, day, month, created_at)

@@ -1,8 +1,9 @@
 """Admitting a task: its ledger row, its quota reservation and its slot on an upstream key, in one
 statement sent outside any explicit transaction (one round trip, where BEGIN, three statements and COMMIT took five).
 
-- The reservation is the quota rule's own SQL (app/quotas/repository.RESERVE_*_SQL) and the slot the pool's
-  (app/upstream/repository.TAKE_SLOT_SQL), embedded as data-modifying CTEs.
+- The reservation is the quota rule's own SQL (app/quotas/repository.reserve_ctes) and the slot the pool's
+  (app/upstream/repository.take_slot_sql), embedded as data-modifying CTEs: the public fragments those features'
+  repositories export for it.
 - When a counter does not take the reservation, the statement raises (gateway_refuse_admission, migration 0005),
   which undoes every part of it; the error carries the periods that did fit, so the caller can say which did not.
 - When the key gives no slot (another replica cooled or filled it), the task is admitted `waiting` instead: the
@@ -26,8 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.contract import TaskStatus
 from app.core.db.base import UTCDateTime
 from app.models.task import Task
-from app.quotas.repository import RESERVE_COUNTERS_SQL, RESERVE_ENTRY_SQL, RESERVE_PARAMS, Reservation
-from app.upstream.repository import TAKE_SLOT_SQL
+from app.quotas.repository import RESERVED_COUNTERS, Reservation, reserve_ctes, reserve_params
+from app.upstream.repository import take_slot_sql
 
 _TASKS = cast(Table, Task.__table__)
 REFUSED_SQLSTATE = "GW001"  # raised by gateway_refuse_admission
@@ -58,12 +59,11 @@ class AdmissionRefused(Exception):
 def _statement(with_quota: bool) -> TextClause:
     names = [column.name for column in _TASKS.c]
     values = [_ON_SLOT.get(name, f":t_{name}") for name in names]
-    ctes = [f"slot AS ({TAKE_SLOT_SQL.replace(':now', ':slot_now')})"]
+    ctes = [f"slot AS ({take_slot_sql(now=':slot_now')})"]
     if with_quota:
-        ctes.insert(0, f"counters AS ({RESERVE_COUNTERS_SQL})")
-        ctes.append(f"entry AS ({RESERVE_ENTRY_SQL})")
+        ctes.insert(0, reserve_ctes())  # `counters`, then `entry`: the counters lock before the key's row
         answer = (
-            "SELECT CASE WHEN (SELECT count(*) FROM counters) = 3 THEN EXISTS (SELECT 1 FROM slot) "
+            f"SELECT CASE WHEN (SELECT count(*) FROM counters) = {RESERVED_COUNTERS} THEN EXISTS (SELECT 1 FROM slot) "
             "ELSE gateway_refuse_admission((SELECT string_agg(period, ',') FROM counters)) END"
         )
     else:
@@ -77,7 +77,7 @@ def _statement(with_quota: bool) -> TextClause:
         bindparam("check_waiting", type_=UTCDateTime()),
     ]
     if with_quota:
-        params += [*RESERVE_PARAMS, bindparam("created_at", type_=UTCDateTime())]
+        params += reserve_params()
     return text(sql).bindparams(*params)
 
 

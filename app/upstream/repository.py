@@ -72,16 +72,22 @@ async def change(session: AsyncSession, key_id: str, values: dict[str, Any], *wh
 
 
 # --- the hot path: one statement each ----------------------------------------------------------------------------
-# Count one more task in flight on a key, if it takes new tasks now and its cap has room. The one statement of
-# that rule: take_slot runs it, and the admission statement (app/tasks/admission.py) embeds it.
-TAKE_SLOT_SQL = f"""
+# The slot rules are this module's public fragments: the statements that admit a task and end it
+# (app/tasks/admission.py, app/tasks/ending.py) embed them, so each rule is written once and runs one way.
+def take_slot_sql(now: str = ":now") -> str:
+    """Count one more task in flight on the key `:key_id`, if it takes new tasks at `now` (a bind parameter's
+    name, UTCDateTime) and its cap has room; RETURNING its id, so no row means no slot. The one statement of that
+    rule: take_slot runs it, and the admission statement (app/tasks/admission.py) embeds it as a CTE."""
+    return f"""
     UPDATE upstream_keys SET in_flight = in_flight + 1
     WHERE id = :key_id AND status IN ({", ".join(f"'{status}'" for status in TAKES_NEW)})
-      AND (cooling_until IS NULL OR cooling_until <= :now)
+      AND (cooling_until IS NULL OR cooling_until <= {now})
       AND (max_in_flight IS NULL OR in_flight < max_in_flight)
     RETURNING id
 """
-_TAKE_SLOT = text(TAKE_SLOT_SQL).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
+_TAKE_SLOT = text(take_slot_sql()).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
 async def take_slot(session: AsyncSession, key_id: str, now: dt.datetime) -> bool:
@@ -95,8 +101,8 @@ async def take_slot(session: AsyncSession, key_id: str, now: dt.datetime) -> boo
 
 def release_slot_sql(key: str = ":key_id") -> str:
     """One task fewer in flight on the key that `key` gives (a parameter, or a scalar subquery of the statement that
-    embeds it), never below zero. The one statement of that rule: release_slot runs it, and a task's end
-    (app/tasks/ending.py) embeds it."""
+    embeds it), never below zero; RETURNING its id. The one statement of that rule: release_slot runs it, and a
+    task's end (app/tasks/ending.py) embeds it as a CTE."""
     return f"UPDATE upstream_keys SET in_flight = in_flight - 1 WHERE id = {key} AND in_flight > 0 RETURNING id"
 
 
