@@ -139,6 +139,8 @@ def create_app(
             stack.push_async_callback(invalidator.stop)
             tenants.start()  # writes keys' last use every few seconds
             stack.push_async_callback(tenants.aclose)  # and what is left at shutdown, before the engine closes
+            if settings.zero_config:  # the built-in sandbox lost the previous run's tasks with its memory
+                await tasks.service.fail_lost_in_sandbox()
             tasks.start()
             stack.push_async_callback(tasks.stop)
             webhooks.start()

@@ -167,3 +167,12 @@ async def set_upstream_key(session: AsyncSession, task_id: str, upstream_key_id:
         .execution_options(synchronize_session=False)
     )
     await session.execute(stmt)
+
+
+async def sent_open_task_ids(session: AsyncSession) -> list[str]:
+    """Open tasks the upstream has or may have (created there, being sent, or sent without an answer)."""
+    stmt = select(Task.id).where(
+        Task.status.in_(OPEN_STATUSES),
+        or_(Task.upstream_task_id.is_not(None), Task.status == TaskStatus.SUBMITTING, Task.outcome_unknown.is_(True)),
+    )
+    return list((await session.execute(stmt)).scalars().all())

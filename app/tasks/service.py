@@ -67,6 +67,7 @@ _OUTCOME_UNKNOWN = (
     "The create call was sent but never answered, so the upstream may have made and billed the task; its "
     "reservation is charged. Ops can see such tasks in the admin API."
 )
+_LOST_IN_SANDBOX = "The demo's built-in sandbox upstream restarted and lost the task; nothing was charged."
 _DEADLINE_EXCEEDED = "The task did not finish upstream in time; nothing was charged."
 
 
@@ -505,6 +506,18 @@ class TaskService:
         else:  # `submitting` long after any create call could last: the process making it died mid-call
             log.warning("task %s: create call never answered (process stopped?); outcome unknown", task.id)
             await self._mark_outcome_unknown(task.id, UpstreamTimeout("The gateway stopped during the create call"))
+
+    async def fail_lost_in_sandbox(self) -> int:
+        """Demo mode, at start: the built-in sandbox kept its tasks in the previous process's memory, so every task
+        it had is lost with it. Each is failed now and refunded (it stayed queued until its deadline, with a warning
+        at every look). Returns how many."""
+        async with self._sessions() as session:
+            task_ids = await repo.sent_open_task_ids(session)
+        for task_id in task_ids:
+            await self._fail(task_id, "upstream_task_lost", _LOST_IN_SANDBOX, produced=0)
+        if task_ids:
+            log.warning("%d task(s) of the previous demo run failed, refunded: its sandbox forgot them", len(task_ids))
+        return len(task_ids)
 
     async def _dispatch(self, task: Task, now: dt.datetime) -> None:
         if task.deadline_at is not None and now >= task.deadline_at:

@@ -4,13 +4,23 @@ upstream and are sent later by the reconciler (once, whatever the replicas), and
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from sqlalchemy import func, select
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
+from app.main import create_app
 from app.models import Task
+from app.sandbox.app import create_sandbox_app
+from app.sandbox.config import SandboxConfig
 from app.tasks.reconciler import Reconciler
-from tests.fixtures.gateway import ADMIN_TOKEN, Harness, running_gateway
+from app.upstream.feature import SANDBOX_MOUNT
+from tests.fixtures.clock import FakeClock
+from tests.fixtures.gateway import ADMIN_TOKEN, Harness, running_gateway, test_settings
 
 URL = "/v1/images/generations"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -178,3 +188,34 @@ async def test_ops_list_a_tenants_tasks_by_its_name_and_an_unknown_tenant_is_not
     assert [t["id"] for t in by_name.json()["data"]] == [task_id] and by_name.json()["object"] == "list"
     unknown = await gw.client.get("/admin/v1/tasks", headers=ADMIN, params={"tenant_id": "team-z"})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "tenant_not_found"
+
+
+@asynccontextmanager
+async def demo_gateway(database_url: str, data_dir: Any) -> AsyncIterator[Harness]:
+    """A zero-config gateway (its sandbox mounted at /_sandbox, a new one each time, as after a restart)."""
+    clock = FakeClock()
+    sandbox = create_sandbox_app(SandboxConfig(task_seconds=10, queue_seconds=1, seed=7), clock=clock.time)
+    upstream = Starlette(routes=[Mount(SANDBOX_MOUNT, app=sandbox)])
+    settings = test_settings(database_url, upstream_base_url="", data_dir=data_dir)
+    app = create_app(settings, clock=clock.now, upstream_transport=httpx.ASGITransport(app=upstream))
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+        yield Harness(client=client, app=app, sandbox=sandbox, clock=clock)
+
+
+async def test_a_demo_restart_fails_and_refunds_the_tasks_its_sandbox_forgot(database_url: str, tmp_path: Any) -> None:
+    """The built-in sandbox keeps its tasks in memory: after a restart of the demo they are gone, and they used to
+    stay queued until the 30-minute deadline with a warning at every look."""
+    async with demo_gateway(database_url, tmp_path) as before:
+        key = await before.new_tenant("acme", daily_images=5)
+        r = await before.client.post(URL, headers=headers(key), json={"prompt": "a fox"})
+        assert r.status_code == 200, r.text
+        task_id = r.json()["id"]
+        assert (await usage(before, key))["day"]["used"] == 1
+    async with demo_gateway(database_url, tmp_path) as after:
+        async with after.sessions() as session:
+            task = await session.get(Task, task_id)
+        assert task is not None and (task.status, task.error_code) == ("failed", "upstream_task_lost")
+        assert (await usage(after, key))["day"]["used"] == 0  # refunded
+        answer = (await after.client.get(f"{URL}/{task_id}", headers=headers(key))).json()
+        assert answer["status"] == "failed" and answer["error"]["code"] == "upstream_task_lost"
