@@ -36,6 +36,9 @@ from app.models import Task
 from app.quotas import admin_router as admin_quota
 from app.quotas import router as usage
 from app.quotas.feature import build_quotas
+from app.results import admin_router as admin_results
+from app.results import router as results_router
+from app.results.feature import build_results
 from app.tasks import admin_router as admin_tasks
 from app.tasks import events_router as generation_events
 from app.tasks import router as generations
@@ -117,6 +120,12 @@ def create_app(
             webhooks = build_webhooks(kernel, invalidator=invalidator)
             tasks.service.on_end(webhooks.service.task_ended)  # a task's end enqueues its events, in its transaction
             tasks.service.on_end(_count_task_end)
+            # A completed task's images are copied into the organisation's store (app/results): enqueued in its end's
+            # transaction, after webhooks (whose events then wait for the copies); shown as the kept copies' links.
+            results = build_results(kernel, webhooks=webhooks.service)
+            tasks.service.on_end(results.service.task_ended)
+            tasks.service.images = results.service.shown
+            app.state.results = results.service
             app.state.webhooks = webhooks.service
             app.state.kernel = kernel
             app.state.upstream = upstream
@@ -145,7 +154,9 @@ def create_app(
             stack.push_async_callback(tasks.stop)
             webhooks.start()
             stack.push_async_callback(webhooks.stop)
-            gauges = Gauges(kernel, upstream.pool)
+            results.start()
+            stack.push_async_callback(results.stop)
+            gauges = Gauges(kernel, upstream.pool, results=results.service)
             app.state.gauges = gauges
             if settings.metrics_enabled:
                 gauges.start()
@@ -196,6 +207,8 @@ def create_app(
     for router in (generations, uploads, usage, health, admin_tenants, admin_quota, admin_upstream, admin_tasks, audit):
         app.include_router(router.router)
     app.include_router(admin_webhooks.router)
+    app.include_router(results_router.router)
+    app.include_router(admin_results.router)
     app.include_router(generation_events.router)
     if settings.metrics_enabled:
         app.include_router(metrics_router.router)

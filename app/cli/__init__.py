@@ -7,6 +7,7 @@ import sys
 import typer
 
 from app.cli import server
+from app.cli.images import images_cli
 from app.cli.keys import keys_cli
 from app.cli.quota import quota_cli
 from app.cli.tasks import tasks_cli
@@ -28,6 +29,7 @@ cli.add_typer(upstream_keys_cli, name="upstream-keys")
 cli.add_typer(secrets_cli, name="secrets")
 cli.add_typer(webhooks_cli, name="webhooks")
 cli.add_typer(tasks_cli, name="tasks")
+cli.add_typer(images_cli, name="images")
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from app.core.errors import SettingsError
 from app.core.files import write_private
 from app.core.limits import LIMIT_NAMES, settings_fields
+from app.core.net import local_host_for
 
 PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "change_me", "secret", "placeholder", "xxx", "todo"})
 MIN_SECRET_CHARS = 16
@@ -130,6 +131,40 @@ class Settings(_NewTenantLimits):
     webhook_poll_interval_s: float = Field(
         2.0, gt=0, le=60, description="How often each process looks for webhook deliveries due (retries, others')."
     )
+    public_url: str = Field(
+        "",
+        description="The gateway's base URL as callers reach it (links to kept images it serves); "
+        "empty = http://HOST:PORT.",
+    )
+    results_store: Literal["local", "s3", "off"] = Field(
+        "local", description="Where result images are kept: `local` (RESULTS_DIR), `s3`, or `off` (not kept)."
+    )
+    results_dir: Path | None = Field(None, description="The local store's directory; empty = DATA_DIR/results.")
+    results_s3_bucket: str = Field("", description="The S3 store's bucket (credentials: the usual AWS_* sources).")
+    results_s3_prefix: str = Field("", description="Prefix of every object the gateway writes in the bucket.")
+    results_s3_endpoint: str = Field("", description="An S3-compatible endpoint URL; empty = AWS's.")
+    results_s3_region: str = Field("", description="The bucket's region; empty = AWS_REGION / AWS_DEFAULT_REGION.")
+    results_retention_days: int = Field(
+        30, ge=0, le=36500, description="Days a tenant's images are kept unless set per tenant; 0 = not kept."
+    )
+    results_link_ttl_s: int = Field(
+        86400, ge=60, le=604800, description="How long a signed link to a kept image works (S3 allows 7 days)."
+    )
+    results_max_image_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest result image copied; a bigger one is lost, not kept."
+    )
+    results_copy_concurrency: int = Field(4, ge=1, le=64, description="Images each process copies at once.")
+    results_poll_interval_s: float = Field(
+        2.0, ge=0, description="How often each process looks for copies due and images to delete; 0 = off (tests)."
+    )
+    results_allow_private: bool | None = Field(
+        None,
+        description="Let copies fetch from loopback and private addresses; default: only in zero-config mode "
+        "(the built-in sandbox), as GATEWAY_WEBHOOK_ALLOW_PRIVATE does for webhooks.",
+    )
+    results_webhook_hold_s: float = Field(
+        30.0, ge=0, le=3600, description="A completed task's webhook waits this long at most for its kept copies."
+    )
 
     @field_validator("webhook_retry_schedule_s", mode="before")
     @classmethod
@@ -152,6 +187,19 @@ class Settings(_NewTenantLimits):
     def submit_deadline_s(self) -> float:
         """Longer than any create call can take (connect + pool wait + read, twice over)."""
         return 2 * (self.upstream_timeout_s + 2 * self.upstream_connect_timeout_s)
+
+    @property
+    def gateway_url(self) -> str:
+        """The gateway's base URL for links it hands out (GATEWAY_PUBLIC_URL, else its own address)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = local_host_for(self.host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    @property
+    def results_fetch_private(self) -> bool:
+        """Whether copies may fetch from internal addresses (the zero-config sandbox is the gateway itself)."""
+        return self.zero_config if self.results_allow_private is None else self.results_allow_private
 
     @property
     def zero_config(self) -> bool:

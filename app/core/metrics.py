@@ -87,6 +87,29 @@ WEBHOOK_DELIVERIES = Counter(
     ("outcome",),
     registry=REGISTRY,
 )
+RESULT_COPIES = Counter(
+    "gateway_result_copies",
+    "Copies of result images into the gateway's store by outcome (kept, retry, lost).",
+    ("outcome",),
+    registry=REGISTRY,
+)
+RESULT_COPIED_BYTES = Counter(
+    "gateway_result_copied_bytes",
+    "Bytes of result images copied into the gateway's store.",
+    registry=REGISTRY,
+)
+RESULT_DELETIONS = Counter(
+    "gateway_result_deletions",
+    "Kept result images deleted from the store (their retention ended, or ops deleted them).",
+    registry=REGISTRY,
+)
+RESULT_STORE_BYTES = Gauge(
+    "gateway_result_store_bytes",
+    "Bytes of result images kept in the gateway's store, by tenant (the whole ledger).",
+    ("tenant",),
+    multiprocess_mode="livemax",
+    registry=REGISTRY,
+)
 UPSTREAM_KEYS = Gauge(
     "gateway_upstream_keys",
     "Upstream keys of the pool by state, as this process holds them.",
@@ -206,6 +229,32 @@ def webhook_delivery(outcome: str) -> None:
     if not _labels.enabled:
         return
     WEBHOOK_DELIVERIES.labels(outcome).inc()
+
+
+def result_copy(outcome: str, size: int = 0) -> None:
+    if not _labels.enabled:
+        return
+    RESULT_COPIES.labels(outcome).inc()
+    if size:
+        RESULT_COPIED_BYTES.inc(size)
+
+
+def result_deleted(count: int = 1) -> None:
+    if _labels.enabled and count:
+        RESULT_DELETIONS.inc(count)
+
+
+def result_store_bytes(by_tenant: dict[str, int]) -> None:
+    """Set the per-tenant gauge (tenants past the label cap summed under "other")."""
+    if not _labels.enabled:
+        return
+    totals: dict[str, int] = {}
+    for tenant_id, size in by_tenant.items():
+        label = tenant_label(tenant_id)
+        totals[label] = totals.get(label, 0) + size
+    RESULT_STORE_BYTES.clear()
+    for label, size in totals.items():
+        RESULT_STORE_BYTES.labels(label).set(size)
 
 
 def multiprocess_dir() -> str | None:

@@ -20,10 +20,12 @@ log = logging.getLogger(__name__)
 
 DATABASE = "database"
 REDIS = "redis"
+RESULT_STORE = "result store"
 
 _CONSEQUENCES = {
     DATABASE: "requests answer 503 database_unavailable and the task poller backs off until it is back",
     REDIS: "rate limits are not enforced (requests are let through) until it is back",
+    RESULT_STORE: "tasks complete as before with the upstream's links; copies wait and are retried until it is back",
 }
 _MAX_REASON_CHARS = 300
 

@@ -44,6 +44,19 @@ class KeyMaterial:
         self._multi = MultiFernet(self._fernets)
         self._fernet_ids = [_key_id(s) for s in secrets_in_order]
         self.key_id = self._hash_keys[0][0]
+        # Links the gateway signs (kept result images, app/results/service.py): a key of their own.
+        self._link_keys = [
+            hmac.new(_derive(s, b"seedream-gateway link-signing"), digestmod=hashlib.sha256) for s in secrets_in_order
+        ]
+
+    def sign_link(self, message: str) -> str:
+        """A link's signature under the current secret (HMAC-SHA256, hex)."""
+        return _hmac(self._link_keys[0], message.encode())
+
+    def link_signature_ok(self, message: str, signature: str) -> bool:
+        """Whether `signature` signs `message` under any known secret (a rotation keeps handed-out links working)."""
+        given = signature.encode()
+        return any(hmac.compare_digest(_hmac(k, message.encode()).encode(), given) for k in self._link_keys)
 
     def hash_tenant_key(self, key: str) -> str:
         """The key's hash under the current secret."""

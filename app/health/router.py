@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
@@ -20,7 +20,9 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="The database answers at the migrations' head and an upstream key can take tasks")
-async def readyz(kernel: KernelDep, upstream: UpstreamDep, rate_limits: RateLimitsDep) -> JSONResponse:
+async def readyz(
+    request: Request, kernel: KernelDep, upstream: UpstreamDep, rate_limits: RateLimitsDep
+) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         async with kernel.sessions() as session:
@@ -41,5 +43,9 @@ async def readyz(kernel: KernelDep, upstream: UpstreamDep, rate_limits: RateLimi
     redis = await rate_limits.health()  # None when the windows live in the database (its check above covers them)
     if redis is not None:
         checks["redis"] = redis  # "ok" or "degraded: <reason> (rate limits not enforced)"
-    status = "unavailable" if not ready else "ok" if redis in (None, "ok") else "degraded"
+    # The result store likewise: tasks complete and settle without it, their copies wait (app/results).
+    store = await request.app.state.results.health()  # None when results are not kept
+    if store is not None:
+        checks["result_store"] = store  # "ok" or "degraded: <reason> (copies wait)"
+    status = "unavailable" if not ready else "ok" if redis in (None, "ok") and store in (None, "ok") else "degraded"
     return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)

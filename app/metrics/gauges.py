@@ -17,6 +17,7 @@ from app.core.background import cancel_and_wait
 from app.core.config import Settings
 from app.core.runtime import Kernel
 from app.models import Task, UpstreamKeyStatus
+from app.results.service import ResultService
 from app.upstream.pool import UpstreamKeyPool
 
 log = logging.getLogger(__name__)
@@ -25,10 +26,11 @@ MULTIPROCESS_REFRESH_S = 5.0
 
 
 class Gauges:
-    def __init__(self, kernel: Kernel, pool: UpstreamKeyPool) -> None:
+    def __init__(self, kernel: Kernel, pool: UpstreamKeyPool, *, results: ResultService | None = None) -> None:
         self.settings: Settings = kernel.settings
         self._kernel = kernel
         self._pool = pool
+        self._results = results
         self._loop: asyncio.Task[None] | None = None
         self._fold: asyncio.Task[None] | None = None
 
@@ -45,6 +47,8 @@ class Gauges:
                     select(func.count()).select_from(Task).where(Task.status == TaskStatus.WAITING)
                 )
             metrics.TASKS_WAITING.set(waiting or 0)
+            if self._results is not None and self._results.enabled:
+                metrics.result_store_bytes(await self._results.bytes_by_tenant())
         except Exception as e:  # a scrape still answers, with the last count, when the database is away
             log.debug("could not count waiting tasks: %s", type(e).__name__)
 

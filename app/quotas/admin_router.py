@@ -8,6 +8,8 @@ from app.contract import ErrorEnvelope
 from app.core.deps import AdminDep
 from app.quotas.deps import QuotaServiceDep
 from app.quotas.schemas import DriftReport, UsageOut
+from app.results.deps import ResultServiceDep
+from app.results.schemas import StorageOut
 
 router = APIRouter(
     prefix="/admin/v1",
@@ -20,8 +22,10 @@ router = APIRouter(
 @router.get(
     "/tenants/{tenant_id}/usage", response_model=UsageOut, summary="A tenant's usage in the current day and month"
 )
-async def get_usage(tenant_id: str, quotas: QuotaServiceDep) -> UsageOut:
-    return UsageOut.of(await quotas.usage_of(tenant_id))
+async def get_usage(tenant_id: str, quotas: QuotaServiceDep, results: ResultServiceDep) -> UsageOut:
+    usage = await quotas.usage_of(tenant_id)
+    storage = StorageOut.of(await results.usage(usage.tenant_id)) if results.enabled else None
+    return UsageOut.of(usage, storage)
 
 
 @router.get("/quota/drift", response_model=DriftReport, summary="Counters that differ from their ledger entries")

@@ -7,6 +7,8 @@ from fastapi import APIRouter
 from app.contract import ErrorEnvelope
 from app.quotas.deps import QuotaServiceDep, ReadCaller
 from app.quotas.schemas import UsageOut
+from app.results.deps import ResultServiceDep
+from app.results.schemas import StorageOut
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -20,5 +22,6 @@ router = APIRouter(prefix="/v1", tags=["usage"])
     },
     summary="Your usage and remaining allowance (gateway extension, not an upstream endpoint)",
 )
-async def my_usage(tenant: ReadCaller, quotas: QuotaServiceDep) -> UsageOut:
-    return UsageOut.of(await quotas.usage(tenant))
+async def my_usage(tenant: ReadCaller, quotas: QuotaServiceDep, results: ResultServiceDep) -> UsageOut:
+    storage = StorageOut.of(await results.usage(tenant.id)) if results.enabled else None
+    return UsageOut.of(await quotas.usage(tenant), storage)

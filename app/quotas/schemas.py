@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from app.quotas.service import Drift, PeriodUsage, Usage
+from app.results.schemas import StorageOut
 
 
 class PeriodUsageOut(BaseModel):
@@ -36,14 +37,18 @@ class UsageOut(BaseModel):
     day: PeriodUsageOut
     month: PeriodUsageOut
     in_flight: InFlightOut
+    storage: StorageOut | None = Field(
+        None, description="Result images kept in the gateway's store (absent when the gateway keeps none)."
+    )
 
     @classmethod
-    def of(cls, usage: Usage) -> UsageOut:
+    def of(cls, usage: Usage, storage: StorageOut | None = None) -> UsageOut:
         return cls(
             tenant_id=usage.tenant_id,
             day=PeriodUsageOut.of(usage.day),
             month=PeriodUsageOut.of(usage.month),
             in_flight=InFlightOut(current=usage.in_flight, limit=usage.max_in_flight),
+            storage=storage,
         )
 
 

@@ -49,6 +49,16 @@ def task_event(event_id: str, task: Task, now: dt.datetime) -> tuple[str, dict[s
     return kind, {"id": event_id, "type": kind, "api_version": API_VERSION, "created_at": to_unix(now), "data": data}
 
 
+def with_image_urls(body: str, urls: list[str]) -> str:
+    """A completed task's event (`encode`d) with these image URLs instead of its own (the kept copies' links)."""
+    event: dict[str, Any] = json.loads(body)
+    result = event.get("data", {}).get("result")
+    if event.get("type") != COMPLETED or not isinstance(result, dict):
+        return body
+    result["data"] = [{"url": u} for u in urls]
+    return encode(event)
+
+
 def test_event(event_id: str, tenant_id: str, now: dt.datetime) -> dict[str, Any]:
     return {
         "id": event_id,

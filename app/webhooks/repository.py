@@ -108,3 +108,25 @@ async def page(
     if task_id is not None:
         stmt = stmt.where(D.task_id == task_id)
     return (await session.execute(stmt)).scalars().all()
+
+
+def _unattempted_of(task_id: str) -> ColumnElement[bool]:
+    return (D.task_id == task_id) & (D.status == PENDING) & (D.attempts == 0)
+
+
+async def hold_task(session: AsyncSession, task_id: str, until: dt.datetime) -> None:
+    """A task's deliveries not attempted yet wait until `until`."""
+    stmt = (
+        update(D)
+        .where(_unattempted_of(task_id))
+        .values(next_attempt_at=until)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(stmt)
+
+
+async def unattempted_of_task(session: AsyncSession, task_id: str, now: dt.datetime) -> list[D]:
+    """A task's deliveries not attempted yet nor being attempted, locked (the deliverer's claim skips them)."""
+    free = or_(D.lease_until.is_(None), D.lease_until <= now)
+    stmt = select(D).where(_unattempted_of(task_id), free).with_for_update(skip_locked=True)
+    return list((await session.execute(stmt)).scalars().all())

@@ -139,6 +139,23 @@ class WebhookService:
         await repo.insert(session, rows)
         self._wake_after_commit(session)
 
+    async def hold_task_events(self, session: AsyncSession, task_id: str, until: dt.datetime) -> None:
+        """In the transaction that ends a task whose images are being kept (app/results): its events wait until
+        `until` at most, for `release_task_events` to give them the kept copies' links."""
+        await repo.hold_task(session, task_id, until)
+
+    async def release_task_events(self, session: AsyncSession, task_id: str, urls: list[str]) -> None:
+        """A task's images are kept (or will not be): its events not sent yet carry these URLs, and go now."""
+        now = self._clock()
+        rows = await repo.unattempted_of_task(session, task_id, now)
+        for row in rows:
+            row.body = events.with_image_urls(row.body, urls)
+            row.next_attempt_at = now
+            row.updated_at = now
+        if rows:
+            await session.flush()
+            self._wake_after_commit(session)
+
     @staticmethod
     def _row(
         event_id: str, tenant_id: str, task_id: str | None, kind: str, url: str, body: dict[str, Any], now: dt.datetime
