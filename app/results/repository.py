@@ -145,6 +145,16 @@ async def mark_deleted(session: AsyncSession, image: KeptImage, owner: str, now:
     return bool((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
 
 
+async def renew(session: AsyncSession, image: KeptImage, owner: str, lease_until: dt.datetime) -> None:
+    """Extend the lease `owner` holds on an image (a long copy goes on)."""
+    stmt = (
+        update(_KEPT)
+        .where(_KEPT.c.task_id == image.task_id, _KEPT.c.index == image.index, _KEPT.c.lease_owner == owner)
+        .values(lease_until=lease_until)
+    )
+    await session.execute(stmt)
+
+
 async def release(session: AsyncSession, image: KeptImage, owner: str) -> None:
     stmt = (
         update(_KEPT)

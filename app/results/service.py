@@ -51,7 +51,9 @@ from app.webhooks.service import WebhookService
 
 log = logging.getLogger(__name__)
 
-LEASE = dt.timedelta(minutes=15)  # longer than one copy may take (COPY_TIMEOUT_S)
+# A copy's lease, renewed every third of it while the copy goes on: a process that dies mid-copy leaves its copies to
+# the others (or to itself, restarted) within this.
+LEASE = dt.timedelta(seconds=30)
 COPY_TIMEOUT_S = 600.0
 _BACKOFF_S = (5.0, 15.0, 60.0, 300.0, 900.0, 1800.0)
 _STORE_RETRY_S = 30.0  # a copy that failed on the store is due again soon: the store's return is what it waits for
@@ -299,12 +301,25 @@ class ResultService:
 
             async def one(image: KeptImage) -> None:
                 async with gate:
-                    await self._copy(image)
+                    renewing = asyncio.ensure_future(self._renew_lease(image))
+                    try:
+                        await self._copy(image)
+                    finally:
+                        renewing.cancel()
 
             await asyncio.gather(*(one(image) for image in claimed))
             handled += len(claimed)
             if len(claimed) < self._concurrency * 2 or self._tracker.is_down:
                 return handled
+
+    async def _renew_lease(self, image: KeptImage) -> None:
+        while True:
+            await asyncio.sleep(LEASE.total_seconds() / 3)
+            try:
+                async with self._sessions.begin() as session:
+                    await repo.renew(session, image, self._owner, self._clock() + LEASE)
+            except Exception as e:  # the database away: the copy goes on, its outcome is written if it comes back
+                log.debug("lease of %s/%d not renewed: %s", image.task_id, image.index, e)
 
     async def _copy(self, image: KeptImage) -> None:
         assert self.store is not None and self._fetcher is not None
