@@ -8,12 +8,17 @@ from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueCon
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db.base import Base, UTCDateTime
+from app.models.task import END_USER_MAX_CHARS
 
 INFLIGHT_PERIOD = "inflight"
+# A period or a window kind may name an end user (`user:2026-11-25:<end user>`, `submit@<end user>`), up to 128
+# characters of it.
+PERIOD_MAX_CHARS = 160
 
 
 class QuotaCounter(Base):
-    """One tenant's running total for a period (`day:2026-11-25`, `month:2026-11`) or its tasks in flight.
+    """One tenant's running total for a period (`day:2026-11-25`, `month:2026-11`) or its tasks in flight, or one
+    of its end users' images of a day (`user:2026-11-25:<end user>`, counted inside the tenant's).
 
     Always equal to the sum of its entries; only ever changed by one conditional statement in the transaction
     that writes the entry.
@@ -22,7 +27,7 @@ class QuotaCounter(Base):
     __tablename__ = "quota_counters"
 
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
-    period: Mapped[str] = mapped_column(String(24), primary_key=True)
+    period: Mapped[str] = mapped_column(String(PERIOD_MAX_CHARS), primary_key=True)
     amount: Mapped[int] = mapped_column(Integer, default=0)
 
 
@@ -43,14 +48,17 @@ class QuotaEntry(Base):
     day: Mapped[str] = mapped_column(String(10))
     month: Mapped[str] = mapped_column(String(7))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # The end user whose token made the task: its images count in that end user's day too (NULL: a tenant key).
+    end_user: Mapped[str | None] = mapped_column(String(END_USER_MAX_CHARS), default=None)
 
 
 class RateWindow(Base):
-    """Requests of one kind (`submit`, `query`) counted in one fixed one-minute window."""
+    """Requests of one kind (`submit`, `query`, or one end user's submits: `submit@<end user>`) counted in one fixed
+    one-minute window."""
 
     __tablename__ = "rate_windows"
 
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(PERIOD_MAX_CHARS), primary_key=True)
     window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)

@@ -10,6 +10,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db.base import Base, UTCDateTime
 
+END_USER_MAX_CHARS = 128
+
 
 class Task(Base):
     __tablename__ = "tasks"
@@ -66,3 +68,6 @@ class Task(Base):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)  # why the last attempt or check failed
     # Where the task's end is delivered besides the tenant's webhook (an origin the tenant allows).
     callback_url: Mapped[str | None] = mapped_column(Text, default=None)
+    # The end user whose token made the task (the tenant's own id for the person); NULL: made with a tenant key.
+    # A token reads only its own end user's tasks.
+    end_user: Mapped[str | None] = mapped_column(String(END_USER_MAX_CHARS), default=None)

@@ -51,6 +51,10 @@ class Tenant(Base):
     webhook_previous_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     # Origins (scheme://host[:port]) a request's callback_url may point at; JSON list, NULL = none.
     callback_origins: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    # Browser origins whose pages may read the tenant's answers (CORS); JSON list, NULL = GATEWAY_CORS_ORIGINS.
+    cors_origins: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    # End-user tokens (app/tenants/tokens.py) issued at or before this moment are refused: "revoke every token".
+    tokens_valid_after: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     # Kept results (issue 23): days a completed task's images are kept in the gateway's store; NULL = the gateway's
     # default (GATEWAY_RESULTS_RETENTION_DAYS), 0 = not kept (callers get the upstream's links only).
     result_retention_days: Mapped[int | None] = mapped_column(Integer, default=None)
