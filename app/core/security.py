@@ -14,12 +14,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 TENANT_KEY_PREFIX = "sk-gw-"
+TOKEN_PREFIX = "gwt_"  # an end user's short-lived token (app/tenants/tokens.py)
+MAX_TOKEN_CHARS = 4096  # far beyond the largest token the gateway signs: nothing bigger is decoded or hashed
 WEBHOOK_SECRET_PREFIX = "whsec_"  # a webhook signing secret (app/webhooks/signing.py)
 REDACTED = "[redacted]"
 # A secret, as an operator or a caller may type it where an id belongs: a key, the gateway's (`sk-gw-`) or the
-# upstream's (`sk-...`), or a webhook signing secret (`whsec_`): `sk-` opening a word, or either prefix anywhere.
+# upstream's (`sk-...`), a webhook signing secret (`whsec_`) or an end-user token (`gwt_`): `sk-` opening a word, or
+# any of the prefixes anywhere.
 _KEY_LIKE = re.compile(
-    rf"(?<![A-Za-z0-9])sk-|{re.escape(TENANT_KEY_PREFIX)}|{re.escape(WEBHOOK_SECRET_PREFIX)}", re.IGNORECASE
+    rf"(?<![A-Za-z0-9])sk-|{re.escape(TENANT_KEY_PREFIX)}|{re.escape(WEBHOOK_SECRET_PREFIX)}|{re.escape(TOKEN_PREFIX)}",
+    re.IGNORECASE,
 )
 
 
@@ -43,6 +47,9 @@ class KeyMaterial:
         ]
         self._multi = MultiFernet(self._fernets)
         self._fernet_ids = [_key_id(s) for s in secrets_in_order]
+        self._token_keys = [
+            hmac.new(_derive(s, b"seedream-gateway end-user-token"), digestmod=hashlib.sha256) for s in secrets_in_order
+        ]
         self.key_id = self._hash_keys[0][0]
         # Links the gateway signs (kept result images, app/results/service.py): a key of their own.
         self._link_keys = [
@@ -57,6 +64,30 @@ class KeyMaterial:
         """Whether `signature` signs `message` under any known secret (a rotation keeps handed-out links working)."""
         given = signature.encode()
         return any(hmac.compare_digest(_hmac(k, message.encode()).encode(), given) for k in self._link_keys)
+
+    def sign_token(self, body: bytes) -> str:
+        """An end-user token: `body` (its encoded claims) signed under the current secret, as
+        `gwt_<body>.<signature>` (both base64url): verified in memory, with no database read."""
+        signed = TOKEN_PREFIX + _b64encode(body)
+        return signed + "." + _b64encode(_mac(self._token_keys[0], signed.encode()))
+
+    def token_body(self, token: str) -> bytes | None:
+        """The claims of a token signed under any known secret (a rotation keeps tokens working until they
+        expire); None for anything else."""
+        if len(token) > MAX_TOKEN_CHARS or not token.startswith(TOKEN_PREFIX):
+            return None
+        signed, dot, signature = token.rpartition(".")
+        if not dot:
+            return None
+        try:
+            given = _b64decode(signature)
+            body = _b64decode(signed[len(TOKEN_PREFIX) :])
+        except ValueError:
+            return None
+        message = signed.encode()
+        if not any(hmac.compare_digest(_mac(k, message), given) for k in self._token_keys):
+            return None
+        return body
 
     def hash_tenant_key(self, key: str) -> str:
         """The key's hash under the current secret."""
@@ -103,6 +134,27 @@ def _hmac(prepared: hmac.HMAC, message: bytes) -> str:
     mac = prepared.copy()
     mac.update(message)
     return mac.hexdigest()
+
+
+def _mac(prepared: hmac.HMAC, message: bytes) -> bytes:
+    """HMAC-SHA256 of `message` (raw bytes) under the key `prepared` was made with."""
+    mac = prepared.copy()
+    mac.update(message)
+    return mac.digest()
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _b64decode(text: str) -> bytes:
+    """base64url without padding, as `_b64encode` writes it; ValueError for anything else (one spelling per value)."""
+    if _B64URL.fullmatch(text) is None or len(text) % 4 == 1:
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _derive(secret_key: str, info: bytes) -> bytes:
