@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
@@ -30,8 +30,21 @@ async def list_audit(
         str | None, Query(max_length=64, pattern=NO_CONTROL_PATTERN, description="Only events on this target.")
     ] = None,
     action: Annotated[
-        str | None, Query(max_length=64, pattern=NO_CONTROL_PATTERN, description='Only this action, e.g. "key.revoke".')
+        str | None,
+        Query(
+            max_length=64,
+            pattern=NO_CONTROL_PATTERN,
+            description='Only this action, e.g. "key.revoke", or one kind of actions, e.g. "key.*".',
+        ),
     ] = None,
+    actor: Annotated[
+        str | None,
+        Query(max_length=64, pattern=NO_CONTROL_PATTERN, description='Only this actor, e.g. "cli" or "console".'),
+    ] = None,
+    outcome: Annotated[Literal["ok", "refused"] | None, Query(description="Only this outcome.")] = None,
 ) -> AuditList:
-    """Every admin action made through this API or the command line (who, what, when, on what, the outcome)."""
-    return await audit.list(limit=limit, cursor=cursor, target_id=target_id, action=action)
+    """Every admin action made through this API, the console or the command line (who, what, when, on what, the
+    outcome)."""
+    return await audit.list(
+        limit=limit, cursor=cursor, target_id=target_id, action=action, actor=actor, outcome=outcome
+    )

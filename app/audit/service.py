@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # Who acted: the ops API's bearer token, or the command line (features may add their own, e.g. "system").
 ACTOR_ADMIN_TOKEN = "admin-token"
 ACTOR_CLI = "cli"
+ACTOR_CONSOLE = "console"  # the ops console (/admin/ui), signed in with the admin token
 OUTCOME_OK = "ok"
 OUTCOME_REFUSED = "refused"
 
@@ -189,6 +190,8 @@ class AuditService:
         cursor: str | None = None,
         target_id: str | None = None,
         action: str | None = None,
+        actor: str | None = None,
+        outcome: str | None = None,
     ) -> AuditList:
         """A page of events, newest first; `cursor` is the previous page's `next_cursor`."""
         page = EVENT_CURSOR.request(limit, cursor)
@@ -199,5 +202,7 @@ class AuditService:
                 before_id=None if page.after is None else int(page.after),
                 target_id=target_id,
                 action=action,
+                actor=actor,
+                outcome=outcome,
             )
         return AuditList.of(events, page, AuditEventOut.of)

@@ -69,8 +69,24 @@ def require_ledger(settings: Settings) -> None:
     )
 
 
+# The gateway the root command's --url or --profile named (app/cli/ops.py `Remote`), None: this machine's.
+_remote: Any = None
+
+
+def set_remote(remote: Any) -> None:
+    """Where this invocation's ops commands run (set once, by the root command)."""
+    global _remote
+    _remote = remote
+
+
+def remote() -> Any:
+    return _remote
+
+
 def run_with_kernel(settings: Settings, call: Callable[[Kernel], Awaitable[T]]) -> T:
     """Run one service call on a one-connection kernel; expected failures become one line and exit code 2."""
+    if _remote is not None:  # a command without a remote path must not quietly act on this machine instead
+        fail("this command runs only where the gateway's database is (without --url or a profile)")
 
     async def main(settings: Settings) -> T:
         async with kernel_for_command(settings) as kernel:

@@ -1,7 +1,7 @@
 """keys list | create | rotate | revoke: tenant API keys, one service call each.
 
-Tables for people, `--json` for scripts; a new key is printed once (it is stored only as a keyed hash). Every
-change is audited with the actor "cli".
+Tables for people, `--json` for scripts; a new key is printed once (it is stored only as a keyed hash). Each
+command runs here or, given --url, over a gateway's admin API (app/cli/ops.py); every change is audited.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from app.audit.service import ACTOR_CLI
-from app.cli.common import CursorOpt, PageLimitOpt, fail, run_with_kernel, settings_with
+from app.cli.common import CursorOpt, PageLimitOpt, fail
+from app.cli.ops import run_ops
 from app.cli.tenants import (
     JsonOpt,
     TenantArg,
@@ -20,12 +20,10 @@ from app.cli.tenants import (
     print_json,
     print_next,
     print_table,
-    tenant_service,
     when,
 )
 from app.core.pagination import DEFAULT_PAGE
-from app.core.runtime import Kernel
-from app.tenants.schemas import DEFAULT_GRACE_S, SCOPES, KeyList, KeyOut, NewKeyOut
+from app.tenants.schemas import DEFAULT_GRACE_S, SCOPES, KeyOut, NewKeyOut
 
 keys_cli = typer.Typer(help="Manage tenant API keys: list, create, rotate, revoke.", no_args_is_help=True)
 
@@ -74,10 +72,7 @@ def list_keys(
 ) -> None:
     """List a tenant's keys (ids and prefixes, never the keys), oldest first, with their status and last use."""
 
-    async def call(kernel: Kernel) -> KeyList:
-        return await tenant_service(kernel).list_keys(tenant, limit=limit, cursor=cursor)
-
-    page = run_with_kernel(settings_with(), call)
+    page = run_ops(lambda ops: ops.list_keys(tenant, limit, cursor))
     if as_json:
         print_json(page)
         return
@@ -116,12 +111,9 @@ def create(
     chosen = [s.strip() for s in scopes.split(",") if s.strip()]
     expires_in_s = None if expires_in is None else parse_duration(expires_in, "--expires-in")
 
-    async def call(kernel: Kernel) -> NewKeyOut:
-        return await tenant_service(kernel).create_key(
-            tenant, name=name, scopes=chosen, expires_in_s=expires_in_s, actor=ACTOR_CLI
-        )
-
-    _print_new_key(run_with_kernel(settings_with(), call), as_json)
+    _print_new_key(
+        run_ops(lambda ops: ops.create_key(tenant, name=name, scopes=chosen, expires_in_s=expires_in_s)), as_json
+    )
 
 
 @keys_cli.command("rotate")
@@ -136,20 +128,14 @@ def rotate(
     grace period ends (0: stops now)."""
     grace_s = parse_duration(grace, "--grace")
 
-    async def call(kernel: Kernel) -> NewKeyOut:
-        return await tenant_service(kernel).rotate_key(key_id, grace_s, actor=ACTOR_CLI)
-
-    _print_new_key(run_with_kernel(settings_with(), call), as_json)
+    _print_new_key(run_ops(lambda ops: ops.rotate_key(key_id, grace_s)), as_json)
 
 
 @keys_cli.command("revoke")
 def revoke(key_id: KeyArg, as_json: JsonOpt = False) -> None:
     """Revoke a key: refused (401) from now on."""
 
-    async def call(kernel: Kernel) -> KeyOut:
-        return await tenant_service(kernel).revoke_key(key_id, actor=ACTOR_CLI)
-
-    key = run_with_kernel(settings_with(), call)
+    key = run_ops(lambda ops: ops.revoke_key(key_id))
     if as_json:
         print_json(key)
     else:

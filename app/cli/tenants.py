@@ -1,6 +1,7 @@
 """tenants create | list | show | update | disable | enable | delete | limits | usage: one service call each.
 
-Tables for people, `--json` for scripts; every change is audited with the actor "cli".
+Tables for people, `--json` for scripts. Each command runs here or, given --url, over a gateway's admin API
+(app/cli/ops.py); every change is audited ("cli" here, the admin token's caller remotely).
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel, ValidationError
 
-from app.audit.service import ACTOR_CLI
-from app.cli.common import CursorOpt, PageLimitOpt, fail, jsonable, run_with_kernel, settings_with
+from app.cli.common import CursorOpt, PageLimitOpt, fail, jsonable
+from app.cli.ops import run_ops
 from app.core.limits import LIMIT_NAMES, LimitsUpdate, describe, parse_limit_word
 from app.core.pagination import DEFAULT_PAGE
 from app.core.runtime import Kernel
-from app.quotas.schemas import UsageOut
-from app.quotas.service import QuotaService
-from app.tenants.schemas import TenantList, TenantOut
+from app.tenants.schemas import TenantOut
 from app.tenants.service import TenantService
 
 tenants_cli = typer.Typer(
@@ -30,9 +29,12 @@ tenants_cli = typer.Typer(
 
 TenantArg = Annotated[str, typer.Argument(help="Tenant id or name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# Commands whose answer is JSON already take --json too, so that every command does.
+JsonAlwaysOpt = Annotated[bool, typer.Option("--json", help="Print JSON (this command always does).")]
 
 
 def tenant_service(kernel: Kernel) -> TenantService:
+    """The tenant service on a command's kernel (for commands that run only where the database is)."""
     return TenantService(kernel.sessions, kernel.keys, kernel.clock, kernel.settings.default_limits)
 
 
@@ -96,11 +98,8 @@ def create(
 ) -> None:
     """Create a tenant (with the default limits) and print its first API key (shown once, stored only as a hash)."""
 
-    async def call(kernel: Kernel) -> tuple[str, str, str]:
-        created = await tenant_service(kernel).create_tenant(name, actor=ACTOR_CLI)
-        return created.id, created.name, created.key.key
-
-    tenant_id, tenant_name, key = run_with_kernel(settings_with(), call)
+    created = run_ops(lambda ops: ops.create_tenant(name))
+    tenant_id, tenant_name, key = created.id, created.name, created.key.key
     if as_json:
         typer.echo(json.dumps({"tenant_id": tenant_id, "name": tenant_name, "key": key}))
     else:
@@ -111,10 +110,7 @@ def create(
 def list_tenants(limit: PageLimitOpt = DEFAULT_PAGE, cursor: CursorOpt = None, as_json: JsonOpt = False) -> None:
     """List tenants (oldest first, deleted ones left out), a page at a time."""
 
-    async def call(kernel: Kernel) -> TenantList:
-        return await tenant_service(kernel).list_tenants(limit=limit, cursor=cursor)
-
-    page = run_with_kernel(settings_with(), call)
+    page = run_ops(lambda ops: ops.list_tenants(limit, cursor))
     if as_json:
         print_json(page)
         return
@@ -126,10 +122,7 @@ def list_tenants(limit: PageLimitOpt = DEFAULT_PAGE, cursor: CursorOpt = None, a
 def show(tenant: TenantArg, as_json: JsonOpt = False) -> None:
     """Show a tenant: id, name, status and limits."""
 
-    async def call(kernel: Kernel) -> TenantOut:
-        return await tenant_service(kernel).describe(tenant)
-
-    _show(run_with_kernel(settings_with(), call), as_json)
+    _show(run_ops(lambda ops: ops.tenant(tenant)), as_json)
 
 
 @tenants_cli.command("update")
@@ -140,30 +133,21 @@ def update(
 ) -> None:
     """Rename a tenant."""
 
-    async def call(kernel: Kernel) -> TenantOut:
-        return await tenant_service(kernel).update_tenant(tenant, name=name, actor=ACTOR_CLI)
-
-    _show(run_with_kernel(settings_with(), call), as_json)
+    _show(run_ops(lambda ops: ops.update_tenant(tenant, name=name)), as_json)
 
 
 @tenants_cli.command("disable")
 def disable(tenant: TenantArg, as_json: JsonOpt = False) -> None:
     """Disable a tenant: every key of it is refused (401) until `enable`; its open tasks still settle."""
 
-    async def call(kernel: Kernel) -> TenantOut:
-        return await tenant_service(kernel).disable(tenant, actor=ACTOR_CLI)
-
-    _show(run_with_kernel(settings_with(), call), as_json)
+    _show(run_ops(lambda ops: ops.update_tenant(tenant, status="disabled")), as_json)
 
 
 @tenants_cli.command("enable")
 def enable(tenant: TenantArg, as_json: JsonOpt = False) -> None:
     """Enable a disabled tenant again: its keys work again (those neither revoked nor expired)."""
 
-    async def call(kernel: Kernel) -> TenantOut:
-        return await tenant_service(kernel).enable(tenant, actor=ACTOR_CLI)
-
-    _show(run_with_kernel(settings_with(), call), as_json)
+    _show(run_ops(lambda ops: ops.update_tenant(tenant, status="active")), as_json)
 
 
 @tenants_cli.command("delete")
@@ -176,10 +160,7 @@ def delete(
     if not yes:
         fail("deleting a tenant cannot be undone (use `disable` to stop it reversibly): pass --yes to delete it")
 
-    async def call(kernel: Kernel) -> TenantOut:
-        return await tenant_service(kernel).delete(tenant, actor=ACTOR_CLI)
-
-    _show(run_with_kernel(settings_with(), call), as_json)
+    _show(run_ops(lambda ops: ops.delete_tenant(tenant)), as_json)
 
 
 def limit_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -211,27 +192,19 @@ def limit_options(command: Callable[..., None]) -> Callable[..., None]:
 
 @tenants_cli.command("limits")
 @limit_options
-def limits(tenant: TenantArg, given: dict[str, str]) -> None:
+def limits(tenant: TenantArg, given: dict[str, str], as_json: JsonAlwaysOpt = True) -> None:
     """Show a tenant's limits, or set the ones given (others stay unchanged). Prints JSON."""
     update = _limits_update(given)
-
-    async def call(kernel: Kernel) -> dict[str, Any]:
-        service = tenant_service(kernel)
-        if update.changes():
-            return jsonable(await service.set_limits(tenant, update, actor=ACTOR_CLI))
-        return jsonable(await service.limits(tenant))
-
-    typer.echo(json.dumps(run_with_kernel(settings_with(), call)))
+    if update.changes():
+        print_json(run_ops(lambda ops: ops.set_limits(tenant, update)))
+    else:
+        print_json(run_ops(lambda ops: ops.limits(tenant)))
 
 
 @tenants_cli.command("usage")
-def usage(tenant: TenantArg) -> None:
+def usage(tenant: TenantArg, as_json: JsonAlwaysOpt = True) -> None:
     """Show a tenant's usage in the current UTC day and month, and its tasks in flight. Prints JSON."""
-
-    async def call(kernel: Kernel) -> dict[str, Any]:
-        return jsonable(UsageOut.of(await QuotaService(kernel.sessions, kernel.clock).usage_of(tenant)))
-
-    typer.echo(json.dumps(run_with_kernel(settings_with(), call)))
+    print_json(run_ops(lambda ops: ops.usage(tenant)))
 
 
 def _limits_update(given: dict[str, str]) -> LimitsUpdate:

@@ -1,9 +1,10 @@
 """upstream-keys list | add | update | drain | retire | rekey: the organisation's upstream key pool.
 
-Each command is one call of the upstream key service (audited as "cli"); running replicas learn of the change
-through the invalidation events within a second. Tables for people, `--json` for scripts. A key is never read
-from the command line (it would sit in the shell history and the process list): `add` reads it from the
-environment variable named by `--key-env`, or else from stdin.
+Each command is one call of the upstream key service (audited as "cli"), or given --url one call of a gateway's
+admin API (app/cli/ops.py); running replicas learn of the change through the invalidation events within a
+second. Tables for people, `--json` for scripts. A key is never read from the command line (it would sit in
+the shell history and the process list): `add` reads it from the environment variable named by `--key-env`,
+or else from stdin.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from app.audit.service import ACTOR_CLI
-from app.cli.common import fail, jsonable, run_with_kernel, settings_with
+from app.cli.common import fail, jsonable
+from app.cli.ops import Ops, run_ops
 from app.core.clock import from_unix
 from app.core.limits import parse_limit_word
 from app.core.pagination import MAX_PAGE
-from app.core.runtime import Kernel
-from app.upstream.schemas import RekeyReport, UpstreamKeyCreate, UpstreamKeyUpdate
-from app.upstream.service import UpstreamKeyService
+from app.upstream.schemas import UpstreamKeyCreate, UpstreamKeyUpdate
 
 upstream_keys_cli = typer.Typer(
     help="Manage the upstream key pool: list, add, update, drain, retire, rekey.", no_args_is_help=True
@@ -35,10 +34,6 @@ secrets_cli = typer.Typer(help="The gateway's own secret key: re-encrypt after a
 KeyIdArg = Annotated[str, typer.Argument(help="The key's id (upk_...), as `list` shows it.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 COLUMNS = ("id", "name", "status", "weight", "max_in_flight", "in_flight", "cooling_until", "fingerprint", "reason")
-
-
-def _service(kernel: Kernel) -> UpstreamKeyService:
-    return UpstreamKeyService(kernel.sessions, kernel.keys, kernel.clock)
 
 
 def _validated(model: Any, values: dict[str, Any]) -> Any:
@@ -85,17 +80,17 @@ def _show(key: dict[str, Any], as_json: bool) -> None:
 def list_keys(as_json: JsonOpt = False) -> None:
     """Every upstream key, oldest first (never the key itself)."""
 
-    async def call(kernel: Kernel) -> list[dict[str, Any]]:
-        service, cursor = _service(kernel), None
+    async def call(ops: Ops) -> list[dict[str, Any]]:
+        cursor = None
         keys: list[dict[str, Any]] = []
         while True:
-            page = await service.list(limit=MAX_PAGE, cursor=cursor)
+            page = await ops.list_upstream_keys(MAX_PAGE, cursor)
             keys.extend(jsonable(k) for k in page.data)
             if page.next_cursor is None:
                 return keys
             cursor = page.next_cursor
 
-    keys = run_with_kernel(settings_with(), call)
+    keys = run_ops(call)
     typer.echo(json.dumps({"object": "list", "data": keys}) if as_json else _table(keys))
 
 
@@ -119,10 +114,7 @@ def add(
         {"name": name, "key": secret, "weight": weight, "max_in_flight": parse_limit_word(max_in_flight)},
     )
 
-    async def call(kernel: Kernel) -> dict[str, Any]:
-        return jsonable(await _service(kernel).create(body, actor=ACTOR_CLI))
-
-    _show(run_with_kernel(settings_with(), call), as_json)
+    _show(jsonable(run_ops(lambda ops: ops.add_upstream_key(body))), as_json)
 
 
 @upstream_keys_cli.command("update")
@@ -152,30 +144,21 @@ def update(
         given["enabled"] = enable
     body = _validated(UpstreamKeyUpdate, given)
 
-    async def call(kernel: Kernel) -> dict[str, Any]:
-        return jsonable(await _service(kernel).update(key_id, body, actor=ACTOR_CLI))
-
-    _show(run_with_kernel(settings_with(), call), as_json)
+    _show(jsonable(run_ops(lambda ops: ops.update_upstream_key(key_id, body))), as_json)
 
 
 @upstream_keys_cli.command("drain")
 def drain(key_id: KeyIdArg, as_json: JsonOpt = False) -> None:
     """No new task on the key; its open tasks finish. Retire it once `in_flight` is 0."""
 
-    async def call(kernel: Kernel) -> dict[str, Any]:
-        return jsonable(await _service(kernel).drain(key_id, actor=ACTOR_CLI))
-
-    _show(run_with_kernel(settings_with(), call), as_json)
+    _show(jsonable(run_ops(lambda ops: ops.drain_upstream_key(key_id))), as_json)
 
 
 @upstream_keys_cli.command("retire")
 def retire(key_id: KeyIdArg, as_json: JsonOpt = False) -> None:
     """The key is used no more (only to poll tasks still open on it)."""
 
-    async def call(kernel: Kernel) -> dict[str, Any]:
-        return jsonable(await _service(kernel).retire(key_id, actor=ACTOR_CLI))
-
-    _show(run_with_kernel(settings_with(), call), as_json)
+    _show(jsonable(run_ops(lambda ops: ops.retire_upstream_key(key_id))), as_json)
 
 
 def rekey(as_json: JsonOpt = False) -> None:
@@ -183,10 +166,7 @@ def rekey(as_json: JsonOpt = False) -> None:
     under a previous one (re-keyed on their next use). Run it after rotating the secret, with the former secret in
     GATEWAY_PREVIOUS_SECRET_KEYS; once no tenant key is pending, the former secret can go."""
 
-    async def call(kernel: Kernel) -> RekeyReport:
-        return await _service(kernel).rekey(actor=ACTOR_CLI)
-
-    report = run_with_kernel(settings_with(), call)
+    report = run_ops(lambda ops: ops.rekey())
     if as_json:
         typer.echo(json.dumps(jsonable(report)))
         return

@@ -1,6 +1,7 @@
 """webhooks show | set | delete | test | deliveries | delivery | replay: one service call each.
 
-Tables for people, `--json` for scripts; every change is audited with the actor "cli". The command line only
+Tables for people, `--json` for scripts; each command runs here or, given --url, over a gateway's admin API
+(app/cli/ops.py), and every change is audited. The command line only
 enqueues (a test event, a replay): the running servers' deliverers send, within their poll interval.
 """
 
@@ -11,13 +12,11 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from app.audit.service import ACTOR_CLI
-from app.cli.common import CursorOpt, PageLimitOpt, fail, run_with_kernel, settings_with
+from app.cli.common import CursorOpt, PageLimitOpt, fail
+from app.cli.ops import run_ops
 from app.cli.tenants import print_fields, print_json, print_next, print_table, when
 from app.core.pagination import DEFAULT_PAGE
-from app.core.runtime import Kernel
-from app.webhooks.feature import webhook_service
-from app.webhooks.schemas import DEFAULT_GRACE_S, DeliveryList, DeliveryOut, WebhookOut, WebhookUpdate
+from app.webhooks.schemas import DEFAULT_GRACE_S, DeliveryOut, WebhookOut, WebhookUpdate
 
 webhooks_cli = typer.Typer(
     help="Webhooks: a tenant's endpoint, signing secret and callback origins; test events; deliveries; replay.",
@@ -74,10 +73,7 @@ def _show_delivery(row: DeliveryOut, as_json: bool) -> None:
 def show(tenant: TenantArg, as_json: JsonOpt = False) -> None:
     """A tenant's webhook endpoint, callback origins and whether a secret is set (never the secret)."""
 
-    async def call(kernel: Kernel) -> WebhookOut:
-        return await webhook_service(kernel).describe(tenant)
-
-    _show_webhook(run_with_kernel(settings_with(), call), as_json)
+    _show_webhook(run_ops(lambda ops: ops.webhook(tenant)), as_json)
 
 
 @webhooks_cli.command("set")
@@ -109,30 +105,21 @@ def set_webhook(
         error = e.errors()[0]
         fail(f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}")
 
-    async def call(kernel: Kernel) -> WebhookOut:
-        return await webhook_service(kernel).configure(tenant, update, actor=ACTOR_CLI)
-
-    _show_webhook(run_with_kernel(settings_with(), call), as_json)
+    _show_webhook(run_ops(lambda ops: ops.configure_webhook(tenant, update)), as_json)
 
 
 @webhooks_cli.command("delete")
 def delete(tenant: TenantArg, as_json: JsonOpt = False) -> None:
     """Forget the tenant's endpoint, signing secrets and callback origins."""
 
-    async def call(kernel: Kernel) -> WebhookOut:
-        return await webhook_service(kernel).remove(tenant, actor=ACTOR_CLI)
-
-    _show_webhook(run_with_kernel(settings_with(), call), as_json)
+    _show_webhook(run_ops(lambda ops: ops.remove_webhook(tenant)), as_json)
 
 
 @webhooks_cli.command("test")
 def send_test(tenant: TenantArg, as_json: JsonOpt = False) -> None:
     """Enqueue an endpoint.test event to the tenant's endpoint (a running server sends it)."""
 
-    async def call(kernel: Kernel) -> DeliveryOut:
-        return await webhook_service(kernel).send_test(tenant, actor=ACTOR_CLI)
-
-    _show_delivery(run_with_kernel(settings_with(), call), as_json)
+    _show_delivery(run_ops(lambda ops: ops.test_webhook(tenant)), as_json)
 
 
 @webhooks_cli.command("deliveries")
@@ -146,12 +133,7 @@ def list_deliveries(
 ) -> None:
     """The delivery log, newest first."""
 
-    async def call(kernel: Kernel) -> DeliveryList:
-        return await webhook_service(kernel).list_deliveries(
-            limit=limit, cursor=cursor, tenant=tenant, status=status, task_id=task
-        )
-
-    page = run_with_kernel(settings_with(), call)
+    page = run_ops(lambda ops: ops.deliveries(limit, cursor, tenant=tenant, status=status, task_id=task))
     if as_json:
         print_json(page)
         return
@@ -178,17 +160,11 @@ def list_deliveries(
 def show_delivery(delivery: DeliveryArg, as_json: JsonOpt = False) -> None:
     """One delivery: attempts, last status code and error."""
 
-    async def call(kernel: Kernel) -> DeliveryOut:
-        return await webhook_service(kernel).get_delivery(delivery)
-
-    _show_delivery(run_with_kernel(settings_with(), call), as_json)
+    _show_delivery(run_ops(lambda ops: ops.delivery(delivery)), as_json)
 
 
 @webhooks_cli.command("replay")
 def replay(delivery: DeliveryArg, as_json: JsonOpt = False) -> None:
     """Send a delivery again (pending, due now, attempts from zero; the same event id)."""
 
-    async def call(kernel: Kernel) -> DeliveryOut:
-        return await webhook_service(kernel).replay(delivery, actor=ACTOR_CLI)
-
-    _show_delivery(run_with_kernel(settings_with(), call), as_json)
+    _show_delivery(run_ops(lambda ops: ops.replay(delivery)), as_json)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from app.contract import NO_CONTROL_PATTERN, ErrorEnvelope
 from app.core.deps import AdminDep, KernelDep
 from app.core.pagination import DEFAULT_PAGE, limit_query
-from app.tasks.ledger import TASK_CURSOR, LedgerPage, StatusFilter, TaskLedger
+from app.tasks.ledger import TASK_CURSOR, LedgerPage, StatusFilter, TaskDetail, TaskLedger
 
 router = APIRouter(
     prefix="/admin/v1", tags=["admin"], dependencies=[AdminDep], responses={401: {"model": ErrorEnvelope}}
@@ -38,3 +38,14 @@ async def list_tasks(
     return await TaskLedger(kernel.sessions).list(
         tenant_id=tenant_id, status=status, outcome_unknown=outcome_unknown, limit=limit, cursor=cursor
     )
+
+
+@router.get(
+    "/tasks/{task_id}",
+    response_model=TaskDetail,
+    responses={404: {"model": ErrorEnvelope, "description": "No such task"}},
+    summary="One task of the ledger, any tenant's: its row and its history with the upstream",
+)
+async def get_task(task_id: Annotated[str, Path(max_length=64)], kernel: KernelDep) -> TaskDetail:
+    """Its webhook deliveries: GET /admin/v1/webhook-deliveries?task_id=."""
+    return await TaskLedger(kernel.sessions).get(task_id)

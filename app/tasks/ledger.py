@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.contract import OPEN_STATUSES, TaskStatus
 from app.core.clock import to_unix
 from app.core.db.engine import reads_only
+from app.core.errors import NotFound
+from app.core.ids import is_task_id
 from app.core.pagination import DEFAULT_PAGE, Cursor, Page
 from app.models.task import Task
 from app.tenants.service import find
@@ -56,6 +58,37 @@ class LedgerTask(BaseModel):
             created_at=to_unix(task.created_at) or 0,
             completed_at=to_unix(task.completed_at),
             deadline_at=to_unix(task.next_check_at if task.outcome_unknown else task.deadline_at),
+        )
+
+
+class TaskDetail(LedgerTask):
+    """One task as ops read it: the ledger row and its history with the upstream (what it was sent as, the key and
+    task id the upstream gave, its calls, the last look and error)."""
+
+    object: Literal["ledger_task"] = "ledger_task"
+    model: str
+    upstream_task_id: str | None = Field(description="The upstream's id of the task, once it made it.")
+    server_errors: int = Field(description="Create calls the upstream answered with a 5xx.")
+    error_message: str | None
+    images: int = Field(description="Images the task produced.")
+    updated_at: int
+    refreshed_at: int | None = Field(description="The last look at the task upstream.")
+    next_check_at: int | None = Field(description="When the task is next due (sent, or looked at upstream).")
+    end_user: str | None = Field(description="The end user whose token made it; null: a tenant key.")
+
+    @classmethod
+    def of_task(cls, task: Task) -> TaskDetail:
+        return cls(
+            **LedgerTask.of(task).model_dump(),
+            model=task.model,
+            upstream_task_id=task.upstream_task_id,
+            server_errors=task.server_errors,
+            error_message=task.error_message,
+            images=len(task.result_urls or []),
+            updated_at=to_unix(task.updated_at) or 0,
+            refreshed_at=to_unix(task.refreshed_at),
+            next_check_at=to_unix(task.next_check_at),
+            end_user=task.end_user,
         )
 
 
@@ -108,3 +141,14 @@ class TaskLedger:
             rows = list((await session.execute(stmt)).scalars().all())
             count, images = (await session.execute(unresolved)).one()
         return LedgerPage.of(rows, page, LedgerTask.of, unresolved=int(count), unresolved_images=int(images))
+
+    async def get(self, task_id: str) -> TaskDetail:
+        """One task of any tenant, or 404 `task_not_found`."""
+        task = None
+        if is_task_id(task_id):
+            async with self._sessions() as session:
+                await reads_only(session)
+                task = await session.get(Task, task_id)
+        if task is None:
+            raise NotFound(f"Task {task_id!r} not found")
+        return TaskDetail.of_task(task)

@@ -16,6 +16,7 @@ from app.core.pagination import DEFAULT_PAGE, PAGE_ERRORS, limit_query
 from app.upstream.deps import UpstreamKeyServiceDep
 from app.upstream.schemas import (
     KEY_CURSOR,
+    RekeyReport,
     UpstreamKeyCreate,
     UpstreamKeyList,
     UpstreamKeyOut,
@@ -103,3 +104,15 @@ async def drain_upstream_key(key_id: KeyId, keys: UpstreamKeyServiceDep) -> Upst
 )
 async def retire_upstream_key(key_id: KeyId, keys: UpstreamKeyServiceDep) -> UpstreamKeyOut:
     return await keys.retire(key_id, actor=ACTOR_ADMIN_TOKEN)
+
+
+@router.post(
+    "/secrets/rekey",
+    response_model=RekeyReport,
+    summary="Re-encrypt every upstream key with the current GATEWAY_SECRET_KEY (after a rotation)",
+)
+async def rekey(keys: UpstreamKeyServiceDep) -> RekeyReport:
+    """`seedream-gateway secrets rekey` over the API: with the former secret in GATEWAY_PREVIOUS_SECRET_KEYS, every
+    upstream key is re-encrypted under the current one; tenant keys still hashed under a previous secret are counted
+    (re-keyed on their next use)."""
+    return await keys.rekey(actor=ACTOR_ADMIN_TOKEN)
