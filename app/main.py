@@ -12,15 +12,14 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy import event
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.middleware.cors import CORSMiddleware
 
+from app.access.cors import TenantCors
 from app.audit import router as audit
 from app.contract import ErrorEnvelope
 from app.core import metrics
 from app.core.body_limit import UPLOAD_PATH, BodySizeLimit
 from app.core.clock import Clock, utcnow
 from app.core.config import Settings
-from app.core.cors import cors_options
 from app.core.db.migrate import DatabaseNotMigrated, is_at_head
 from app.core.error_handlers import install_error_handlers
 from app.core.invalidation import Invalidator
@@ -29,6 +28,7 @@ from app.core.observe import Observe
 from app.core.openapi import install_openapi
 from app.core.runtime import build_kernel, kernel_for_command
 from app.core.tracing import RequestIdOnSpan, configure_tracing
+from app.frontends import router as tokens
 from app.health import router as health
 from app.metrics import router as metrics_router
 from app.metrics.gauges import Gauges
@@ -193,8 +193,9 @@ def create_app(
     )
     # A warm status call is answered before routing (app/tasks/fast_path.py); the rest goes on.
     app.add_middleware(StatusFastPath, state=app.state)
-    if settings.cors_origins:  # added last, so outermost: the fast path's answers get CORS headers too
-        app.add_middleware(CORSMiddleware, **cors_options(settings.cors_origins))
+    # CORS per tenant (app/access/cors.py), GATEWAY_CORS_ORIGINS the default. Added last, so outermost: the fast
+    # paths' answers get CORS headers too.
+    app.add_middleware(TenantCors, state=app.state, default=settings.cors_origins)
     # Optional OpenTelemetry tracing (app/core/tracing.py): None unless the OTEL_* variables ask for it. Its server
     # span wraps the whole stack, Observe included; the request id goes on it from inside Observe, which sets it.
     tracing = configure_tracing(app, span_processor=span_processor)
@@ -210,6 +211,7 @@ def create_app(
     app.include_router(results_router.router)
     app.include_router(admin_results.router)
     app.include_router(generation_events.router)
+    app.include_router(tokens.router)
     if settings.metrics_enabled:
         app.include_router(metrics_router.router)
     if settings.zero_config:

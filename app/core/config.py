@@ -107,7 +107,8 @@ class Settings(_NewTenantLimits):
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated browser origins allowed to call the API (`*` = any); empty = CORS off.",
+        description="Comma-separated browser origins allowed to call the API (`*` = any), for tenants without "
+        "origins of their own (ops set those per tenant); empty = none.",
     )
     db_pool_size: int = 20
     upstream_error_cooldown_s: float = Field(

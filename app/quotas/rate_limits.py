@@ -192,16 +192,20 @@ class RateLimitService:
         reason = getattr(self._store, "last_error", None) or "no answer"
         return f"degraded: {reason} (rate limits not enforced)"
 
-    async def enforce(self, tenant_id: str, kind: str, limit: int | None) -> dict[str, str]:
-        """Count a request of `kind`; the rate headers to send, or RateLimited (429) when over the limit.
+    async def enforce(
+        self, tenant_id: str, kind: str, limit: int | None, *, end_user: str | None = None
+    ) -> dict[str, str]:
+        """Count a request of `kind` (of one end user of the tenant: a window of its own); the rate headers to send,
+        or RateLimited (429) when over the limit.
 
         When the store is unavailable the request is let through, without rate headers (fail open)."""
         if limit is None:
             return {}
         now = self._clock()
         window_start = int(now.timestamp()) // WINDOW_S * WINDOW_S
+        counted = kind if end_user is None else f"{kind}@{end_user}"
         try:
-            count = await self._store.hit(tenant_id, kind, window_start, limit) if limit > 0 else None
+            count = await self._store.hit(tenant_id, counted, window_start, limit) if limit > 0 else None
         except WindowStoreUnavailable:
             return {}
         decision = RateDecision(
@@ -212,7 +216,8 @@ class RateLimitService:
         )
         if not decision.allowed:
             metrics.refused(tenant_id, "rate")
+            whose = "" if end_user is None else f" for the end user {end_user!r}"
             raise RateLimited(
-                f"Rate limit of {limit} {kind} requests per minute exceeded.", headers=decision.headers(now)
+                f"Rate limit of {limit} {kind} requests per minute{whose} exceeded.", headers=decision.headers(now)
             )
         return decision.headers(now)

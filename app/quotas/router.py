@@ -22,6 +22,10 @@ router = APIRouter(prefix="/v1", tags=["usage"])
     },
     summary="Your usage and remaining allowance (gateway extension, not an upstream endpoint)",
 )
-async def my_usage(tenant: ReadCaller, quotas: QuotaServiceDep, results: ResultServiceDep) -> UsageOut:
-    storage = StorageOut.of(await results.usage(tenant.id)) if results.enabled else None
-    return UsageOut.of(await quotas.usage(tenant), storage)
+async def my_usage(caller: ReadCaller, quotas: QuotaServiceDep, results: ResultServiceDep) -> UsageOut:
+    """With an end-user token: that end user's own images of the day (the tenant's month and tasks in flight are
+    the tenant's business, not shown)."""
+    # The tenant's kept images (app/results), for its key: not an end user's business either.
+    shown = results.enabled and caller.end_user is None
+    storage = StorageOut.of(await results.usage(caller.tenant.id)) if shown else None
+    return UsageOut.of(await quotas.usage(caller.tenant, caller.end_user), storage)

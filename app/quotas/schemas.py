@@ -34,9 +34,12 @@ class InFlightOut(BaseModel):
 class UsageOut(BaseModel):
     object: str = "usage"
     tenant_id: str
+    end_user: str | None = Field(
+        None, description="With an end-user token: its end user, whose own images of the day `day` counts."
+    )
     day: PeriodUsageOut
-    month: PeriodUsageOut
-    in_flight: InFlightOut
+    month: PeriodUsageOut | None = Field(description="The tenant's month (null with an end-user token).")
+    in_flight: InFlightOut | None = Field(description="The tenant's tasks in flight (null with an end-user token).")
     storage: StorageOut | None = Field(
         None, description="Result images kept in the gateway's store (absent when the gateway keeps none)."
     )
@@ -45,9 +48,12 @@ class UsageOut(BaseModel):
     def of(cls, usage: Usage, storage: StorageOut | None = None) -> UsageOut:
         return cls(
             tenant_id=usage.tenant_id,
+            end_user=usage.end_user,
             day=PeriodUsageOut.of(usage.day),
-            month=PeriodUsageOut.of(usage.month),
-            in_flight=InFlightOut(current=usage.in_flight, limit=usage.max_in_flight),
+            month=None if usage.month is None else PeriodUsageOut.of(usage.month),
+            in_flight=None
+            if usage.in_flight is None
+            else InFlightOut(current=usage.in_flight, limit=usage.max_in_flight),
             storage=storage,
         )
 

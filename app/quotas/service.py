@@ -20,6 +20,7 @@ from app.models import Tenant
 from app.models.quota import INFLIGHT_PERIOD
 from app.quotas import repository as repo
 from app.tenants.service import find as find_tenant
+from app.tenants.tokens import EndUser
 
 # A caller refused for its in-flight cap is told to come back after about one typical task's duration.
 IN_FLIGHT_RETRY_AFTER_S = 5
@@ -43,8 +44,11 @@ def next_month(now: dt.datetime) -> dt.datetime:
     return (start + dt.timedelta(days=32)).replace(day=1)
 
 
-def reservation(tenant: Tenant, task_id: str, n: int, now: dt.datetime) -> repo.Reservation:
-    """What a task about to be sent reserves: `n` images of the day and of the month, and one slot in flight."""
+def reservation(
+    tenant: Tenant, task_id: str, n: int, now: dt.datetime, end_user: EndUser | None = None
+) -> repo.Reservation:
+    """What a task about to be sent reserves: `n` images of the day and of the month, and one slot in flight; for an
+    end user's token, `n` images of that end user's day too (inside the tenant's)."""
     day, month = day_key(now), month_key(now)
     return repo.Reservation(
         tenant_id=tenant.id,
@@ -56,24 +60,21 @@ def reservation(tenant: Tenant, task_id: str, n: int, now: dt.datetime) -> repo.
         day_limit=tenant.daily_images,
         month_limit=tenant.monthly_images,
         inflight_limit=tenant.max_in_flight,
+        end_user=None if end_user is None else end_user.id,
+        end_user_day_limit=None if end_user is None else end_user.images_per_day,
     )
 
 
 def could_fit(r: repo.Reservation) -> set[str]:
     """The counter periods the reservation could fit at all (a counter row that does not exist yet is inserted
     without the limit check: what never fits is refused up front)."""
-    wanted = {
-        r.day_period: (r.n, r.day_limit),
-        r.month_period: (r.n, r.month_limit),
-        INFLIGHT_PERIOD: (1, r.inflight_limit),
-    }
-    return {period for period, (amount, limit) in wanted.items() if limit is None or amount <= limit}
+    return {period for period, (amount, limit) in r.counted().items() if limit is None or amount <= limit}
 
 
 def refuse_unless_fitted(tenant: Tenant, r: repo.Reservation, fitted: set[str], now: dt.datetime) -> None:
-    """Raise the caller's error for the first counter that did not take the reservation (402 for the day or the
-    month, 429 with Retry-After for the in-flight cap); nothing when all three did."""
-    if len(fitted) == 3:
+    """Raise the caller's error for the first counter that did not take the reservation (402 for the tenant's day
+    or month, then for the end user's day, 429 with Retry-After for the in-flight cap); nothing when all did."""
+    if fitted >= r.counted().keys():
         return
     metrics.refused(tenant.id, "quota")
     if r.day_period not in fitted:
@@ -85,6 +86,11 @@ def refuse_unless_fitted(tenant: Tenant, r: repo.Reservation, fitted: set[str], 
         raise InsufficientQuota(
             f"Not enough monthly image quota for {r.n} image(s): the limit is {tenant.monthly_images} per month "
             "(see GET /v1/usage)."
+        )
+    if r.user_day_period is not None and r.user_day_period not in fitted:
+        raise InsufficientQuota(
+            f"Not enough daily image quota for the end user {r.end_user!r} for {r.n} image(s): its limit is "
+            f"{r.end_user_day_limit} per UTC day (see GET /v1/usage with its token)."
         )
     reset = int(now.timestamp()) + IN_FLIGHT_RETRY_AFTER_S
     raise RateLimited(
@@ -114,13 +120,20 @@ class PeriodUsage:
 class Usage:
     tenant_id: str
     day: PeriodUsage
-    month: PeriodUsage
-    in_flight: int
+    month: PeriodUsage | None  # None for an end user (counted per day only)
+    in_flight: int | None
     max_in_flight: int | None
+    end_user: str | None = None
 
 
-async def usage(session: AsyncSession, tenant: Tenant, now: dt.datetime) -> Usage:
+async def usage(session: AsyncSession, tenant: Tenant, now: dt.datetime, end_user: EndUser | None = None) -> Usage:
+    """The tenant's usage; with `end_user`, that end user's (its images of the day, against its own limit)."""
     day, month = day_key(now), month_key(now)
+    if end_user is not None:
+        period = repo.user_day_period(day, end_user.id)
+        used = (await repo.counters(session, tenant.id, [period])).get(period, 0)
+        limit, resets_at = end_user.images_per_day, int(next_day(now).timestamp())
+        return Usage(tenant.id, PeriodUsage(day, used, limit, resets_at), None, None, None, end_user=end_user.id)
     values = await repo.counters(session, tenant.id, [f"day:{day}", f"month:{month}", INFLIGHT_PERIOD])
     return Usage(
         tenant_id=tenant.id,
@@ -160,9 +173,9 @@ class QuotaService:
         self._sessions = sessions
         self._clock = clock
 
-    async def usage(self, tenant: Tenant) -> Usage:
+    async def usage(self, tenant: Tenant, end_user: EndUser | None = None) -> Usage:
         async with self._sessions() as session:
-            return await usage(session, tenant, self._clock())
+            return await usage(session, tenant, self._clock(), end_user)
 
     async def usage_of(self, tenant_ref: str) -> Usage:
         """Usage of a tenant named by id or name (404 when unknown)."""

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.contract import TaskStatus
 from app.core.db.base import UTCDateTime
 from app.models.task import Task
-from app.quotas.repository import RESERVED_COUNTERS, Reservation, reserve_ctes, reserve_params
+from app.quotas.repository import Reservation, reserve_ctes, reserve_params, reserved_counters
 from app.upstream.repository import take_slot_sql
 
 _TASKS = cast(Table, Task.__table__)
@@ -56,14 +56,16 @@ class AdmissionRefused(Exception):
         self.fitted = fitted
 
 
-def _statement(with_quota: bool) -> TextClause:
+def _statement(with_quota: bool, end_user: bool = False) -> TextClause:
     names = [column.name for column in _TASKS.c]
     values = [_ON_SLOT.get(name, f":t_{name}") for name in names]
     ctes = [f"slot AS ({take_slot_sql(now=':slot_now')})"]
     if with_quota:
-        ctes.insert(0, reserve_ctes())  # `counters`, then `entry`: the counters lock before the key's row
+        # `counters`, then `entry`: the counters lock before the key's row (an end user's day too, for a token's task)
+        ctes.insert(0, reserve_ctes(end_user=end_user))
         answer = (
-            f"SELECT CASE WHEN (SELECT count(*) FROM counters) = {RESERVED_COUNTERS} THEN EXISTS (SELECT 1 FROM slot) "
+            f"SELECT CASE WHEN (SELECT count(*) FROM counters) = {reserved_counters(end_user=end_user)} "
+            "THEN EXISTS (SELECT 1 FROM slot) "
             "ELSE gateway_refuse_admission((SELECT string_agg(period, ',') FROM counters)) END"
         )
     else:
@@ -77,11 +79,12 @@ def _statement(with_quota: bool) -> TextClause:
         bindparam("check_waiting", type_=UTCDateTime()),
     ]
     if with_quota:
-        params += reserve_params()
+        params += reserve_params(end_user=end_user)
     return text(sql).bindparams(*params)
 
 
 _WITH_QUOTA = _statement(with_quota=True)
+_WITH_END_USER_QUOTA = _statement(with_quota=True, end_user=True)
 _WITHOUT_QUOTA = _statement(with_quota=False)
 
 
@@ -126,7 +129,10 @@ async def admit(
     if reservation is not None:
         params.update(reservation.params())
     try:
-        statement = _WITH_QUOTA if reservation is not None else _WITHOUT_QUOTA
+        if reservation is None:
+            statement = _WITHOUT_QUOTA
+        else:
+            statement = _WITH_QUOTA if reservation.end_user is None else _WITH_END_USER_QUOTA
         slotted = bool((await connection.execute(statement, params)).scalar())
     except DBAPIError as e:
         if getattr(e.orig, "sqlstate", None) != REFUSED_SQLSTATE:

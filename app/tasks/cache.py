@@ -8,7 +8,8 @@
   not refreshed more often either. After that the call goes the usual way (ledger, then a claimed refresh).
 - A task that was never refreshed (just submitted) is not kept.
 
-Entries carry their tenant: a task id of another tenant is a miss, answered by the ledger read (a 404) as before.
+Entries carry their tenant and end user: a task id of another tenant (or, for a token, of another end user) is a
+miss, answered by the ledger read (a 404) as before.
 The cache is per process and bounded (least recently used out); nothing needs invalidating, as nothing cached can
 change before it expires.
 """
@@ -28,6 +29,7 @@ DEFAULT_SIZE = 10_000
 @dataclass(frozen=True, slots=True)
 class _Entry:
     tenant_id: str
+    end_user: str | None
     body: bytes
     fresh_until: dt.datetime | None  # None: terminal
 
@@ -38,9 +40,10 @@ class TaskAnswers:
         self._size = size
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
 
-    def get(self, tenant_id: str, task_id: str, now: dt.datetime) -> bytes | None:
+    def get(self, tenant_id: str, task_id: str, now: dt.datetime, end_user: str | None = None) -> bytes | None:
+        """The answer kept for the tenant's task (`end_user`: only if it is that end user's task)."""
         entry = self._entries.get(task_id)
-        if entry is None or entry.tenant_id != tenant_id:
+        if entry is None or entry.tenant_id != tenant_id or (end_user is not None and entry.end_user != end_user):
             return None
         if entry.fresh_until is not None and entry.fresh_until <= now:
             del self._entries[task_id]
@@ -58,7 +61,7 @@ class TaskAnswers:
             fresh_until = task.refreshed_at + self._refresh_interval
         else:
             return
-        self._entries[task.id] = _Entry(task.tenant_id, body, fresh_until)
+        self._entries[task.id] = _Entry(task.tenant_id, task.end_user, body, fresh_until)
         self._entries.move_to_end(task.id)
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)

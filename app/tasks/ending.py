@@ -41,7 +41,7 @@ def _statement(columns: frozenset[str]) -> TextClause:
         WHERE id = :task_id AND status IN ({open_statuses})
         RETURNING {returned}
     ), reserved AS (
-        SELECT r.tenant_id, r.images, r.day, r.month,
+        SELECT r.tenant_id, r.images, r.day, r.month, r.end_user,
             CASE WHEN e.status = '{TaskStatus.COMPLETED.value}' OR e.outcome_unknown
                 THEN CAST(:produced AS integer) ELSE 0 END AS charged
         FROM quota_entries r JOIN ended e ON r.task_id = e.id

@@ -88,12 +88,18 @@ class TaskEvents:
         self._polls: SingleFlight[bytes] = SingleFlight()
         self.open_streams = 0  # streams running in this process
 
-    async def open(self, tenant_id: str, task_id: str, last_event_id: str | None) -> AsyncIterator[bytes] | None:
+    async def open(
+        self, tenant_id: str, task_id: str, last_event_id: str | None, end_user: str | None = None
+    ) -> AsyncIterator[bytes] | None:
         """The stream of a tenant's task, or None when the task has ended and the client has its final event.
 
-        Raises NotFound (another tenant's task too) before anything is streamed.
+        Raises NotFound (another tenant's task too, and for a token's `end_user` another end user's) before anything
+        is streamed.
         """
-        body = await self._answer(tenant_id, task_id)
+        if end_user is None:
+            body = await self._answer(tenant_id, task_id)
+        else:  # the task must be the end user's; its polls, shared, are the tenant's
+            body = await self._tasks.status_answer(tenant_id, task_id, end_user)
         seen = parse_last_event_id(last_event_id)
         step, final = step_of(body)
         if final and seen is not None and seen >= step:

@@ -55,8 +55,8 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     204: {"description": "The task has ended and `Last-Event-ID` is its final event: nothing more to send"},
     401: _error("Missing or invalid API key"),
-    403: _error("The API key lacks the `read` scope"),
-    404: _error("Task not found (also another tenant's task)"),
+    403: _error("The API key or token lacks the `read` scope, or the token's origin is refused"),
+    404: _error("Task not found (also another tenant's task, or another end user's for a token)"),
     429: _error("Rate limited (per-minute status queries, counted once per connection), with `Retry-After`"),
 }
 
@@ -72,7 +72,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 async def generation_events(
     task_id: str,
-    tenant: QueryCaller,
+    caller: QueryCaller,
     events: TaskEventsDep,
     response: Response,
     last_event_id: Annotated[
@@ -86,7 +86,8 @@ async def generation_events(
 ) -> Response:
     if not is_task_id(task_id):
         raise NotFound("Task not found")
-    stream = await events.open(tenant.id, task_id, last_event_id)  # 404 before anything is streamed
+    # 404 before anything is streamed (a token: only its own end user's tasks)
+    stream = await events.open(caller.tenant.id, task_id, last_event_id, caller.end_user_id)
     answer: Response = Response(status_code=204) if stream is None else EventStreamResponse(stream)
     answer.headers.raw.extend(response.headers.raw)  # what the dependencies set (the rate headers)
     return answer

@@ -76,11 +76,20 @@ class StatusFastPath:
         tasks: TaskService | None = getattr(self.state, "tasks", None)
         if tenants is None or tasks is None or not is_task_id(task_id) or scope.get("query_string"):
             return None
-        authorization = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        authorization = origin = None
+        for name, value in scope["headers"]:
+            if name == b"authorization" and authorization is None:
+                authorization = value
+            elif name == b"origin" and origin is None:
+                origin = value
         if authorization is None:
             return None
-        who = policy.decide_from_memory(tenants, authorization.decode("latin-1"), QUERYING)
-        return None if who is None else tasks.cached_answer(who.tenant.id, task_id)
+        who = policy.decide_from_memory(tenants, authorization.decode("latin-1"), QUERYING, _text(origin))
+        return None if who is None else tasks.cached_answer(who.tenant.id, task_id, who.end_user_id)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 def _headers(body: bytes) -> list[tuple[bytes, bytes]]:
@@ -111,7 +120,7 @@ class SubmitFastPath:
         tasks: TaskService = self.state.tasks
         scope["route"] = route  # as routing would: the route's name in access lines, metrics and traces
         try:
-            task = await tasks.submit(who.tenant, request, idempotency_key=idempotency_key)
+            task = await tasks.submit(who.tenant, request, idempotency_key=idempotency_key, end_user=who.end_user)
         except Exception as exc:  # answered as the app's exception handlers answer it
             answer: Response = error_answer(Request(scope, receive), exc)
         else:
@@ -119,17 +128,19 @@ class SubmitFastPath:
         await answer(scope, receive, send)
 
     def _caller(self, scope: Scope) -> tuple[AuthenticatedKey, str | None] | None:
-        """The known key of an eligible submit, and its Idempotency-Key; None when the app must decide."""
+        """The known key (or token) of an eligible submit, and its Idempotency-Key; None when the app must decide."""
         tenants: TenantService | None = getattr(self.state, "tenants", None)
         if tenants is None or getattr(self.state, "tasks", None) is None or scope.get("query_string"):
             return None
-        authorization = content_type = None
+        authorization = content_type = origin = None
         keys: list[bytes] = []
         for name, value in scope["headers"]:
             if name == b"authorization" and authorization is None:
                 authorization = value
             elif name == b"content-type" and content_type is None:
                 content_type = value
+            elif name == b"origin" and origin is None:
+                origin = value
             elif name == b"idempotency-key":
                 keys.append(value)
         if authorization is None or not is_json(content_type.decode("latin-1") if content_type else None):
@@ -140,7 +151,7 @@ class SubmitFastPath:
             idempotency_key = idempotency_key_of(keys[0].decode("latin-1") if keys else None)
         except InvalidRequest:
             return None  # the app answers it
-        who = policy.decide_from_memory(tenants, authorization.decode("latin-1"), SUBMITTING)
+        who = policy.decide_from_memory(tenants, authorization.decode("latin-1"), SUBMITTING, _text(origin))
         return None if who is None else (who, idempotency_key)
 
     def _find_route(self, scope: Scope) -> APIRoute | None:

@@ -15,8 +15,13 @@ from app.models.task import Task
 _TASKS = cast(Table, Task.__table__)
 
 
-async def get_for_tenant(session: AsyncSession, tenant_id: str, task_id: str) -> Task | None:
+async def get_for_tenant(
+    session: AsyncSession, tenant_id: str, task_id: str, end_user: str | None = None
+) -> Task | None:
+    """A task of the tenant (of that end user only, when one is given)."""
     stmt = select(Task).where(Task.id == task_id, Task.tenant_id == tenant_id)
+    if end_user is not None:
+        stmt = stmt.where(Task.end_user == end_user)
     return (await session.execute(stmt)).scalar_one_or_none()
 
 

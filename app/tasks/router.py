@@ -26,12 +26,14 @@ _CREATE_ERRORS = _errors(
     {
         400: "Invalid request",
         401: "Missing or invalid API key",
-        402: "Quota exhausted",
-        403: "The API key lacks the `submit` scope, or `callback_url` is not at an origin the tenant allows",
+        402: "Quota exhausted (the tenant's, or a token's end user's images of the day)",
+        403: "The API key or token lacks the `submit` scope, the token is used from an origin it was not minted for, "
+        "or `callback_url` is not at an origin the tenant allows",
         413: "Body too large",
         415: "Not JSON",
         409: "The Idempotency-Key was used with another request body",
-        429: "Rate limited (per-minute submits, or tasks in flight), with `Retry-After`",
+        429: "Rate limited (per-minute submits, the tenant's or a token's end user's, or tasks in flight), with "
+        "`Retry-After`",
         502: "Upstream error",
         503: "No upstream key available",
         504: "Upstream timeout",
@@ -41,8 +43,9 @@ _CREATE_ERRORS = _errors(
 _STATUS_ERRORS = _errors(
     {
         401: "Missing or invalid API key",
-        403: "The API key lacks the `read` scope",
-        404: "Task not found (also another tenant's task, and any id the gateway never makes)",
+        403: "The API key or token lacks the `read` scope, or the token is used from an origin it was not minted for",
+        404: "Task not found (also another tenant's task, another end user's for a token, and any id the gateway "
+        "never makes)",
         429: "Rate limited (per-minute status queries), with `Retry-After`",
     }
 )
@@ -100,12 +103,12 @@ async def idempotency_key_header(
 )
 async def create_generation(
     body: GenerationRequest,
-    tenant: SubmitCaller,
+    caller: SubmitCaller,
     tasks: TaskServiceDep,
     response: Response,
     idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
 ) -> Response:
-    task = await tasks.submit(tenant, body, idempotency_key=idempotency_key)
+    task = await tasks.submit(caller.tenant, body, idempotency_key=idempotency_key, end_user=caller.end_user)
     # Rendered here (TaskObject without None fields) rather than validated again against response_model by FastAPI.
     answer = Response(render(task, created=True), media_type="application/json")
     answer.headers.raw.extend(response.headers.raw)  # what the dependencies set (the rate headers)
@@ -119,10 +122,11 @@ async def create_generation(
     responses=_STATUS_ERRORS,
     summary="Task status and result",
 )
-async def get_generation(task_id: str, tenant: QueryCaller, tasks: TaskServiceDep, response: Response) -> Response:
+async def get_generation(task_id: str, caller: QueryCaller, tasks: TaskServiceDep, response: Response) -> Response:
     if not is_task_id(task_id):
         raise NotFound("Task not found")
     # Rendered by the service (and kept rendered while it cannot change): TaskObject, without None fields.
-    answer = Response(await tasks.status_answer(tenant.id, task_id), media_type="application/json")
+    body = await tasks.status_answer(caller.tenant.id, task_id, caller.end_user_id)
+    answer = Response(body, media_type="application/json")
     answer.headers.raw.extend(response.headers.raw)  # what the dependencies set (the rate headers)
     return answer

@@ -47,6 +47,7 @@ from app.tasks import repository as repo
 from app.tasks.cache import TaskAnswers
 from app.tasks.images import ImageView, ShownImages
 from app.tasks.singleflight import SingleFlight
+from app.tenants.tokens import EndUser
 from app.upstream.base import UpstreamAdapter, UpstreamServerError, UpstreamTask, parse_retry_after
 from app.upstream.pool import PoolKey, UpstreamKeyPool
 from app.webhooks import repository as webhook_sql
@@ -149,8 +150,10 @@ class TaskService:
         *,
         idempotency_key: str | None = None,
         callback_url: str | None = None,
+        end_user: EndUser | None = None,
     ) -> Task:
         """Record the task, reserve its images and a slot on a pool key, send it upstream, record the answer.
+        `end_user`: the end user of the token that submits (its images of the day count too, and the task is its).
 
         - The same `idempotency_key` with the same body within IDEMPOTENCY_TTL answers the task it made (nothing
           charged again); with another body, 409 `idempotency_key_reused`. Race-safe across replicas (a unique key).
@@ -167,7 +170,7 @@ class TaskService:
         now = self._clock()
         request_hash = _request_hash(body, callback_url) if idempotency_key is not None else None
         if idempotency_key is not None:
-            replay = await self._replay(tenant.id, idempotency_key, request_hash, now)
+            replay = await self._replay(tenant.id, idempotency_key, request_hash, now, end_user)
             if replay is not None:
                 return replay
         try:
@@ -196,16 +199,17 @@ class TaskService:
             next_check_at=now
             + (self._submit_deadline if key is not None else dt.timedelta(seconds=self._pool.retry_after_s())),
             callback_url=callback_url,
+            end_user=None if end_user is None else end_user.id,
         )
         # The row, its reservation and its slot on the key are committed before the upstream call, so a crash
         # cannot lose a task the upstream accepted, nothing is spent upstream that the quota refused, and no
         # transaction (and no lock on the tenant's counters or the key's row) is held open across the network.
         try:
-            taken = await self._admit(tenant, task, images_reserved_for(body), key, now)
+            taken = await self._admit(tenant, task, images_reserved_for(body), key, now, end_user)
         except IntegrityError:
             if idempotency_key is None:
                 raise
-            replay = await self._replay(tenant.id, idempotency_key, request_hash, now)
+            replay = await self._replay(tenant.id, idempotency_key, request_hash, now, end_user)
             if replay is None:
                 raise
             return replay  # another request with the same key won the race
@@ -217,11 +221,11 @@ class TaskService:
         return await self._send(task, taken, body)
 
     async def _admit(
-        self, tenant: Tenant, task: Task, images: int, key: PoolKey | None, now: dt.datetime
+        self, tenant: Tenant, task: Task, images: int, key: PoolKey | None, now: dt.datetime, end_user: EndUser | None
     ) -> PoolKey | None:
         """Write the task with its reservation and a slot on `key` in one statement (app/tasks/admission.py): the key
         it holds, or None when it waits (no key now: every one cools down or is full)."""
-        reservation = quotas.reservation(tenant, task.id, images, now) if self._quotas_enabled else None
+        reservation = quotas.reservation(tenant, task.id, images, now, end_user) if self._quotas_enabled else None
         if reservation is not None:
             quotas.refuse_unless_fitted(tenant, reservation, quotas.could_fit(reservation), now)
         waiting_check = now + dt.timedelta(seconds=self._pool.retry_after_s())
@@ -272,8 +276,11 @@ class TaskService:
         task.next_check_at = task.created_at + self._submit_deadline
         return taken
 
-    async def _replay(self, tenant_id: str, key: str, request_hash: str | None, now: dt.datetime) -> Task | None:
-        """The task an earlier request with this Idempotency-Key made, if it is recent; Conflict if its body differs.
+    async def _replay(
+        self, tenant_id: str, key: str, request_hash: str | None, now: dt.datetime, end_user: EndUser | None
+    ) -> Task | None:
+        """The task an earlier request with this Idempotency-Key made, if it is recent; Conflict if its body differs,
+        or if another end user (or a tenant key, for a token) made it: a token never sees another's task.
         A key older than IDEMPOTENCY_TTL is released (the new request makes a new task)."""
         async with self._sessions() as session:
             await reads_only(session)
@@ -284,7 +291,7 @@ class TaskService:
             async with self._sessions.begin() as session:
                 await repo.release_idempotency_key(session, found.id)
             return None
-        if found.request_hash != request_hash:
+        if found.request_hash != request_hash or found.end_user != (None if end_user is None else end_user.id):
             raise Conflict(
                 "This Idempotency-Key was used with a different request body; use a new key for a new request.",
                 code="idempotency_key_reused",
@@ -449,25 +456,26 @@ class TaskService:
             await repo.set_upstream_key(session, task_id, new.id)
         return new
 
-    async def status(self, tenant_id: str, task_id: str) -> Task:
-        """A terminal task from the ledger; an open one refreshed from the upstream at most once per interval."""
+    async def status(self, tenant_id: str, task_id: str, end_user: str | None = None) -> Task:
+        """A terminal task from the ledger; an open one refreshed from the upstream at most once per interval.
+        `end_user`: only that end user's task (a token's read), else any of the tenant's."""
         async with self._sessions() as session:
             await reads_only(session)
-            task = await repo.get_for_tenant(session, tenant_id, task_id)
+            task = await repo.get_for_tenant(session, tenant_id, task_id, end_user)
         if task is None:
             raise NotFound("Task not found")
         return await self._refresh_if_due(task)
 
-    def cached_answer(self, tenant_id: str, task_id: str) -> bytes | None:
+    def cached_answer(self, tenant_id: str, task_id: str, end_user: str | None = None) -> bytes | None:
         """The status call's JSON answer if memory holds one that cannot have changed, else None."""
-        return self._answers.get(tenant_id, task_id, self._clock())
+        return self._answers.get(tenant_id, task_id, self._clock(), end_user)
 
-    async def status_answer(self, tenant_id: str, task_id: str) -> bytes:
+    async def status_answer(self, tenant_id: str, task_id: str, end_user: str | None = None) -> bytes:
         """The status call's JSON answer: from memory while it cannot have changed (app/tasks/cache.py), else as
-        `status` finds it."""
-        body = self._answers.get(tenant_id, task_id, self._clock())
+        `status` finds it (`end_user`: a token's read, of that end user's tasks only)."""
+        body = self._answers.get(tenant_id, task_id, self._clock(), end_user)
         if body is None:
-            task = await self.status(tenant_id, task_id)
+            task = await self.status(tenant_id, task_id, end_user)
             images = self.images if task.status == TaskStatus.COMPLETED else None
             shown = await images(task) if images is not None else None
             body = render(task, shown=shown)

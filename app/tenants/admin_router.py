@@ -30,6 +30,7 @@ from app.tenants.schemas import (
     TenantList,
     TenantOut,
     TenantUpdate,
+    TokensRevoked,
 )
 
 
@@ -86,12 +87,27 @@ async def get_tenant(tenant_id: str, tenants: TenantServiceDep) -> TenantOut:
     "/tenants/{tenant_id}",
     response_model=TenantOut,
     responses=_errors(400, 409),
-    summary="Rename, disable or enable a tenant",
+    summary="Rename, disable or enable a tenant, or set its browser origins (CORS)",
 )
 async def update_tenant(tenant_id: str, body: TenantUpdate, tenants: TenantServiceDep) -> TenantOut:
-    """`status: disabled` refuses every key of the tenant (401) until it is `active` again; its open tasks still
-    settle. Omitted (or null) fields stay as they are."""
-    return await tenants.update_tenant(tenant_id, name=body.name, status=body.status, actor=ACTOR_ADMIN_TOKEN)
+    """`status: disabled` refuses every key of the tenant (401) until it is `active` again (and every token its keys
+    minted); its open tasks still settle. Omitted (or null) fields stay as they are, but `cors_origins`: null is
+    the gateway's default again."""
+    origins = body.cors_origins if "cors_origins" in body.model_fields_set else ...
+    return await tenants.update_tenant(
+        tenant_id, name=body.name, status=body.status, cors_origins=origins, actor=ACTOR_ADMIN_TOKEN
+    )
+
+
+@router.post(
+    "/tenants/{tenant_id}/tokens/revoke",
+    response_model=TokensRevoked,
+    summary="Revoke every end-user token minted for a tenant until now",
+)
+async def revoke_tokens(tenant_id: str, tenants: TenantServiceDep) -> TokensRevoked:
+    """Every token the tenant's keys minted until now is refused (401), on every replica within a second; tokens
+    minted afterwards work. (Revoking a key, or disabling the tenant, refuses its tokens too.)"""
+    return await tenants.revoke_tokens(tenant_id, actor=ACTOR_ADMIN_TOKEN)
 
 
 @router.delete("/tenants/{tenant_id}", response_model=TenantOut, summary="Delete a tenant (its ledger and usage stay)")

@@ -21,4 +21,8 @@ async def get_tenant_service(request: Request) -> TenantService:
 TenantServiceDep = Annotated[TenantService, Depends(get_tenant_service)]
 
 # Declared for the OpenAPI document (and Swagger's "Authorize"); the header itself is parsed in one place, the service.
-tenant_bearer = HTTPBearer(auto_error=False, scheme_name="TenantKey", description="A tenant API key (`sk-gw-...`).")
+tenant_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="TenantKey",
+    description="A tenant API key (`sk-gw-...`), or an end-user token one minted (`gwt_...`: POST /v1/tokens).",
+)

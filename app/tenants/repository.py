@@ -58,6 +58,48 @@ async def find_usable_key(
     return None if row is None else (row[0], row[1])
 
 
+async def find_usable_key_by_id(
+    session: AsyncSession, key_id: str, now: dt.datetime
+) -> tuple[TenantKey, Tenant] | None:
+    """The key with this id if it is unrevoked and unexpired, with its tenant if that tenant is active (the key an
+    end-user token names as its minter)."""
+    stmt = (
+        select(TenantKey, Tenant)
+        .join(Tenant, TenantKey.tenant_id == Tenant.id)
+        .where(
+            TenantKey.id == key_id,
+            TenantKey.revoked_at.is_(None),
+            or_(TenantKey.expires_at.is_(None), TenantKey.expires_at > now),
+            Tenant.status == TenantStatus.ACTIVE,
+        )
+    )
+    row = (await session.execute(stmt)).first()
+    return None if row is None else (row[0], row[1])
+
+
+async def newest_minting_key(session: AsyncSession, tenant_id: str, now: dt.datetime) -> TenantKey | None:
+    """The tenant's newest unrevoked, unexpired key with the `mint` scope."""
+    stmt = (
+        select(TenantKey)
+        .where(
+            TenantKey.tenant_id == tenant_id,
+            TenantKey.revoked_at.is_(None),
+            or_(TenantKey.expires_at.is_(None), TenantKey.expires_at > now),
+        )
+        .order_by(TenantKey.created_at.desc(), TenantKey.id.desc())
+    )
+    for key in (await session.execute(stmt)).scalars():
+        if "mint" in key.scopes.split(","):
+            return key
+    return None
+
+
+async def tenant_cors_origins(session: AsyncSession) -> list[list[str]]:
+    """Every active tenant's own browser origins (tenants that have some)."""
+    stmt = select(Tenant.cors_origins).where(Tenant.cors_origins.is_not(None), Tenant.status == TenantStatus.ACTIVE)
+    return [list(origins or []) for origins in (await session.execute(stmt)).scalars()]
+
+
 async def rekey(session: AsyncSession, key_id: str, *, old_hash: str, new_hash: str, hash_key_id: str) -> bool:
     """Store the key's hash under the current secret, unless another request did it first."""
     stmt = (

@@ -10,9 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_v
 
 from app.contract import BLANK_PATTERN, INTEGRAL, ContractError, text_problem
 from app.core.clock import to_unix
-from app.core.limits import LimitsUpdate, LimitValues, values_of
+from app.core.limits import LimitsUpdate, LimitValue, LimitValues, values_of
 from app.core.pagination import Cursor, Page
 from app.models import KeyStatus, Tenant, TenantKey, TenantStatus
+from app.models.task import END_USER_MAX_CHARS
+from app.tenants.tokens import DEFAULT_TTL_S, MAX_TTL_S
+from app.tenants.tokens import MAX_ORIGINS as MAX_TOKEN_ORIGINS
 
 # --- bounds -------------------------------------------------------------------------------------------------------
 MAX_NAME_CHARS = 200  # Tenant.name and TenantKey.name are String(200)
@@ -23,8 +26,12 @@ MAX_EXPIRES_AT = 4_102_444_800  # 2100-01-01T00:00:00Z
 TENANT_CURSOR = Cursor.of_ids("ten_")
 KEY_CURSOR = Cursor.of_ids("key_")
 
-Scope = Literal["submit", "read"]
-SCOPES: tuple[Scope, ...] = ("submit", "read")
+Scope = Literal["submit", "read", "mint"]
+SCOPES: tuple[Scope, ...] = ("submit", "read", "mint")
+# What a key gets unless told otherwise: minting end-user tokens is asked for (`mint`), never given by default.
+DEFAULT_SCOPES: tuple[Scope, ...] = ("submit", "read")
+TokenScope = Literal["submit", "read"]
+TOKEN_SCOPES: tuple[TokenScope, ...] = ("submit", "read")  # a token can never mint
 # What ops set (deleting is DELETE's, for good).
 SettableStatus = Literal[TenantStatus.ACTIVE, TenantStatus.DISABLED]
 
@@ -53,6 +60,16 @@ def _key_name_schema(schema: dict[str, Any]) -> None:
 
 
 TenantName = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_CHARS, json_schema_extra=_name_schema)]
+MAX_CORS_ORIGINS = 20
+OriginText = Annotated[
+    StrictStr,
+    Field(
+        min_length=1,
+        max_length=300,
+        json_schema_extra={"pattern": NAME_PATTERN},
+        description="`scheme://host[:port]` (http or https), nothing after it.",
+    ),
+]
 KeyName = Annotated[StrictStr, Field(max_length=MAX_NAME_CHARS, json_schema_extra=_key_name_schema)]
 
 
@@ -114,6 +131,11 @@ class TenantUpdate(BaseModel):
     status: SettableStatus | None = Field(
         None, description="`disabled`: every key of the tenant is refused (401); its open tasks still settle."
     )
+    cors_origins: Annotated[list[OriginText], Field(max_length=MAX_CORS_ORIGINS)] | None = Field(
+        None,
+        description="Browser origins whose pages may read this tenant's answers (CORS): `scheme://host[:port]`, or "
+        "`*` for any. Given as `null`: the gateway's default (GATEWAY_CORS_ORIGINS) again; `[]`: none.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -140,7 +162,9 @@ class KeyCreate(BaseModel):
     scopes: (
         Annotated[list[Scope], Field(min_length=1, max_length=len(SCOPES), json_schema_extra=_unique_items)] | None
     ) = Field(
-        None, description="`submit` (create generations, upload images), `read` (task status, usage). Default: both."
+        None,
+        description="`submit` (create generations, upload images), `read` (task status, usage), `mint` (end-user "
+        "tokens: POST /v1/tokens). Default: `submit` and `read`.",
     )
     expires_at: Annotated[StrictInt, Field(ge=0, le=MAX_EXPIRES_AT), INTEGRAL] | None = Field(
         None, description="Unix time the key stops working (must be in the future)."
@@ -200,6 +224,9 @@ class TenantOut(BaseModel):
         description="`active`; `disabled` (every key refused, reversible); `deleted` (answered once, by DELETE)."
     )
     limits: LimitValues
+    cors_origins: list[str] | None = Field(
+        description="Browser origins whose pages may read this tenant's answers; null: the gateway's default."
+    )
     created_at: int = Field(description="Unix time.")
     updated_at: int = Field(description="Unix time.")
 
@@ -210,6 +237,7 @@ class TenantOut(BaseModel):
             name=tenant.name,
             status=TenantStatus(tenant.status),
             limits=LimitValues(**values_of(tenant)),
+            cors_origins=None if tenant.cors_origins is None else list(tenant.cors_origins),
             created_at=to_unix(tenant.created_at) or 0,
             updated_at=to_unix(tenant.updated_at) or 0,
         )
@@ -282,3 +310,85 @@ class TenantList(Page[TenantOut]):
 
 class KeyList(Page[KeyOut]):
     """A tenant's keys, oldest first."""
+
+
+# --- end-user tokens (app/tenants/tokens.py) ------------------------------------------------------------------------
+def _end_user_schema(schema: dict[str, Any]) -> None:
+    schema["pattern"] = NAME_PATTERN
+    schema["not"] = {"pattern": BLANK_PATTERN}
+    schema["description"] = (
+        "Your own id for the person the token is for (up to 128 characters, no control characters): their tasks "
+        "and their usage are theirs."
+    )
+
+
+EndUserId = Annotated[StrictStr, Field(min_length=1, max_length=END_USER_MAX_CHARS, json_schema_extra=_end_user_schema)]
+
+
+class TokenCreate(BaseModel):
+    """A token for one end user of the tenant, minted by the tenant's backend with a key that has the `mint` scope."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "end_user": "user-4821",
+                "ttl_seconds": 900,
+                "scopes": ["submit", "read"],
+                "images_per_day": 20,
+                "submits_per_minute": 5,
+                "origins": ["https://app.example.com"],
+            }
+        },
+    )
+
+    end_user: EndUserId
+    ttl_seconds: Annotated[StrictInt, Field(ge=1, le=MAX_TTL_S), INTEGRAL] = Field(
+        DEFAULT_TTL_S, description=f"Seconds the token works (at most {MAX_TTL_S}, and never past the minting key)."
+    )
+    scopes: (
+        Annotated[list[TokenScope], Field(min_length=1, max_length=len(TOKEN_SCOPES), json_schema_extra=_unique_items)]
+        | None
+    ) = Field(None, description="A subset of the minting key's scopes (a token never mints). Default: the key's.")
+    images_per_day: LimitValue = Field(
+        None, description="The end user's images per UTC day, counted inside the tenant's (null: the tenant's only)."
+    )
+    submits_per_minute: LimitValue = Field(
+        None, description="The end user's submits per minute, inside the tenant's (null: the tenant's only)."
+    )
+    origins: Annotated[list[OriginText], Field(min_length=1, max_length=MAX_TOKEN_ORIGINS)] | None = Field(
+        None, description="The only browser origins the token may be used from (403 from any other `Origin`)."
+    )
+
+    @field_validator("end_user")
+    @classmethod
+    def _storable_end_user(cls, value: str) -> str:
+        problem = name_problem(value) if value.strip() else "must not be blank"
+        if problem is not None:
+            raise ContractError(f"The 'end_user' field {problem}.", param="end_user")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _unique_scopes(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ContractError("The 'scopes' field must not repeat a scope.", param="scopes")
+        return value
+
+
+class TokenOut(BaseModel):
+    """A token just minted: hand it to the end user's browser, which sends it as `Authorization: Bearer <token>`."""
+
+    object: Literal["token"] = "token"
+    token: str = Field(description="The token (`gwt_...`): signed, not stored; works until `expires_at`.")
+    expires_at: int = Field(description="Unix time the token stops working.")
+    end_user: str
+    scopes: list[TokenScope]
+
+
+class TokensRevoked(BaseModel):
+    """Every token the tenant's keys minted until now is refused (on every replica within a second)."""
+
+    object: Literal["token_revocation"] = "token_revocation"
+    tenant_id: str
+    tokens_valid_after: int = Field(description="Unix time: tokens minted at or before it are refused.")

@@ -1,4 +1,5 @@
-"""Tenant rules: tenants and their keys (create, list, rotate, revoke, disable), authentication by key, limits.
+"""Tenant rules: tenants and their keys (create, list, rotate, revoke, disable), authentication by key or by an
+end-user token the keys mint (app/tenants/tokens.py), limits, browser origins.
 
 Owns its transactions. Every change made for an operator is one audited action (`AuditService.action`: `actor` is
 "admin-token" for the ops API, "cli" for the command line, "system" for the gateway itself) and writes its
@@ -14,6 +15,7 @@ import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -21,24 +23,28 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.service import AuditedAction, AuditService
 from app.core.clock import Clock, from_unix, to_unix
+from app.core.cors import normalize_origin
 from app.core.db.engine import reads_only
 from app.core.errors import Conflict, GatewayError, InvalidRequest, NotFound, Unauthorized
 from app.core.ids import new_id
 from app.core.invalidation import Invalidator, record
 from app.core.limits import LIMIT_NAMES, LimitsUpdate, values_of
 from app.core.pagination import DEFAULT_PAGE
-from app.core.security import KeyMaterial, bearer_token, new_tenant_key
+from app.core.security import TOKEN_PREFIX, KeyMaterial, bearer_token, new_tenant_key
 from app.models import Tenant, TenantKey, TenantStatus
 from app.tenants import repository as repo
 from app.tenants.auth_cache import AuthCache
+from app.tenants.errors import Forbidden
 from app.tenants.last_used import DEFAULT_INTERVAL_S, LastUsedRecorder
 from app.tenants.schemas import (
     DEFAULT_GRACE_S,
+    DEFAULT_SCOPES,
     KEY_CURSOR,
     MAX_EXPIRES_IN_S,
     MAX_GRACE_S,
     SCOPES,
     TENANT_CURSOR,
+    TOKEN_SCOPES,
     KeyList,
     KeyOut,
     Limits,
@@ -47,26 +53,40 @@ from app.tenants.schemas import (
     TenantCreated,
     TenantList,
     TenantOut,
+    TokenCreate,
+    TokenOut,
+    TokensRevoked,
     key_name_problem,
     name_problem,
     parse_scopes,
 )
+from app.tenants.tokens import EndUser, TokenClaims, VerifiedTokens, issued_after, unix_ms
 
 log = logging.getLogger(__name__)
 
 DEMO_TENANT = "demo"
+DEMO_KEY_FILE = "demo-tenant.json"  # under data_dir: the zero-config demo tenant's key (app/cli/server.py)
+_TOKEN_WHOS = 10_000  # token identities kept
 ACTOR_SYSTEM = "system"
 _KEY_ID = re.compile(r"[A-Za-z0-9_]{1,40}")  # any other key id names no key: 404 without a query
-_MAX_TOKEN_CHARS = 512  # far beyond any key the gateway makes: no hashing of megabyte headers
+_MAX_KEY_CHARS = 512  # far beyond any key the gateway makes: no hashing of megabyte headers
 
 
 @dataclass(frozen=True)
 class AuthenticatedKey:
-    """Who a request is: the tenant, which of its keys, and what that key may do."""
+    """Who a request is: the tenant, which of its keys (for an end-user token: the key that minted it), and what the
+    caller may do; for a token, the end user it was minted for, with that end user's limits."""
 
     tenant: Tenant
     key_id: str
     scopes: frozenset[str]
+    end_user: EndUser | None = None  # None: a tenant key
+    expires_at: dt.datetime | None = None  # when the key (or the token) stops working; None: never
+
+    @property
+    def end_user_id(self) -> str | None:
+        """The token's end user (whose tasks alone it reads); None for a tenant key (every task of the tenant)."""
+        return None if self.end_user is None else self.end_user.id
 
 
 class TenantService:
@@ -88,6 +108,12 @@ class TenantService:
         self._last_used = LastUsedRecorder(sessions, last_used_interval_s)
         self._invalidator = invalidator
         self._known = AuthCache(invalidator)  # without an invalidator (the CLI) nothing is cached
+        self._tokens = VerifiedTokens(keys)
+        # Each verified token's identity, while its minting key's (the same object in `_known`) stays the same.
+        self._token_whos: dict[str, tuple[AuthenticatedKey, AuthenticatedKey]] = {}
+        self._browser_origins: frozenset[str] | None = None  # every origin some tenant allows (preflights)
+        if invalidator is not None:
+            invalidator.subscribe("tenant", self._forget_browser_origins)
 
     # --- lifecycle of the process ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -119,9 +145,11 @@ class TenantService:
         token = bearer_token(authorization)
         if token is None:
             raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'")
-        if len(token) > _MAX_TOKEN_CHARS:
-            raise Unauthorized("Invalid API key")
         now = self._clock()
+        if token.startswith(TOKEN_PREFIX):
+            return await self._token_identity(token, now)
+        if len(token) > _MAX_KEY_CHARS:
+            raise Unauthorized("Invalid API key")
         current_id, current_hash = self._keys.key_id, self._keys.hash_tenant_key(token)
         who = self._known.get(current_hash, now)
         if who is None:
@@ -134,9 +162,13 @@ class TenantService:
         """`authenticate_key` answered from memory only: None when the key is not known there (unknown, cold, or
         the caches are not trusted right now), for the caller to go the usual way. Its use is noted."""
         token = bearer_token(authorization)
-        if token is None or len(token) > _MAX_TOKEN_CHARS:
+        if token is None:
             return None
         now = self._clock()
+        if token.startswith(TOKEN_PREFIX):
+            return self._token_from_memory(token, now)
+        if len(token) > _MAX_KEY_CHARS:
+            return None
         who = self._known.get(self._keys.hash_tenant_key(token), now)
         if who is not None:
             self._last_used.note(who.key_id, now)
@@ -157,9 +189,174 @@ class TenantService:
         key, tenant = found
         if key.key_hash != current_hash or key.hash_key_id != current_id:
             await self._rekey(key, current_hash, current_id, now)
-        who = AuthenticatedKey(tenant=tenant, key_id=key.id, scopes=frozenset(parse_scopes(key.scopes)))
+        who = AuthenticatedKey(
+            tenant=tenant, key_id=key.id, scopes=frozenset(parse_scopes(key.scopes)), expires_at=key.expires_at
+        )
         self._known.put(current_hash, who, key.expires_at, generation)
         return who
+
+    # --- end-user tokens ------------------------------------------------------------------------------------------
+    async def _token_identity(self, token: str, now: dt.datetime) -> AuthenticatedKey:
+        """Who an end-user token is, or Unauthorized: its signature, its expiry, then its minting key (from memory
+        when warm, else one read by id) and the tenant's `tokens_valid_after`."""
+        claims = self._tokens.claims(token)
+        if claims is None:
+            raise Unauthorized("Invalid token")
+        if claims.expires_at <= now.timestamp():
+            raise Unauthorized("This token has expired: ask for a new one")
+        minter = self._known.get_key(claims.key_id, now)
+        if minter is None:
+            minter = await self._look_up_minter(claims.key_id, now)
+        return self._token_who(token, claims, minter)
+
+    def _token_from_memory(self, token: str, now: dt.datetime) -> AuthenticatedKey | None:
+        """`_token_identity` from memory only; None when it cannot say (cold minting key) or refuses."""
+        claims = self._tokens.claims(token)
+        if claims is None or claims.expires_at <= now.timestamp():
+            return None
+        minter = self._known.get_key(claims.key_id, now)
+        if minter is None:
+            return None
+        try:
+            return self._token_who(token, claims, minter)
+        except Unauthorized:
+            return None
+
+    def _token_who(self, token: str, claims: TokenClaims, minter: AuthenticatedKey) -> AuthenticatedKey:
+        """The token's identity under its minting key as memory knows it now (kept while that stays the same)."""
+        known = self._token_whos.get(token)
+        if known is not None and known[0] is minter:
+            return known[1]
+        if minter.tenant.id != claims.tenant_id:
+            raise Unauthorized("Invalid token")
+        if not issued_after(claims, minter.tenant.tokens_valid_after):
+            raise Unauthorized("This token was revoked: ask for a new one")
+        who = AuthenticatedKey(
+            tenant=minter.tenant,
+            key_id=minter.key_id,
+            scopes=claims.scopes & minter.scopes,
+            end_user=claims.end_user,
+            expires_at=from_unix(claims.expires_at),
+        )
+        if len(self._token_whos) >= _TOKEN_WHOS:
+            self._token_whos.clear()  # rebuilt on use: a cheap bound
+        self._token_whos[token] = (minter, who)
+        return who
+
+    async def _look_up_minter(self, key_id: str, now: dt.datetime) -> AuthenticatedKey:
+        """A token's minting key by id, if it is still usable (its tenant active), kept in memory as a key is."""
+        generation = self._known.generation
+        async with self._sessions() as session:
+            await reads_only(session)
+            found = await repo.find_usable_key_by_id(session, key_id, now) if _KEY_ID.fullmatch(key_id) else None
+        if found is None:
+            raise Unauthorized("This token's key is no longer valid: ask for a new token")
+        key, tenant = found
+        who = AuthenticatedKey(
+            tenant=tenant, key_id=key.id, scopes=frozenset(parse_scopes(key.scopes)), expires_at=key.expires_at
+        )
+        self._known.put_key(who, key.expires_at, generation)
+        return who
+
+    def mint_token(self, minter: AuthenticatedKey, request: TokenCreate) -> TokenOut:
+        """A token for one end user of the minter's tenant: its scopes a subset of the key's, its lifetime never past
+        the key's. Nothing is written: the token carries its claims, signed."""
+        if minter.end_user is not None:  # the access rules refuse it first; a token never mints
+            raise Forbidden("A token cannot mint tokens: mint with a tenant key, on your backend.")
+        held = [s for s in TOKEN_SCOPES if s in minter.scopes]
+        scopes = held if request.scopes is None else [s for s in TOKEN_SCOPES if s in request.scopes]
+        missing = [s for s in scopes if s not in held]
+        if missing or not scopes:
+            raise Forbidden(
+                f"A token's scopes must be among the minting key's ({', '.join(held) or 'none'}).",
+                code="scope_not_held",
+            )
+        origins = None
+        if request.origins is not None:
+            try:
+                origins = frozenset(normalize_origin(o) for o in request.origins)
+            except ValueError as e:
+                raise InvalidRequest(f"origins: {e}", param="origins") from None
+        now = self._clock()
+        expires = now + dt.timedelta(seconds=request.ttl_seconds)
+        if minter.expires_at is not None:
+            expires = min(expires, minter.expires_at)
+        end_user = EndUser(
+            id=request.end_user,
+            images_per_day=request.images_per_day,
+            submits_per_minute=request.submits_per_minute,
+            origins=origins,
+        )
+        claims = TokenClaims(
+            tenant_id=minter.tenant.id,
+            key_id=minter.key_id,
+            end_user=end_user,
+            scopes=frozenset(scopes),
+            issued_at_ms=unix_ms(now),
+            expires_at=int(expires.timestamp()),
+        )
+        token = self._keys.sign_token(claims.encode())
+        return TokenOut(token=token, expires_at=claims.expires_at, end_user=end_user.id, scopes=scopes)
+
+    async def minting_key(self, tenant_ref: str) -> AuthenticatedKey:
+        """The key a server-side minter uses for a tenant (the try-it page, app/frontends/page.py): its newest
+        usable key with the `mint` scope. 409 `no_minting_key` when it has none."""
+        now = self._clock()
+        async with self._sessions() as session:
+            await reads_only(session)
+            tenant = await find(session, tenant_ref)
+            key = await repo.newest_minting_key(session, tenant.id, now)
+        if key is None or tenant.status != TenantStatus.ACTIVE:
+            raise Conflict(
+                f"Tenant {tenant.name!r} has no usable key with the 'mint' scope to mint tokens with.",
+                code="no_minting_key",
+            )
+        return AuthenticatedKey(
+            tenant=tenant, key_id=key.id, scopes=frozenset(parse_scopes(key.scopes)), expires_at=key.expires_at
+        )
+
+    async def revoke_tokens(self, tenant_ref: str, *, actor: str) -> TokensRevoked:
+        """Refuse every token minted for the tenant until now, on every replica within the invalidation bound (a
+        token minted from now on works)."""
+        async with self._action(actor, "tokens.revoke", "tenant", tenant_ref) as audited:
+            session, now = audited.session, audited.now
+            tenant = await find(session, tenant_ref)
+            tenant.tokens_valid_after = now
+            tenant.updated_at = now
+            await session.flush()
+            await record(session, "tenant", tenant.id, now=now)
+            audited.done(tenant.id, {"tokens_valid_after": unix_ms(now) / 1000})
+        return TokensRevoked(tenant_id=tenant.id, tokens_valid_after=int(now.timestamp()))
+
+    # --- browser origins (CORS: app/access/cors.py) ---------------------------------------------------------------
+    def origins_of(self, authorization: str | None) -> list[str] | None:
+        """The browser origins the caller's tenant allows, from memory (None: not known there, or the tenant has
+        none of its own: the gateway's default applies)."""
+        token = bearer_token(authorization)
+        if token is None:
+            return None
+        now = self._clock()
+        if token.startswith(TOKEN_PREFIX):
+            who = self._token_from_memory(token, now)
+        else:
+            who = self._known.get(self._keys.hash_tenant_key(token), now) if len(token) <= _MAX_KEY_CHARS else None
+        return None if who is None else who.tenant.cors_origins
+
+    async def browser_origins(self) -> frozenset[str]:
+        """Every origin some active tenant allows (a preflight names no tenant): from memory, read again after any
+        tenant changed."""
+        if self._browser_origins is not None and self._known.usable:
+            return self._browser_origins
+        generation = self._known.generation
+        async with self._sessions() as session:
+            await reads_only(session)
+            found = frozenset(o for origins in await repo.tenant_cors_origins(session) for o in origins)
+        if self._known.usable and generation == self._known.generation:
+            self._browser_origins = found
+        return found
+
+    def _forget_browser_origins(self, tenant_id: str) -> None:
+        self._browser_origins = None
 
     async def _rekey(self, key: TenantKey, new_hash: str, hash_key_id: str, now: dt.datetime) -> None:
         try:
@@ -217,14 +414,21 @@ class TenantService:
         return TenantList.of(rows, page, TenantOut.of)
 
     async def update_tenant(
-        self, tenant_ref: str, *, name: str | None = None, status: TenantStatus | None = None, actor: str
+        self,
+        tenant_ref: str,
+        *,
+        name: str | None = None,
+        status: TenantStatus | None = None,
+        cors_origins: list[str] | EllipsisType | None = ...,
+        actor: str,
     ) -> TenantOut:
-        """Rename and/or enable or disable a tenant. Disabled: every key of it is refused (401); its open tasks
-        still settle. The event is `tenant.disable` or `tenant.enable` for a status change alone, else
-        `tenant.update`."""
+        """Rename and/or enable or disable a tenant, or set its browser origins (`None`: the gateway's default;
+        `...`: unchanged). Disabled: every key of it is refused (401); its open tasks still settle. The event is
+        `tenant.disable` or `tenant.enable` for a status change alone, else `tenant.update`."""
         if status is not None and status not in (TenantStatus.ACTIVE, TenantStatus.DISABLED):
             raise InvalidRequest("status must be 'active' or 'disabled'", param="status")
         new_name = None if name is None else _checked_name(name)
+        origins = cors_origins if cors_origins is ... or cors_origins is None else _checked_origins(cors_origins)
         async with self._action(actor, "tenant.update", "tenant", tenant_ref) as audited:
             session, now = audited.session, audited.now
             tenant = await find(session, tenant_ref)
@@ -238,12 +442,15 @@ class TenantService:
             if status is not None and status != tenant.status:
                 changes["status"] = {"from": tenant.status, "to": status}
                 tenant.status = status
+            if origins is not ... and origins != tenant.cors_origins:
+                changes["cors_origins"] = {"from": tenant.cors_origins, "to": origins}
+                tenant.cors_origins = origins
             if changes:
                 tenant.updated_at = now
                 await session.flush()
                 await record(session, "tenant", tenant.id, now=now)
             action = "tenant.update"
-            if status is not None and "name" not in changes:
+            if status is not None and changes.keys() <= {"status"}:
                 action = "tenant.disable" if status == TenantStatus.DISABLED else "tenant.enable"
             audited.done(tenant.id, {"changes": changes}, action=action)
         return TenantOut.of(tenant)
@@ -396,15 +603,19 @@ class TenantService:
         """The zero-config demo tenant's key: `stored` while it still works, else a new demo tenant's key."""
         if stored is not None:
             try:
-                await self.authenticate_key(f"Bearer {stored}", note_use=False)
-                return stored
+                who = await self.authenticate_key(f"Bearer {stored}", note_use=False)
             except Unauthorized:
                 pass  # the database was reset under the key file: make a new demo tenant
+            else:
+                if "mint" not in who.scopes:  # a demo from before tokens: the try-it page mints with a key of its own
+                    await self.create_key(who.tenant.id, name="try-it page", scopes=SCOPES, actor=ACTOR_SYSTEM)
+                return stored
         async with self._action(ACTOR_SYSTEM, "tenant.create", "tenant", DEMO_TENANT) as audited:
             name = DEMO_TENANT
             if await repo.get_by_name(audited.session, name) is not None:
                 name = f"{DEMO_TENANT}-{secrets.token_hex(3)}"
-            _, _, key = await self._create(audited, name, key=new_tenant_key(), limits=None)
+            # The demo's key mints too: the try-it page's tokens (app/frontends/page.py) are minted with it.
+            _, _, key = await self._create(audited, name, key=new_tenant_key(), limits=None, scopes=SCOPES)
         return key
 
     # --- helpers --------------------------------------------------------------------------------------------------
@@ -424,6 +635,7 @@ class TenantService:
         *,
         key: str | None,
         limits: Mapping[str, int | None] | None,
+        scopes: Sequence[Scope] = DEFAULT_SCOPES,
     ) -> tuple[Tenant, TenantKey, str]:
         session, now = audited.session, audited.now
         name = _checked_name(name)
@@ -436,7 +648,7 @@ class TenantService:
         )
         await repo.insert_tenant(session, tenant)
         key_row, plaintext = await self._insert_key(
-            session, tenant.id, name="", scopes=list(SCOPES), expires_at=None, rotated_from_id=None, now=now, key=key
+            session, tenant.id, name="", scopes=scopes, expires_at=None, rotated_from_id=None, now=now, key=key
         )
         audited.done(tenant.id, {"name": name, "limits": values_of(tenant), "key_id": key_row.id})
         return tenant, key_row, plaintext
@@ -511,8 +723,17 @@ def _checked_name(name: str) -> str:
 
 def _checked_scopes(scopes: Sequence[str] | None) -> list[Scope]:
     if scopes is None:
-        return list(SCOPES)
+        return list(DEFAULT_SCOPES)
     unknown = [s for s in scopes if s not in SCOPES]
     if unknown or not scopes:
         raise InvalidRequest(f"scopes must be one or more of: {', '.join(SCOPES)}.", param="scopes")
     return [s for s in SCOPES if s in scopes]
+
+
+def _checked_origins(origins: Sequence[str]) -> list[str]:
+    """Browser origins as stored: each normalised (`*` = any), once, in the order given."""
+    try:
+        checked = [normalize_origin(o, allow_any=True) for o in origins]
+    except ValueError as e:
+        raise InvalidRequest(f"cors_origins: {e}", param="cors_origins") from None
+    return list(dict.fromkeys(checked))

@@ -129,10 +129,10 @@ _RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"t
     },
     openapi_extra={"requestBody": REQUEST_BODY},
 )
-async def upload_image(request: Request, tenant: UploadCaller, uploads: UploadServiceDep) -> UploadResponse | Response:
+async def upload_image(request: Request, caller: UploadCaller, uploads: UploadServiceDep) -> UploadResponse | Response:
     rate_headers: dict[str, str] = getattr(request.state, "rate_headers", None) or {}
     try:
-        with uploads.slot(tenant.id):
+        with uploads.slot(caller.tenant.id):
             async with received_form(request) as form:
                 file, purpose = _fields(form)
                 uploaded = await uploads.upload(file.filename or "image", file.file, purpose)

@@ -159,7 +159,7 @@ async def test_a_rule_added_in_one_place_applies_to_every_path(gw: Harness, monk
         assert (await call(gw, kind, key, task_id)).status_code == 200
         assert lookups.count == before, f"the warm {kind} was not answered before routing"
 
-    def no_blocked_tenants(who: AuthenticatedKey, need: Need) -> None:
+    def no_blocked_tenants(who: AuthenticatedKey, need: Need, origin: str | None) -> None:
         if who.tenant.name.startswith("blocked"):
             raise Forbidden("This tenant is blocked.")
 
