@@ -28,6 +28,7 @@ from app.core.observe import Observe
 from app.core.openapi import install_openapi
 from app.core.runtime import build_kernel, kernel_for_command
 from app.core.tracing import RequestIdOnSpan, configure_tracing
+from app.frontends import page as try_page
 from app.frontends import router as tokens
 from app.health import router as health
 from app.metrics import router as metrics_router
@@ -212,6 +213,7 @@ def create_app(
     app.include_router(admin_results.router)
     app.include_router(generation_events.router)
     app.include_router(tokens.router)
+    app.include_router(try_page.router)
     if settings.metrics_enabled:
         app.include_router(metrics_router.router)
     if settings.zero_config:

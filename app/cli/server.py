@@ -22,7 +22,7 @@ from app.core.logs import setup_logging
 from app.core.metrics import MULTIPROC_ENV
 from app.core.net import local_host_for
 from app.core.runtime import Kernel
-from app.tenants.service import TenantService
+from app.tenants.service import DEMO_KEY_FILE, TenantService
 
 SANDBOX_DEFAULT_PORT = 8100
 # What each worker of `serve --workers N` imports and calls to build its own app (a uvicorn factory).
@@ -186,7 +186,7 @@ def _explained(error: SettingsError, settings: Settings, embedded_ledger: bool) 
 
 def _ensure_demo_key(settings: Settings) -> str:
     """The demo tenant's key, the same on every zero-config start (kept under data_dir, demo mode only)."""
-    path = settings.data_dir / "demo-tenant.json"
+    path = settings.data_dir / DEMO_KEY_FILE
     stored: str | None = json.loads(path.read_text())["key"] if path.exists() else None
 
     async def call(kernel: Kernel) -> str:

@@ -110,6 +110,17 @@ class Settings(_NewTenantLimits):
         description="Comma-separated browser origins allowed to call the API (`*` = any), for tenants without "
         "origins of their own (ops set those per tenant); empty = none.",
     )
+    page_tenant: str = Field(
+        "",
+        description="The tenant (id or name) whose try-it page is served at `/`, its tokens minted with its newest "
+        "key that has the `mint` scope; empty = off (in the zero-config demo: the demo tenant's).",
+    )
+    page_images_per_day: int | None = Field(
+        20, ge=0, description="Images per day of each end user of the try-it page (inside its tenant's limits)."
+    )
+    page_submits_per_minute: int | None = Field(
+        10, ge=0, description="Submits per minute of each end user of the try-it page (inside its tenant's)."
+    )
     db_pool_size: int = 20
     upstream_error_cooldown_s: float = Field(
         30.0,

@@ -335,3 +335,26 @@ async def test_revoking_the_key_disabling_the_tenant_or_revoking_tokens_refuses_
     assert await _token_state(gw, fresh, warm=warm) == 401
     await gw.tenants.enable(tenant_id, actor=ACTOR)
     assert await _token_state(gw, fresh, warm=warm) == 200
+
+
+# --- the try-it page ----------------------------------------------------------------------------------------------
+async def test_the_page_is_off_unless_ops_turn_it_on_for_a_tenant(gw: Harness, database_url: str) -> None:
+    error(await gw.client.get("/"), 404, "page_off")
+    error(await gw.client.post("/page/token"), 404, "page_off")
+    async with running_gateway(database_url, page_tenant="shop") as page:
+        tenant, _ = await page.tenants.create("shop")
+        error(await page.client.post("/page/token"), 409, "no_minting_key")
+        await page.tenants.create_key(tenant.id, scopes=["submit", "read", "mint"], actor=ACTOR)
+        html = await page.client.get("/")
+        assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+        assert "default-src 'self'" in html.headers["content-security-policy"]
+        for asset in ("page/page.js", "page/page.css"):
+            assert asset in html.text
+            assert (await page.client.get(f"/{asset}")).status_code == 200
+        made = (await page.client.post("/page/token", headers={"Origin": "http://gateway.test"})).json()
+        assert made["end_user"].startswith("page-") and made["scopes"] == ["submit", "read"]
+        task = await submit(page, made["token"], Origin="http://gateway.test")
+        assert task.status_code == 200, task.text
+        error(await submit(page, made["token"], Origin="https://elsewhere.example"), 403, "origin_not_allowed")
+        usage = (await page.client.get("/v1/usage", headers=bearer(made["token"]))).json()
+        assert usage["day"]["limit"] == 20  # the page's limits per end user (GATEWAY_PAGE_IMAGES_PER_DAY)
