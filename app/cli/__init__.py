@@ -16,6 +16,7 @@ from app.cli.ops import URL_ENV, remote_from_options
 from app.cli.quota import quota_cli
 from app.cli.tasks import tasks_cli
 from app.cli.tenants import tenants_cli
+from app.cli.tokens import tokens_cli
 from app.cli.upstream_keys import secrets_cli, upstream_keys_cli
 from app.cli.webhooks import webhooks_cli
 from app.core.errors import SettingsError
@@ -74,6 +75,7 @@ cli.add_typer(upstream_keys_cli, name="upstream-keys")
 cli.add_typer(secrets_cli, name="secrets")
 cli.add_typer(webhooks_cli, name="webhooks")
 cli.add_typer(tasks_cli, name="tasks")
+cli.add_typer(tokens_cli, name="tokens")
 cli.add_typer(images_cli, name="images")
 
 

@@ -23,7 +23,7 @@ from app.cli.tenants import (
     when,
 )
 from app.core.pagination import DEFAULT_PAGE
-from app.tenants.schemas import DEFAULT_GRACE_S, SCOPES, KeyOut, NewKeyOut
+from app.tenants.schemas import DEFAULT_GRACE_S, DEFAULT_SCOPES, SCOPES, KeyOut, NewKeyOut
 
 keys_cli = typer.Typer(help="Manage tenant API keys: list, create, rotate, revoke.", no_args_is_help=True)
 
@@ -99,9 +99,10 @@ def list_keys(
 def create(
     tenant: TenantArg,
     name: Annotated[str, typer.Option("--name", help="A label for people (where the key is used).")] = "",
-    scopes: Annotated[str, typer.Option("--scopes", help=f"Comma-separated, of: {', '.join(SCOPES)}.")] = ",".join(
-        SCOPES
-    ),
+    scopes: Annotated[
+        str,
+        typer.Option("--scopes", help=f"Comma-separated, of: {', '.join(SCOPES)} (`mint`: end-user tokens)."),
+    ] = ",".join(DEFAULT_SCOPES),
     expires_in: Annotated[
         str | None, typer.Option("--expires-in", help="Seconds, or a duration like 12h or 90d (default: never).")
     ] = None,

@@ -39,7 +39,16 @@ from app.models.tenant import TenantStatus
 from app.quotas.schemas import DriftReport, UsageOut
 from app.quotas.service import QuotaService
 from app.tasks.ledger import LedgerPage, StatusFilter, TaskDetail, TaskLedger
-from app.tenants.schemas import KeyList, KeyOut, Limits, NewKeyOut, TenantCreated, TenantList, TenantOut
+from app.tenants.schemas import (
+    KeyList,
+    KeyOut,
+    Limits,
+    NewKeyOut,
+    TenantCreated,
+    TenantList,
+    TenantOut,
+    TokensRevoked,
+)
 from app.tenants.service import TenantService
 from app.upstream.schemas import RekeyReport, UpstreamKeyCreate, UpstreamKeyList, UpstreamKeyOut, UpstreamKeyUpdate
 from app.upstream.service import UpstreamKeyService
@@ -81,6 +90,8 @@ class Ops(Protocol):
     async def create_key(self, ref: str, *, name: str, scopes: list[str], expires_in_s: int | None) -> NewKeyOut: ...
     async def rotate_key(self, key_id: str, grace_s: int) -> NewKeyOut: ...
     async def revoke_key(self, key_id: str) -> KeyOut: ...
+    # end-user tokens
+    async def revoke_tokens(self, ref: str) -> TokensRevoked: ...
     # upstream keys
     async def list_upstream_keys(self, limit: int, cursor: str | None) -> UpstreamKeyList: ...
     async def add_upstream_key(self, body: UpstreamKeyCreate) -> UpstreamKeyOut: ...
@@ -172,6 +183,9 @@ class LocalOps:
 
     async def revoke_key(self, key_id: str) -> KeyOut:
         return await self._tenants.revoke_key(key_id, actor=ACTOR_CLI)
+
+    async def revoke_tokens(self, ref: str) -> TokensRevoked:
+        return await self._tenants.revoke_tokens(ref, actor=ACTOR_CLI)
 
     async def list_upstream_keys(self, limit: int, cursor: str | None) -> UpstreamKeyList:
         return await self._upstream.list(limit=limit, cursor=cursor)
@@ -315,6 +329,9 @@ class RemoteOps:
 
     async def revoke_key(self, key_id: str) -> KeyOut:
         return await self._call(KeyOut, "DELETE", f"/keys/{_seg(key_id)}")
+
+    async def revoke_tokens(self, ref: str) -> TokensRevoked:
+        return await self._call(TokensRevoked, "POST", f"/tenants/{_seg(ref)}/tokens/revoke")
 
     async def list_upstream_keys(self, limit: int, cursor: str | None) -> UpstreamKeyList:
         return await self._call(UpstreamKeyList, "GET", "/upstream-keys", params={"limit": limit, "cursor": cursor})
