@@ -20,7 +20,8 @@ from app.sandbox.config import SandboxConfig
 from app.tasks.reconciler import Reconciler
 from app.upstream.feature import SANDBOX_MOUNT
 from tests.fixtures.clock import FakeClock
-from tests.fixtures.gateway import ADMIN_TOKEN, Harness, running_gateway, test_settings
+from tests.fixtures.gateway import ADMIN_TOKEN, Harness, running_gateway
+from tests.fixtures.gateway import test_settings as gateway_settings
 
 URL = "/v1/images/generations"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -196,7 +197,7 @@ async def demo_gateway(database_url: str, data_dir: Any) -> AsyncIterator[Harnes
     clock = FakeClock()
     sandbox = create_sandbox_app(SandboxConfig(task_seconds=10, queue_seconds=1, seed=7), clock=clock.time)
     upstream = Starlette(routes=[Mount(SANDBOX_MOUNT, app=sandbox)])
-    settings = test_settings(database_url, upstream_base_url="", data_dir=data_dir)
+    settings = gateway_settings(database_url, upstream_base_url="", data_dir=data_dir)
     app = create_app(settings, clock=clock.now, upstream_transport=httpx.ASGITransport(app=upstream))
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://x") as client:
