@@ -166,6 +166,12 @@ class Settings(_NewTenantLimits):
         64 * 1024 * 1024, ge=1024, description="Largest result image copied; a bigger one is lost, not kept."
     )
     results_copy_concurrency: int = Field(4, ge=1, le=64, description="Images each process copies at once.")
+    results_copy_max_mib_s: float = Field(
+        32.0,
+        ge=0,
+        description="Bytes each process copies per second at most, in MiB (copies have 24 h; the status and submit "
+        "calls share the CPU); 0 = no cap.",
+    )
     results_poll_interval_s: float = Field(
         2.0, ge=0, description="How often each process looks for copies due and images to delete; 0 = off (tests)."
     )

@@ -62,6 +62,7 @@ def result_service(
         webhook_hold=dt.timedelta(seconds=settings.results_webhook_hold_s),
         webhooks=webhooks,
         concurrency=settings.results_copy_concurrency,
+        max_bytes_per_s=settings.results_copy_max_mib_s * 1024 * 1024,
         owner=process_name(),
     )
 

@@ -105,6 +105,7 @@ class ResultService:
         webhook_hold: dt.timedelta = dt.timedelta(0),
         webhooks: WebhookService | None = None,
         concurrency: int = 4,
+        max_bytes_per_s: float = 0.0,
         owner: str = "results",
     ) -> None:
         self._sessions = sessions
@@ -119,6 +120,7 @@ class ResultService:
         self._webhook_hold = webhook_hold
         self._webhooks = webhooks
         self._concurrency = concurrency
+        self._pace = _Pace(max_bytes_per_s)
         self._owner = owner
         self._audit = AuditService(sessions, clock)
         self._tracker = outage.tracker(outage.RESULT_STORE)
@@ -331,7 +333,7 @@ class ResultService:
         try:
             async with asyncio.timeout(COPY_TIMEOUT_S), self._fetcher.open(image.upstream_url) as download:
                 key = f"{image.tenant_id}/{image.task_id}/{image.index}.{_EXTENSIONS[download.content_type]}"
-                counted = _Counted(download.chunks)
+                counted = _Counted(download.chunks, self._pace)
                 await self.store.put(key, counted, download.content_type)
         except FetchError as e:
             too_big = "-byte cap" in e.message
@@ -505,11 +507,32 @@ def link_refused(why: str) -> GatewayError:
     return Forbidden(why)
 
 
-class _Counted:
-    """The chunks of a download, counted as they go by."""
+class _Pace:
+    """At most `bytes_per_s` through every copy of this process together (0: no cap): a copy's chunk waits its turn.
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+    Copies have until the upstream's expiry, a day; the status and submit calls share the CPU with them now."""
+
+    def __init__(self, bytes_per_s: float) -> None:
+        self._rate = bytes_per_s
+        self._next = 0.0
+
+    async def take(self, size: int) -> None:
+        if self._rate <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        start = max(now, self._next)
+        self._next = start + size / self._rate
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class _Counted:
+    """The chunks of a download, counted as they go by, at the process's pace."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], pace: _Pace) -> None:
         self._chunks = chunks
+        self._pace = pace
         self.size = 0
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -517,5 +540,6 @@ class _Counted:
 
     async def _iterate(self) -> AsyncIterator[bytes]:
         async for chunk in self._chunks:
+            await self._pace.take(len(chunk))
             self.size += len(chunk)
             yield chunk
