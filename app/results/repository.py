@@ -10,7 +10,7 @@ from sqlalchemy import ARRAY, Integer, Table, Text, bindparam, func, select, tex
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db.base import UTCDateTime
-from app.models import KeptImage, KeptState, Tenant
+from app.models import KeptImage, KeptState, Task, Tenant
 
 _KEPT = cast(Table, KeptImage.__table__)
 _LIVE = (KeptState.PENDING, KeptState.KEPT)  # rows whose retention still has to end
@@ -171,6 +171,11 @@ async def of_task(session: AsyncSession, task_id: str) -> list[KeptImage]:
 
 async def one(session: AsyncSession, task_id: str, index: int) -> KeptImage | None:
     return await session.get(KeptImage, (task_id, index))
+
+
+async def end_user_of(session: AsyncSession, task_id: str) -> str | None:
+    """The end user whose token made the task (None: its tenant's key)."""
+    return (await session.execute(select(Task.end_user).where(Task.id == task_id))).scalar_one_or_none()
 
 
 async def usage(session: AsyncSession, tenant_id: str) -> tuple[int, int, int]:

@@ -2,7 +2,8 @@
 
 A signed link (`expires`, `sig`: what the task's status answer hands out) opens the image for whoever holds it
 until it expires. Without a valid one, the tenant's own API key does (`read` scope; another tenant's image is 404,
-as its task is). The local store's image is streamed from disk; the S3 store's is a redirect to a presigned URL.
+as its task is), and an end-user token for that end user's own tasks' images only.
+The local store's image is streamed from disk; the S3 store's is a redirect to a presigned URL.
 """
 
 from __future__ import annotations
@@ -45,15 +46,18 @@ async def get_result_image(
     sig: Annotated[str | None, Query(max_length=64, description="The link's signature.")] = None,
 ) -> Response:
     problem = results.link_problem(task_id, index, expires, sig)
-    tenant_id = None
+    tenant_id = end_user = None
     if problem is not None:
         authorization = request.headers.get("authorization")
         if authorization is None and (expires is not None or sig is not None):
             raise link_refused(problem)
         state = request.app.state
-        decision = await policy.decide(state.tenants, state.rate_limits, authorization, READING)
-        tenant_id = decision.tenant.id
-    served = await results.serve(task_id, index, tenant_id=tenant_id)
+        decision = await policy.decide(
+            state.tenants, state.rate_limits, authorization, READING, request.headers.get("origin")
+        )
+        who = decision.who
+        tenant_id, end_user = who.tenant.id, who.end_user.id if who.end_user is not None else None
+    served = await results.serve(task_id, index, tenant_id=tenant_id, end_user=end_user)
     if served.redirect is not None:
         return RedirectResponse(served.redirect, status_code=302, headers={"Cache-Control": "no-store"})
     assert served.path is not None

@@ -240,16 +240,20 @@ class ResultService:
             return "The link has expired: read the task again for a fresh one, or use your API key."
         return None
 
-    async def serve(self, task_id: str, index: int, *, tenant_id: str | None) -> Served:
+    async def serve(self, task_id: str, index: int, *, tenant_id: str | None, end_user: str | None = None) -> Served:
         """The kept image `index` of `task_id`: to anyone with a valid signature (`tenant_id` None, checked by
-        `link_problem`), else to its tenant only (another tenant's image is 404, as its task is)."""
+        `link_problem`), else to its tenant only, and with an end-user token to that end user only (anyone else's
+        image is 404, as its task is)."""
         if self.store is None or not is_task_id(task_id) or not 0 <= index < 64:
             raise _image_not_found()
         async with self._sessions() as session:
             await reads_only(session)
             row = await repo.one(session, task_id, index)
+            owner = await repo.end_user_of(session, task_id) if end_user is not None else None
         now = self._clock()
         if row is None or (tenant_id is not None and row.tenant_id != tenant_id) or not _is_kept(row, now):
+            raise _image_not_found()
+        if end_user is not None and owner != end_user:
             raise _image_not_found()
         assert row.store_key is not None and row.keep_until is not None
         content_type = row.content_type or "application/octet-stream"

@@ -286,3 +286,19 @@ async def test_the_webhook_waits_for_the_copies_and_carries_their_links(kept: Ha
     shown = urls(await status(kept, key, first["id"]))  # the same kept copies (signed a second later)
     assert [d["url"].split("?")[0] for d in sent["data"]["result"]["data"]] == [u.split("?")[0] for u in shown]
     assert all(u.startswith(f"{GATEWAY}/v1/results/") for u in shown)
+
+
+async def test_with_end_user_tokens_a_link_without_signature_opens_for_its_end_user_only(kept: Harness) -> None:
+    tenant, key = await kept.tenants.create("acme")
+    minter = await kept.tenants.create_key(tenant.id, name="backend", scopes=["submit", "read", "mint"], actor="test")
+    tokens = {}
+    for end_user in ("alice", "bob"):
+        r = await kept.client.post("/v1/tokens", headers=auth(minter.key), json={"end_user": end_user})
+        assert r.status_code == 200, r.text
+        tokens[end_user] = r.json()["token"]
+    first = await completed(kept, tokens["alice"])
+    await results(kept).run_once()
+    path = f"/v1/results/{first['id']}/0"
+    assert (await kept.client.get(path, headers=auth(tokens["alice"]))).status_code == 200
+    assert (await kept.client.get(path, headers=auth(tokens["bob"]))).status_code == 404
+    assert (await kept.client.get(path, headers=auth(key))).status_code == 200  # the tenant's own key
