@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.cors import TenantCors
 from app.audit import router as audit
+from app.console import router as console
 from app.contract import ErrorEnvelope
 from app.core import metrics
 from app.core.body_limit import UPLOAD_PATH, BodySizeLimit
@@ -209,6 +210,7 @@ def create_app(
     for router in (generations, uploads, usage, health, admin_tenants, admin_quota, admin_upstream, admin_tasks, audit):
         app.include_router(router.router)
     app.include_router(admin_webhooks.router)
+    app.include_router(console.router)  # the ops console at /admin/ui (app/console)
     app.include_router(results_router.router)
     app.include_router(admin_results.router)
     app.include_router(generation_events.router)

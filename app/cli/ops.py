@@ -77,7 +77,7 @@ class Ops(Protocol):
 
     # tenants
     async def create_tenant(self, name: str) -> TenantCreated: ...
-    async def list_tenants(self, limit: int, cursor: str | None) -> TenantList: ...
+    async def list_tenants(self, limit: int, cursor: str | None, name_contains: str | None = None) -> TenantList: ...
     async def tenant(self, ref: str) -> TenantOut: ...
     async def update_tenant(self, ref: str, *, name: str | None = None, status: str | None = None) -> TenantOut: ...
     async def delete_tenant(self, ref: str) -> TenantOut: ...
@@ -147,8 +147,8 @@ class LocalOps:
     async def create_tenant(self, name: str) -> TenantCreated:
         return await self._tenants.create_tenant(name, actor=ACTOR_CLI)
 
-    async def list_tenants(self, limit: int, cursor: str | None) -> TenantList:
-        return await self._tenants.list_tenants(limit=limit, cursor=cursor)
+    async def list_tenants(self, limit: int, cursor: str | None, name_contains: str | None = None) -> TenantList:
+        return await self._tenants.list_tenants(limit=limit, cursor=cursor, name_contains=name_contains)
 
     async def tenant(self, ref: str) -> TenantOut:
         return await self._tenants.describe(ref)
@@ -288,8 +288,9 @@ class RemoteOps:
     async def create_tenant(self, name: str) -> TenantCreated:
         return await self._call(TenantCreated, "POST", "/tenants", body={"name": name})
 
-    async def list_tenants(self, limit: int, cursor: str | None) -> TenantList:
-        return await self._call(TenantList, "GET", "/tenants", params={"limit": limit, "cursor": cursor})
+    async def list_tenants(self, limit: int, cursor: str | None, name_contains: str | None = None) -> TenantList:
+        params = {"limit": limit, "cursor": cursor, "name_contains": name_contains}
+        return await self._call(TenantList, "GET", "/tenants", params=params)
 
     async def tenant(self, ref: str) -> TenantOut:
         return await self._call(TenantOut, "GET", f"/tenants/{_seg(ref)}")

@@ -107,10 +107,14 @@ def create(
 
 
 @tenants_cli.command("list")
-def list_tenants(limit: PageLimitOpt = DEFAULT_PAGE, cursor: CursorOpt = None, as_json: JsonOpt = False) -> None:
+def list_tenants(
+    name: Annotated[str | None, typer.Option("--name", help="Only tenants whose name holds this.")] = None,
+    limit: PageLimitOpt = DEFAULT_PAGE,
+    cursor: CursorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """List tenants (oldest first, deleted ones left out), a page at a time."""
-
-    page = run_ops(lambda ops: ops.list_tenants(limit, cursor))
+    page = run_ops(lambda ops: ops.list_tenants(limit, cursor, name))
     if as_json:
         print_json(page)
         return

@@ -182,6 +182,15 @@ class QuotaService:
         async with self._sessions() as session:
             return await usage(session, await find_tenant(session, tenant_ref), self._clock())
 
+    async def daily_usage(self, tenant_ref: str, days: int = 14) -> list[tuple[str, int]]:
+        """Images counted on each of the last `days` UTC days (today last), from the tenant's day counters."""
+        now = self._clock()
+        keys = [day_key(now - dt.timedelta(days=back)) for back in reversed(range(days))]
+        async with self._sessions() as session:
+            tenant = await find_tenant(session, tenant_ref)
+            found = await repo.counters(session, tenant.id, keys)
+        return [(key, found.get(key, 0)) for key in keys]
+
     async def drift(self, tenant_ref: str | None = None) -> list[Drift]:
         """Counters that differ from their entries, for every tenant or one (by id or name; 404 when unknown)."""
         async with self._sessions() as session:

@@ -7,6 +7,8 @@ keeps its reservation (`may_cost_images`) and fails charged at its deadline unle
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -14,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.contract import OPEN_STATUSES, TaskStatus
-from app.core.clock import to_unix
+from app.core.clock import from_unix, to_unix
 from app.core.db.engine import reads_only
 from app.core.errors import NotFound
 from app.core.ids import is_task_id
@@ -92,6 +94,19 @@ class TaskDetail(LedgerTask):
         )
 
 
+@dataclass(frozen=True)
+class Activity:
+    """The ledger's last hours, for the console's charts: tasks made per hour and per status, the failures and
+    their codes, the tasks each upstream key took."""
+
+    hours: list[int]  # the buckets' start (unix), oldest first
+    created: list[int]  # tasks made in each hour
+    failed: list[int]  # of which failed by now
+    by_status: dict[str, int]
+    failures: dict[str, int]  # error code -> tasks
+    by_upstream_key: dict[str, int]
+
+
 class LedgerPage(Page[LedgerTask]):
     """Tasks of the ledger, newest first, and what the open ones with an unknown create outcome may cost."""
 
@@ -141,6 +156,39 @@ class TaskLedger:
             rows = list((await session.execute(stmt)).scalars().all())
             count, images = (await session.execute(unresolved)).one()
         return LedgerPage.of(rows, page, LedgerTask.of, unresolved=int(count), unresolved_images=int(images))
+
+    async def activity(self, until: dt.datetime, hours: int = 24) -> Activity:
+        """Tasks made in the `hours` hours before `until`, bucketed by the hour (as the ledger holds them now)."""
+        end = int(until.timestamp()) // 3600 * 3600 + 3600
+        start = end - hours * 3600
+        since = from_unix(start)
+        hour = func.floor(func.extract("epoch", Task.created_at) / 3600).label("hour")
+        by_hour = select(hour, Task.status, func.count()).where(Task.created_at >= since).group_by(hour, Task.status)
+        codes = (
+            select(Task.error_code, func.count())
+            .where(Task.created_at >= since, Task.status == TaskStatus.FAILED)
+            .group_by(Task.error_code)
+        )
+        keys = (
+            select(Task.upstream_key_id, func.count())
+            .where(Task.created_at >= since, Task.upstream_key_id.is_not(None))
+            .group_by(Task.upstream_key_id)
+        )
+        starts = list(range(start, end, 3600))
+        created, failed = dict.fromkeys(starts, 0), dict.fromkeys(starts, 0)
+        by_status: dict[str, int] = {}
+        async with self._sessions() as session:
+            await reads_only(session)
+            for bucket, status, count in (await session.execute(by_hour)).all():
+                at = int(bucket) * 3600
+                public = TaskStatus(status).public.value
+                by_status[public] = by_status.get(public, 0) + count
+                if at in created:
+                    created[at] += count
+                    failed[at] += count if status == TaskStatus.FAILED else 0
+            failures = {code or "unknown": n for code, n in (await session.execute(codes)).all()}
+            per_key = {str(key): n for key, n in (await session.execute(keys)).all()}
+        return Activity(starts, list(created.values()), list(failed.values()), by_status, failures, per_key)
 
     async def get(self, task_id: str) -> TaskDetail:
         """One task of any tenant, or 404 `task_not_found`."""

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from app.audit.service import ACTOR_ADMIN_TOKEN
-from app.contract import ErrorEnvelope
+from app.contract import NO_CONTROL_PATTERN, ErrorEnvelope
 from app.core.deps import AdminDep
 from app.core.limits import LimitsUpdate
 from app.core.pagination import DEFAULT_PAGE, PAGE_ERRORS, limit_query
@@ -74,8 +74,12 @@ async def list_tenants(
     tenants: TenantServiceDep,
     limit: Limit = DEFAULT_PAGE,
     cursor: Annotated[str | None, TENANT_CURSOR.query()] = None,
+    name_contains: Annotated[
+        str | None,
+        Query(max_length=200, pattern=NO_CONTROL_PATTERN, description="Only tenants whose name holds this."),
+    ] = None,
 ) -> TenantList:
-    return await tenants.list_tenants(limit=limit, cursor=cursor)
+    return await tenants.list_tenants(limit=limit, cursor=cursor, name_contains=name_contains)
 
 
 @router.get("/tenants/{tenant_id}", response_model=TenantOut, summary="A tenant (by id or name)")

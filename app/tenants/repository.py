@@ -129,11 +129,16 @@ async def set_last_used(session: AsyncSession, uses: Mapping[str, dt.datetime]) 
         await session.execute(_LAST_USED, [{"b_id": key_id, "b_used": at} for key_id, at in uses.items()])
 
 
-async def page_tenants(session: AsyncSession, *, limit: int, after_id: str | None) -> Sequence[Tenant]:
-    """Tenants in id order after `after_id`, deleted ones left out (they are gone from the ops surface)."""
+async def page_tenants(
+    session: AsyncSession, *, limit: int, after_id: str | None, name_contains: str | None = None
+) -> Sequence[Tenant]:
+    """Tenants in id order after `after_id`, deleted ones left out (they are gone from the ops surface); with
+    `name_contains`, only those whose name holds it (case-insensitively)."""
     stmt = select(Tenant).where(Tenant.status != TenantStatus.DELETED).order_by(Tenant.id).limit(limit)
     if after_id is not None:
         stmt = stmt.where(Tenant.id > after_id)
+    if name_contains:
+        stmt = stmt.where(Tenant.name.icontains(name_contains, autoescape=True))
     return (await session.execute(stmt)).scalars().all()
 
 

@@ -402,14 +402,18 @@ class TenantService:
     async def describe(self, tenant_ref: str) -> TenantOut:
         return TenantOut.of(await self.get(tenant_ref))
 
-    async def list_tenants(self, *, limit: int = DEFAULT_PAGE, cursor: str | None = None) -> TenantList:
-        """A page of tenants (deleted ones left out) in id order (ids are time-sortable: oldest first)."""
+    async def list_tenants(
+        self, *, limit: int = DEFAULT_PAGE, cursor: str | None = None, name_contains: str | None = None
+    ) -> TenantList:
+        """A page of tenants (deleted ones left out) in id order (ids are time-sortable: oldest first); with
+        `name_contains`, those whose name holds it (case-insensitively)."""
         page = TENANT_CURSOR.request(limit, cursor)
         async with self._sessions() as session:
             rows = await repo.page_tenants(
                 session,
                 limit=page.fetch,
                 after_id=page.after,
+                name_contains=name_contains.replace("\x00", "") if name_contains else None,
             )
         return TenantList.of(rows, page, TenantOut.of)
 

@@ -1,0 +1,1 @@
+"""The ops console: server-rendered pages at /admin/ui over the services the admin API calls."""
