@@ -144,7 +144,7 @@ def create_app(
                 heartbeat_s=settings.events_heartbeat_s,
             )
             app.state.uploads = UploadService(
-                upstream.adapter, upstream.pool, max_in_flight=settings.max_concurrent_uploads
+                upstream.adapter, upstream.pool_service, max_in_flight=settings.max_concurrent_uploads
             )
             invalidator.start()
             stack.push_async_callback(invalidator.stop)

@@ -509,17 +509,18 @@ async def run_micro(database_url: str, redis_url: str | None, iterations: int) -
     from app.tasks import admission
     from app.tenants.service import TenantService
     from app.upstream.pool import UpstreamKeyPool
+    from app.upstream.service import PoolService
 
     engine = create_engine(database_url, pool_size=2)  # the app's engine settings, pre-ping included
     no_ping = create_async_engine(database_url, pool_size=2, max_overflow=0, pool_pre_ping=False)
     sessions = create_session_factory(engine)
     autocommit = autocommit_engine(engine)
     keys = KeyMaterial(secrets.token_urlsafe(32))
-    pool = UpstreamKeyPool(sessions, keys, utcnow)
+    pool_service = PoolService(sessions, keys, utcnow, UpstreamKeyPool(keys, utcnow))
     limits = {"daily_images": HIGH, "monthly_images": HIGH, "max_in_flight": HIGH, "submit_rpm": HIGH}
     tenant, _ = await TenantService(sessions, keys, utcnow).create("micro", limits=limits)
-    await pool.load([UPSTREAM_KEY])
-    upstream_key_id = pool.choose().id
+    await pool_service.load([UPSTREAM_KEY])
+    upstream_key_id = pool_service.pool.choose().id
     body = GenerationRequest.model_validate({"prompt": "bench", "n": 1}).to_upstream()
     sql_windows = SqlWindowStore(sessions)
     redis_windows = RedisWindowStore(redis.asyncio.from_url(redis_url)) if redis_url else None

@@ -51,7 +51,7 @@ def build_tasks(kernel: Kernel, upstream: Upstream) -> Tasks:
         kernel.sessions,
         autocommit_engine(kernel.engine),
         upstream.adapter,
-        upstream.pool,
+        upstream.pool_service,
         kernel.clock,
         dt.timedelta(seconds=settings.status_refresh_interval_s),
         quotas_enabled=settings.quotas_enabled,

@@ -49,7 +49,8 @@ from app.tasks.images import ImageView, ShownImages
 from app.tasks.singleflight import SingleFlight
 from app.tenants.tokens import EndUser
 from app.upstream.base import UpstreamAdapter, UpstreamServerError, UpstreamTask, parse_retry_after
-from app.upstream.pool import PoolKey, UpstreamKeyPool
+from app.upstream.pool import PoolKey
+from app.upstream.service import PoolService
 from app.webhooks import repository as webhook_sql
 from app.webhooks.callbacks import check_callback_url
 
@@ -106,7 +107,7 @@ class TaskService:
         sessions: async_sessionmaker[AsyncSession],
         autocommit: AsyncEngine,
         adapter: UpstreamAdapter,
-        pool: UpstreamKeyPool,
+        keys: PoolService,
         clock: Clock,
         refresh_interval: dt.timedelta,
         *,
@@ -126,7 +127,8 @@ class TaskService:
         # The submit path's single statements, each its own transaction (app/core/db/engine.autocommit_engine).
         self._autocommit = autocommit
         self._adapter = adapter
-        self._pool = pool
+        self._keys = keys  # slots on keys, and what the upstream's answers say about them (in their transactions)
+        self._pool = keys.pool  # the keys in memory: which one takes a task
         self._clock = clock
         self._refresh_interval = refresh_interval
         self._quotas_enabled = quotas_enabled
@@ -254,7 +256,7 @@ class TaskService:
         no_key: NoUpstreamKey | None = None
         async with self._sessions.begin() as session:
             try:
-                taken = await self._pool.take_slot(session, self._pool.choose(exclude=tried), tried)
+                taken = await self._keys.take_slot(session, self._pool.choose(exclude=tried), tried)
             except NoUpstreamKey as none:
                 if self._pool.recovers_by_itself():
                     task.next_check_at = waiting_check
@@ -314,7 +316,7 @@ class TaskService:
                     await self._count_server_error(task)
                 # Only a task's first 5xx counts against its key's health: its later ones may be its request's own
                 # doing, and one caller's failing requests must not cool the keys everyone's tasks go through.
-                own = await self._pool.report_failure(key, e) if not server_error or first_server_error else False
+                own = await self._keys.report_failure(key, e) if not server_error or first_server_error else False
                 if server_error and task.server_errors >= MAX_SERVER_ERRORS:
                     log.warning("task %s failed: %d upstream 5xx answers of its own", task_id, task.server_errors)
                     await self._mark_refused(task_id, e)
@@ -334,7 +336,7 @@ class TaskService:
                         await self._mark_refused(task_id, none)
                         raise none from None
                     return await self._wait(task_id, key, e)
-        await self._pool.report_success(key)
+        await self._keys.report_success(key)
         now = self._clock()
         values, produced = _values_from_upstream(upstream, now, images_reserved_for(body))
         values.update(upstream_task_id=upstream.id, upstream_key_id=key.id, last_error=None, outcome_unknown=False)
@@ -386,7 +388,7 @@ class TaskService:
                 expired = True
             else:
                 expired = False
-                await self._pool.release_slot(session, key.id)
+                await self._keys.release_slot(session, key.id)
                 attempt_delay = _backoff(task.attempts)
                 await repo.update_task(
                     session,
@@ -448,11 +450,11 @@ class TaskService:
             new = self._pool.choose(exclude=tried)
             # Rows are locked in id order, so two tasks moving between the same two keys cannot deadlock.
             if old.id < new.id:
-                await self._pool.release_slot(session, old.id)
-                new = await self._pool.take_slot(session, new, tried)
+                await self._keys.release_slot(session, old.id)
+                new = await self._keys.take_slot(session, new, tried)
             else:
-                new = await self._pool.take_slot(session, new, tried)
-                await self._pool.release_slot(session, old.id)
+                new = await self._keys.take_slot(session, new, tried)
+                await self._keys.release_slot(session, old.id)
             await repo.set_upstream_key(session, task_id, new.id)
         return new
 
@@ -544,7 +546,7 @@ class TaskService:
                 )
             return
         async with self._sessions.begin() as session:
-            taken = await self._pool.take_slot(session, key)
+            taken = await self._keys.take_slot(session, key)
             await repo.update_task(
                 session,
                 task.id,
@@ -602,7 +604,7 @@ class TaskService:
                 # A failed poll changes nothing: the caller sees the last known state and polls again.
                 log.warning("status refresh of %s failed: %s", task.id, e.message)
                 if not isinstance(e, NoUpstreamKey):
-                    await self._pool.report_failure(key, e, call="status")
+                    await self._keys.report_failure(key, e, call="status")
                 async with one_statement(self._sessions) as session:
                     await repo.update_task(session, task.id, last_error=_text(e.message)[:500], **look)
             else:

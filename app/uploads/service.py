@@ -10,7 +10,7 @@ from typing import BinaryIO
 from app.contract import MAX_UPLOAD_BYTES, UPLOAD_MIME_TYPES, sniff_image_type
 from app.core.errors import UpstreamCredentialsRefused
 from app.upstream.base import UploadedFile, UploadRefused, UpstreamAdapter
-from app.upstream.pool import UpstreamKeyPool
+from app.upstream.service import PoolService
 
 TOO_LARGE = "Image too large. Maximum size is 10MB"
 EMPTY = "The 'file' field is empty: send a JPEG, PNG, WebP or GIF image"
@@ -58,7 +58,7 @@ class UploadSlots:
 
 class UploadService:
     def __init__(
-        self, adapter: UpstreamAdapter, pool: UpstreamKeyPool, *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+        self, adapter: UpstreamAdapter, pool: PoolService, *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     ) -> None:
         self._adapter = adapter
         self._pool = pool
@@ -87,7 +87,7 @@ class UploadService:
             raise UploadRefused(400, NOT_AN_IMAGE)
         tried: set[str] = set()
         while True:  # a key the upstream refuses (401/403) or rate-limits (429) is marked, and the next one tried
-            key = self._pool.choose(exclude=tried)  # 503 upstream_unavailable when none is left
+            key = self._pool.pool.choose(exclude=tried)  # 503 upstream_unavailable when none is left
             tried.add(key.id)
             try:
                 return await self._adapter.upload(key.secret, filename, file, content_type, purpose)

@@ -1,5 +1,5 @@
-"""The upstream feature as the lifespan builds it: the adapter (one pooled HTTP client), the key pool (reloaded on
-invalidation events), the prober of refused keys and the ops service."""
+"""The upstream feature as the lifespan builds it: the adapter (one pooled HTTP client), the key pool (its state, and
+its service: reloaded on invalidation events), the prober of refused keys and the ops service."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from app.upstream.base import UpstreamAdapter
 from app.upstream.instrumented import InstrumentedAdapter
 from app.upstream.pool import PoolPolicy, UpstreamKeyPool
 from app.upstream.prober import KeyProber
-from app.upstream.service import UpstreamKeyService
+from app.upstream.service import PoolService, UpstreamKeyService
 from app.upstream.toapis import ToAPIsAdapter, build_http_client, build_transport
 
 SANDBOX_MOUNT = "/_sandbox"
@@ -45,10 +45,15 @@ def configured_upstream_keys(settings: Settings) -> list[str]:
 @dataclass
 class Upstream:
     adapter: UpstreamAdapter
-    pool: UpstreamKeyPool
+    pool_service: PoolService  # slots on keys, and what the upstream's answers say about a key
     keys: UpstreamKeyService
     prober: KeyProber
     _probing: asyncio.Task[None] | None = field(default=None, init=False)
+
+    @property
+    def pool(self) -> UpstreamKeyPool:
+        """The keys as this process holds them (choosing one reads no database)."""
+        return self.pool_service.pool
 
     def start(self) -> None:
         """Start the prober of refused keys (one loop per process)."""
@@ -58,19 +63,22 @@ class Upstream:
     async def stop(self) -> None:
         await cancel_and_wait(self._probing)
         self._probing = None
-        await self.pool.aclose()
+        await self.pool_service.aclose()
 
     async def aclose(self) -> None:
         await self.stop()
         await self.adapter.aclose()
 
 
-async def load_pool(kernel: Kernel, policy: PoolPolicy | None = None) -> UpstreamKeyPool:
-    """The key pool with the configured keys stored and every key loaded (SettingsError when unreadable)."""
+async def load_pool(kernel: Kernel, policy: PoolPolicy | None = None) -> PoolService:
+    """The key pool's service with the configured keys stored and every key loaded (SettingsError when
+    unreadable)."""
     policy = policy or PoolPolicy(error_cooldown_s=kernel.settings.upstream_error_cooldown_s)
-    pool = UpstreamKeyPool(kernel.sessions, kernel.keys, kernel.clock, policy)
-    await pool.load(configured_upstream_keys(kernel.settings))
-    return pool
+    service = PoolService(
+        kernel.sessions, kernel.keys, kernel.clock, UpstreamKeyPool(kernel.keys, kernel.clock, policy)
+    )
+    await service.load(configured_upstream_keys(kernel.settings))
+    return service
 
 
 async def build_upstream(
@@ -87,9 +95,9 @@ async def build_upstream(
     With `invalidator` (a serving process), the pool reloads a key whenever any replica changes it (subscribed
     before the invalidator's first read, so no change is missed) and the prober of refused keys starts; `aclose`
     stops it. With `tracing`, the upstream HTTP client is traced."""
-    pool = await load_pool(kernel, policy)
+    pool_service = await load_pool(kernel, policy)
     if invalidator is not None:
-        pool.subscribe(invalidator)
+        pool_service.subscribe(invalidator)
     settings = kernel.settings
     if adapter is None:
         transport = transport or build_transport(settings.upstream_max_connections)
@@ -103,12 +111,12 @@ async def build_upstream(
         if tracing is not None:
             tracing.instrument_http_client(client)
         adapter = ToAPIsAdapter(client, transport)
-    adapter = InstrumentedAdapter(adapter, pool)
+    adapter = InstrumentedAdapter(adapter, pool_service.pool)
     upstream = Upstream(
         adapter=adapter,
-        pool=pool,
-        keys=UpstreamKeyService(kernel.sessions, kernel.keys, kernel.clock, pool),
-        prober=KeyProber(pool, adapter),
+        pool_service=pool_service,
+        keys=UpstreamKeyService(kernel.sessions, kernel.keys, kernel.clock, pool_service),
+        prober=KeyProber(pool_service, adapter),
     )
     if invalidator is not None:
         upstream.start()

@@ -7,6 +7,10 @@ cools it, a 401/403 disables it, repeated 5xx cool it briefly) it writes to the 
 so every replica knows within the invalidator's bound; the statement that counts a task in flight on a key re-checks
 its state and cap in the database, so a key cooled, drained or filled elsewhere is never used even before that.
 
+This module is the pool's state and rules, in memory, without a database: which key takes a task, what a failed
+call says about its key (`judge`), and the state a write leaves (`cooled`, `disabled`, ...). The writes themselves,
+each in its transaction, are app/upstream/service.py's `PoolService`; their SQL is app/upstream/repository.py's.
+
 States: `active`; `cooling` until `cooling_until` (then usable again, computed from the time, no write needed);
 `disabled` (refused by the upstream: re-probed by `prober.KeyProber` and re-enabled when accepted again; or disabled
 by an admin: stays so); `draining` (no new task; its open tasks are still polled with it); `retired` (no new task,
@@ -16,20 +20,15 @@ can read it). Only `active` and cooled-down `cooling` keys take new tasks.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import logging
 import math
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from app.core import outage
-from app.core.background import cancel_and_wait
 from app.core.clock import Clock
-from app.core.db.errors import describe, is_database_unavailable, redacted_traceback
 from app.core.errors import (
     GatewayError,
     NoUpstreamKey,
@@ -37,8 +36,6 @@ from app.core.errors import (
     UpstreamCredentialsRefused,
     UpstreamRejected,
 )
-from app.core.ids import new_id
-from app.core.invalidation import ALL, Invalidator, record
 from app.core.security import KeyMaterial
 from app.models import UpstreamKey, UpstreamKeyStatus
 from app.upstream import repository as repo
@@ -101,111 +98,41 @@ def effective_status(row: UpstreamKey, now: dt.datetime) -> UpstreamKeyStatus:
     return UpstreamKeyStatus(row.status)
 
 
+class Act(Enum):
+    """What a failed call asks of its key's stored state."""
+
+    NOTHING = "nothing"
+    DISABLE = "disable"  # the upstream refused the key (401/403)
+    COOL = "cool"  # rate limited (429): for `Verdict.seconds`
+    COUNT_ERROR = "count_error"  # one more 5xx (cooled at the threshold)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a failed call says about its key: `act` on its stored state, and whether the failure is the key's own
+    (so the call may be retried with another key)."""
+
+    act: Act
+    own: bool = False
+    reason: str = ""
+    seconds: float | None = None  # COOL: the upstream's Retry-After, if readable
+
+
 class UpstreamKeyPool:
     """Weighted choice over the keys that take new tasks (smooth weighted round-robin), held decrypted in memory."""
 
-    def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        material: KeyMaterial,
-        clock: Clock,
-        policy: PoolPolicy | None = None,
-    ) -> None:
-        self._sessions = sessions
+    def __init__(self, material: KeyMaterial, clock: Clock, policy: PoolPolicy | None = None) -> None:
         self._material = material
         self._clock = clock
         self.policy = policy or PoolPolicy()
         self._keys: dict[str, PoolKey] = {}
         self._current: dict[str, int] = {}  # smooth weighted round-robin state
         self._full_until: dict[str, dt.datetime] = {}  # keys found at their cap, tried last until then
-        self._pending: set[str] = set()
-        self._pending_all = False
-        self._reloader: asyncio.Task[None] | None = None
 
-    # --- loading -------------------------------------------------------------------------------------------------
-    async def load(self, configured: Iterable[str]) -> None:
-        """Add configured keys to the stored pool (once each, whichever secret made the stored fingerprint), then
-        load every key. SettingsError when a key in use cannot be decrypted with the configured secrets."""
-        now = self._clock()
-        async with self._sessions.begin() as session:
-            for index, secret in enumerate(configured):
-                if await repo.find_by_fingerprints(session, self._material.fingerprints(secret)) is not None:
-                    continue
-                key_id = new_id("upk_")
-                name = f"configured-{index + 1}"
-                added = await repo.insert_if_new(
-                    session,
-                    {
-                        "id": key_id,
-                        "name": name,
-                        "fingerprint": self._material.fingerprint(secret),
-                        "secret_encrypted": self._material.encrypt(secret),
-                        "enc_key_id": self._material.key_id,
-                        "status": UpstreamKeyStatus.ACTIVE,
-                        "weight": 1,
-                        "in_flight": 0,
-                        "consecutive_errors": 0,
-                        "created_at": now,
-                        "updated_at": now,
-                    },
-                )
-                if added:
-                    await record(session, "upstream_key", key_id, now=now)
-                    log.info("upstream key %s (%s) added to the pool from GATEWAY_UPSTREAM_KEYS", key_id, name)
-            rows = await repo.list_all(session)
-            self._apply(rows, None, strict=True)
-
-    def subscribe(self, invalidator: Invalidator) -> None:
-        """Reload a key whenever an invalidation event names it (every key on `""`)."""
-        invalidator.subscribe("upstream_key", self.invalidate)
-
-    def invalidate(self, key_id: str) -> None:
-        """An invalidation callback: reload `key_id` (every key when "") in the background, coalescing bursts."""
-        if key_id == ALL:
-            self._pending_all = True
-        else:
-            self._pending.add(key_id)
-        if self._reloader is None or self._reloader.done():
-            self._reloader = asyncio.get_running_loop().create_task(self._reload_pending(), name="upstream-keys-reload")
-
-    async def reload(self, key_ids: Collection[str] | None = None) -> None:
-        """Read the given keys (None: all of them) from the database into memory."""
-        async with self._sessions() as session:
-            rows = await (repo.list_all(session) if key_ids is None else repo.get_many(session, key_ids))
-        self._apply(rows, key_ids, strict=False)
-
-    async def aclose(self) -> None:
-        await cancel_and_wait(self._reloader)
-        self._reloader = None
-
-    def set_keys(self, keys: Sequence[PoolKey]) -> None:
-        """Replace the keys held (tests, and tools that run without a database)."""
-        self._keys = {k.id: k for k in keys}
-        self._full_until.clear()
-
-    def snapshot(self) -> list[PoolKey]:
-        """Every key this process holds, as it holds it now."""
-        return list(self._keys.values())
-
-    async def _reload_pending(self) -> None:
-        while self._pending_all or self._pending:
-            everything, ids = self._pending_all, self._pending
-            self._pending_all, self._pending = False, set()
-            try:
-                await self.reload(None if everything else ids)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # kept for the next event (after an outage the invalidator says "everything")
-                self._pending_all = self._pending_all or everything
-                self._pending |= ids
-                if is_database_unavailable(e):
-                    outage.tracker(outage.DATABASE).failed(describe(e), source="the upstream key pool")
-                    log.debug("upstream key reload failed (%s)", describe(e))
-                else:
-                    log.error("upstream key reload failed\n%s", redacted_traceback(e))
-                return
-
-    def _apply(self, rows: Sequence[UpstreamKey], key_ids: Collection[str] | None, *, strict: bool) -> None:
+    # --- the keys held -------------------------------------------------------------------------------------------
+    def apply(self, rows: Sequence[UpstreamKey], key_ids: Collection[str] | None, *, strict: bool) -> None:
+        """Hold these stored keys, decrypted: every key (`key_ids` None) or the named ones (a named key without a
+        row is dropped). `strict` (at start): SecretKeyMismatch when a key in use cannot be decrypted."""
         loaded: dict[str, PoolKey] = {}
         for row in rows:
             try:
@@ -239,6 +166,15 @@ class UpstreamKeyPool:
                 self._keys[key_id] = loaded[key_id]
             else:
                 self._keys.pop(key_id, None)
+
+    def set_keys(self, keys: Sequence[PoolKey]) -> None:
+        """Replace the keys held (tests, and tools that run without a database)."""
+        self._keys = {k.id: k for k in keys}
+        self._full_until.clear()
+
+    def snapshot(self) -> list[PoolKey]:
+        """Every key this process holds, as it holds it now."""
+        return list(self._keys.values())
 
     # --- choosing ------------------------------------------------------------------------------------------------
     def choose(self, exclude: Collection[str] = ()) -> PoolKey:
@@ -306,157 +242,82 @@ class UpstreamKeyPool:
         """Keys that take new tasks now or after a cooldown (what readiness asks for)."""
         return sum(1 for k in self._keys.values() if k.status in TAKES_NEW)
 
-    # --- tasks in flight (in the caller's transaction) -----------------------------------------------------------
-    async def take_slot(self, session: AsyncSession, key: PoolKey, exclude: Collection[str] = ()) -> PoolKey:
-        """Count a new task in flight on `key`, or on the next choice when the database refuses it (full, or
-        cooled/drained by another replica). One conditional UPDATE per key tried; NoUpstreamKey when none fits."""
-        tried = set(exclude)
-        while True:
-            now = self._clock()
-            if await repo.take_slot(session, key.id, now):
-                return key
-            tried.add(key.id)
-            self.mark_full(key.id)
-            key = self.choose(exclude=tried)
-
+    # --- tasks in flight -------------------------------------------------------------------------------------------
     def mark_full(self, key_id: str) -> None:
         """The database refused a slot on the key: other keys first for a while (full_hint_s)."""
         self._full_until[key_id] = self._clock() + dt.timedelta(seconds=self.policy.full_hint_s)
 
-    async def release_slot(self, session: AsyncSession, key_id: str) -> None:
-        """One task of the key ended (or was refused): in the transaction that records it."""
-        await repo.release_slot(session, key_id)
-        self.slot_released(key_id)
-
     def slot_released(self, key_id: str) -> None:
-        """A slot of the key was freed in the database (by release_slot, or app/tasks/ending.py): it may take a task."""
+        """A slot of the key was freed in the database (PoolService.release_slot, or app/tasks/ending.py): it may take
+        a task."""
         self._full_until.pop(key_id, None)
 
-    # --- what the upstream says about a key (each in a transaction of its own) -------------------------------------
-    async def report_failure(self, key: PoolKey, error: GatewayError, *, call: str = "create") -> bool:
-        """Record what a failed call says about its key. True when the failure is the key's own (401/403, or a 429
-        on a create or upload), so the call may be retried with another key."""
+    # --- what the upstream says about a key: the rules ---------------------------------------------------------------
+    def judge(self, key: PoolKey, error: GatewayError, *, call: str = "create") -> Verdict:
+        """What a failed call says about its key: a 401/403 disables it (on any call); a 429 on a create or upload
+        cools it for its Retry-After; a 5xx on one counts against it; a status call's other failures say nothing
+        (queries have a rate bucket of their own). `own`: the call may be retried with another key."""
         if isinstance(error, UpstreamCredentialsRefused):
-            await self.disable(key, f"{REFUSED_REASON} ({_status_in(error.message)})")
-            return True
-        if call == "status":  # queries have a rate bucket of their own; a failed poll changes nothing else
-            return False
+            if self._keys.get(key.id, key).status not in TAKES_NEW:  # e.g. each poll of a task on a draining key
+                log.warning("upstream key %s (%s), out of the rotation, was refused by the upstream", key.id, key.name)
+                return Verdict(Act.NOTHING, own=True)
+            return Verdict(Act.DISABLE, own=True, reason=f"{REFUSED_REASON} ({_status_in(error.message)})")
+        if call == "status":
+            return Verdict(Act.NOTHING)
         if isinstance(error, UpstreamRejected) and error.status_code == 429:
             retry = parse_retry_after(_header(error.headers, "retry-after"), self._clock())
-            await self.cool(key, retry, "rate limited by the upstream (429)")
-            return True
+            return Verdict(Act.COOL, own=True, reason="rate limited by the upstream (429)", seconds=retry)
         if isinstance(error, UpstreamServerError):
-            await self.count_server_error(key)
-        return False
+            return Verdict(Act.COUNT_ERROR)
+        return Verdict(Act.NOTHING)
+
+    def cooldown_s(self, seconds: float | None) -> float:
+        """How long a key cools for the upstream's Retry-After (`seconds`; None: unreadable), within the policy."""
+        policy = self.policy
+        return policy.default_cooldown_s if seconds is None else min(max(seconds, 0.0), policy.max_cooldown_s)
+
+    def cools_at(self, errors: int) -> bool:
+        """Whether a key with this many consecutive 5xx is cooled (at the threshold, and on every error after it)."""
+        return errors >= self.policy.error_threshold
 
     def serves_others(self, key: PoolKey) -> bool:
         """Whether the key's last counted answer was a success (no 5xx counted since): a task's 5xx on it is then
-        the task's own, not the key's or the upstream's."""
+        the task's own, not the key's or the upstream's. Also whether a success has nothing to reset."""
         return self._keys.get(key.id, key).consecutive_errors == 0
 
-    async def report_success(self, key: PoolKey) -> None:
-        """A call worked: reset the key's error count, with a write only when it was not zero."""
-        if self._keys.get(key.id, key).consecutive_errors == 0:
-            return
-        now = self._clock()
-        async with self._sessions.begin() as session:
-            if await repo.reset_errors(session, key.id):
-                await record(session, "upstream_key", key.id, now=now)
-        self._update(key.id, consecutive_errors=0)
+    # --- the state a write left (applied at once, without waiting for its invalidation event) -----------------------
+    def cooled(self, key: PoolKey, until: dt.datetime, seconds: float, reason: str) -> None:
+        log.warning("upstream key %s (%s) cooling for %g s: %s", key.id, key.name, seconds, reason)
+        self._update(
+            key.id, status=UpstreamKeyStatus.COOLING, cooling_until=until, status_reason=reason, only_if_takes_new=True
+        )
 
-    async def cool(self, key: PoolKey, seconds: float | None, reason: str) -> None:
-        """Cool the key for every replica for `seconds` (the upstream's Retry-After)."""
-        policy = self.policy
-        seconds = policy.default_cooldown_s if seconds is None else min(max(seconds, 0.0), policy.max_cooldown_s)
-        now = self._clock()
-        until = now + dt.timedelta(seconds=seconds)
-        async with self._sessions.begin() as session:
-            changed = await repo.cool(session, key.id, until, reason, now)
-            if changed:
-                await record(session, "upstream_key", key.id, now=now)
-        if changed:
-            log.warning("upstream key %s (%s) cooling for %g s: %s", key.id, key.name, seconds, reason)
-            self._update(
-                key.id,
-                status=UpstreamKeyStatus.COOLING,
-                cooling_until=until,
-                status_reason=reason,
-                only_if_takes_new=True,
-            )
+    def disabled(self, key: PoolKey, reason: str) -> None:
+        log.error(
+            "ALERT upstream key %s (%s) disabled: %s; re-probed every %g s and re-enabled when accepted again",
+            key.id,
+            key.name,
+            reason,
+            self.policy.probe_interval_s,
+        )
+        self._update(
+            key.id, status=UpstreamKeyStatus.DISABLED, status_reason=reason, cooling_until=None, only_if_takes_new=True
+        )
 
-    async def disable(self, key: PoolKey, reason: str) -> None:
-        """The upstream refused the key: out of the rotation on every replica, re-probed until accepted again."""
-        if self._keys.get(key.id, key).status not in TAKES_NEW:  # e.g. each poll of a task on a draining key
-            log.warning("upstream key %s (%s), out of the rotation, was refused by the upstream", key.id, key.name)
-            return
-        now = self._clock()
-        async with self._sessions.begin() as session:
-            changed = await repo.disable(session, key.id, reason, now)
-            if changed:
-                await record(session, "upstream_key", key.id, now=now)
-        if changed:
-            log.error(
-                "ALERT upstream key %s (%s) disabled: %s; re-probed every %g s and re-enabled when accepted again",
-                key.id,
-                key.name,
-                reason,
-                self.policy.probe_interval_s,
-            )
-            self._update(
-                key.id,
-                status=UpstreamKeyStatus.DISABLED,
-                status_reason=reason,
-                cooling_until=None,
-                only_if_takes_new=True,
-            )
-        else:
-            log.warning("upstream key %s (%s), not in the rotation, was refused by the upstream", key.id, key.name)
+    def not_disabled(self, key: PoolKey) -> None:
+        """The upstream refused a key that another replica or an admin took out of the rotation first."""
+        log.warning("upstream key %s (%s), not in the rotation, was refused by the upstream", key.id, key.name)
 
-    async def count_server_error(self, key: PoolKey) -> None:
-        """One more 5xx on the key; at the threshold (and on every error after it) a short cooldown."""
-        now = self._clock()
-        policy = self.policy
-        until = now + dt.timedelta(seconds=policy.error_cooldown_s)
-        reason = f"{policy.error_threshold} consecutive upstream errors (5xx)"
-        async with self._sessions.begin() as session:
-            count = await repo.count_error(session, key.id)
-            if count is None:
-                return
-            cooled = count >= policy.error_threshold and await repo.cool(session, key.id, until, reason, now)
-            await record(session, "upstream_key", key.id, now=now)
-        self._update(key.id, consecutive_errors=count)
-        if cooled:
-            log.warning("upstream key %s (%s) cooling for %g s: %s", key.id, key.name, policy.error_cooldown_s, reason)
-            self._update(
-                key.id,
-                status=UpstreamKeyStatus.COOLING,
-                cooling_until=until,
-                status_reason=reason,
-                only_if_takes_new=True,
-            )
+    def errors_counted(self, key: PoolKey, errors: int) -> None:
+        self._update(key.id, consecutive_errors=errors)
 
-    async def claim_probe(self, key_id: str) -> bool:
-        """Whether this replica probes the refused key now (one replica per probe interval)."""
-        interval = dt.timedelta(seconds=self.policy.probe_interval_s)
-        async with self._sessions.begin() as session:
-            return await repo.claim_probe(session, key_id, self._clock(), interval, REFUSED_REASON)
-
-    async def reenable(self, key: PoolKey) -> bool:
-        """The upstream accepts a key it had refused: back in the rotation on every replica."""
-        now = self._clock()
-        async with self._sessions.begin() as session:
-            changed = await repo.reenable(session, key.id, REFUSED_REASON, now)
-            if changed:
-                await record(session, "upstream_key", key.id, now=now)
-        if changed:
-            log.warning("upstream key %s (%s) accepted by the upstream again: re-enabled", key.id, key.name)
-            self._update(
-                key.id, status=UpstreamKeyStatus.ACTIVE, status_reason=None, cooling_until=None, consecutive_errors=0
-            )
-        return changed
+    def reenabled(self, key: PoolKey) -> None:
+        log.warning("upstream key %s (%s) accepted by the upstream again: re-enabled", key.id, key.name)
+        self._update(
+            key.id, status=UpstreamKeyStatus.ACTIVE, status_reason=None, cooling_until=None, consecutive_errors=0
+        )
 
     def _update(self, key_id: str, *, only_if_takes_new: bool = False, **changes: object) -> None:
-        """Apply a change this process just wrote, without waiting for its invalidation event."""
         key = self._keys.get(key_id)
         if key is None or (only_if_takes_new and key.status not in TAKES_NEW):
             return

@@ -16,7 +16,8 @@ from app.core import outage
 from app.core.db.errors import describe, is_database_unavailable, redacted_traceback
 from app.core.errors import GatewayError, UpstreamCredentialsRefused, UpstreamRejected
 from app.upstream.base import UpstreamAdapter
-from app.upstream.pool import PoolKey, UpstreamKeyPool
+from app.upstream.pool import PoolKey
+from app.upstream.service import PoolService
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ DEFAULT_TICK_S = 5.0
 class KeyProber:
     def __init__(
         self,
-        pool: UpstreamKeyPool,
+        pool: PoolService,
         adapter: UpstreamAdapter,
         *,
         tick_s: float = DEFAULT_TICK_S,
@@ -41,7 +42,7 @@ class KeyProber:
     async def probe_due(self) -> int:
         """Probe every refused key whose probe is due and that this replica claims; the number re-enabled."""
         enabled = 0
-        for key in [k for k in self._pool.snapshot() if k.refused_by_upstream]:
+        for key in [k for k in self._pool.pool.snapshot() if k.refused_by_upstream]:
             if await self._pool.claim_probe(key.id) and await self._accepted(key):
                 enabled += int(await self._pool.reenable(key))
         return enabled

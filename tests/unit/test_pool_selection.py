@@ -13,13 +13,14 @@ from app.core.security import KeyMaterial
 from app.upstream import repository as repo
 from app.upstream.base import parse_retry_after
 from app.upstream.pool import PoolKey, UpstreamKeyPool
+from app.upstream.service import PoolService
 from tests.fixtures.clock import FakeClock
 
 MATERIAL = KeyMaterial("unit-secret-key-0123456789abcdef")
 
 
 def make_pool(clock: FakeClock, *keys: PoolKey) -> UpstreamKeyPool:
-    pool = UpstreamKeyPool(None, MATERIAL, clock.now)  # type: ignore[arg-type]  # choosing needs no database
+    pool = UpstreamKeyPool(MATERIAL, clock.now)  # choosing needs no database
     pool.set_keys(keys)
     return pool
 
@@ -120,7 +121,8 @@ async def test_a_full_key_is_tried_last_until_its_hint_expires(monkeypatch: pyte
         return key_id not in full
 
     monkeypatch.setattr(repo, "take_slot", take_slot)
-    assert (await pool.take_slot(None, pool.get("a"))).id == "b"  # type: ignore[arg-type]
+    service = PoolService(None, MATERIAL, clock.now, pool)  # type: ignore[arg-type]  # the repository is faked
+    assert (await service.take_slot(None, pool.get("a"))).id == "b"  # type: ignore[arg-type]
     assert tried == ["a", "b"]
     # While the hint holds, "a" is not chosen first, whatever the weights say.
     assert set(picks(pool, 10)) == {"b"}
@@ -129,7 +131,7 @@ async def test_a_full_key_is_tried_last_until_its_hint_expires(monkeypatch: pyte
     # A task of "a" ending in this process clears the hint at once.
     pool._full_until["a"] = clock.now() + dt.timedelta(seconds=60)
     monkeypatch.setattr(repo, "release_slot", _noop)
-    await pool.release_slot(None, "a")  # type: ignore[arg-type]
+    await service.release_slot(None, "a")  # type: ignore[arg-type]
     assert set(picks(pool, 10)) == {"a", "b"}
 
 
@@ -140,8 +142,9 @@ async def test_every_key_full_is_503(monkeypatch: pytest.MonkeyPatch) -> None:
         return False
 
     monkeypatch.setattr(repo, "take_slot", take_slot)
+    service = PoolService(None, MATERIAL, FakeClock().now, pool)  # type: ignore[arg-type]  # the repository is faked
     with pytest.raises(NoUpstreamKey) as info:
-        await pool.take_slot(None, pool.choose())  # type: ignore[arg-type]
+        await service.take_slot(None, pool.choose())  # type: ignore[arg-type]
     assert info.value.headers["Retry-After"] == str(pool.policy.full_retry_after_s)
 
 
