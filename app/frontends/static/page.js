@@ -39,6 +39,8 @@ function show(task) {
   $("task-id").textContent = task.id;
   $("status").textContent = task.status;
   $("progress").value = task.progress || 0;
+  const last = $("events").lastElementChild;
+  if (last && last.dataset.status === task.status && last.dataset.progress === String(task.progress || 0)) return;
   const item = document.createElement("li");
   item.dataset.status = task.status;
   item.dataset.progress = String(task.progress || 0);
