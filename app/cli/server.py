@@ -213,6 +213,7 @@ def _print_banner(settings: Settings, key: str, admin_token: str, ledger: str) -
         f"""
 Seedream Gateway (zero-config demo: built-in sandbox upstream, ledger in {ledger})
   API docs:     {base}/docs
+  Try it page:  {base}/
   Tenant key:   {key}
   Admin token:  {admin_token}
   Try it:
