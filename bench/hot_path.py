@@ -242,6 +242,7 @@ class Setup:
     sandbox: Server
     env: dict[str, str]
     tenant_key: str = ""
+    minting_key: str = ""
     servers: list[Server] = field(default_factory=list)
 
     def gateway_env(self, **extra: str) -> dict[str, str]:
@@ -360,15 +361,35 @@ class Tasks:
     open: str
     upstream_completed: str
     upstream_open: str
+    token_completed: str = ""  # a completed task of the end user the token rows' tokens are for
 
 
 @dataclass
 class Ledger:
-    """A gateway database ready for the rows: its bench tenant's key and its two tasks."""
+    """A gateway database ready for the rows: its bench tenant's key and its tasks, and the key that mints the token
+    rows' tokens ("" for a checkout without end-user tokens: no token rows)."""
 
     database_url: str
     tenant_key: str
     tasks: Tasks
+    minting_key: str = ""
+
+
+TOKEN_END_USER = "bench-user"
+
+
+def mint_token(base: str, minting_key: str) -> str:
+    """An end-user token (POST /v1/tokens) for the token rows' end user, its longest lifetime (an hour)."""
+    with httpx.Client(timeout=30, trust_env=False) as client:
+        response = client.post(
+            f"{base}/v1/tokens",
+            json={"end_user": TOKEN_END_USER, "ttl_seconds": 3600},
+            headers={"Authorization": f"Bearer {minting_key}"},
+        )
+    if response.status_code != 200:
+        raise BenchError(f"minting a token answered {response.status_code}: {response.text[:300]}")
+    token: str = response.json()["token"]
+    return token
 
 
 def prepare_ledger(setup: Setup, database_url: str, extra_env: Mapping[str, str] | None = None) -> Ledger:
@@ -379,20 +400,41 @@ def prepare_ledger(setup: Setup, database_url: str, extra_env: Mapping[str, str]
         setup.cli("tenants", "create", "bench", "--json", database_url=database_url, extra_env=extra_env)
     )
     setup.cli("tenants", "limits", "bench", *LIMITS, database_url=database_url, extra_env=extra_env)
+    try:  # a checkout from before end-user tokens has no mint scope: its ledger gets no token rows
+        minting = last_json(
+            setup.cli(
+                "keys",
+                "create",
+                "bench",
+                "--scopes",
+                "submit,read,mint",
+                "--json",
+                database_url=database_url,
+                extra_env=extra_env,
+            )
+        )["key"]
+    except BenchError:
+        minting = ""
     gateway = setup.serve("serve-setup", 1, database_url=database_url, extra_env=extra_env)
     try:
-        tasks = make_tasks(setup, gateway, created["key"])
+        tasks = make_tasks(setup, gateway, created["key"], minting)
     finally:
         gateway.stop()
-    return Ledger(database_url, created["key"], tasks)
+    return Ledger(database_url, created["key"], tasks, minting)
 
 
-def make_tasks(setup: Setup, gateway: Server, tenant_key: str) -> Tasks:
-    """One completed and one open task of the bench tenant, and the sandbox's own ids of the same two."""
+def make_tasks(setup: Setup, gateway: Server, tenant_key: str, minting_key: str = "") -> Tasks:
+    """One completed and one open task of the bench tenant, and the sandbox's own ids of the same two; with a minting
+    key, a completed task of the token rows' end user too."""
     with httpx.Client(timeout=30, trust_env=False) as client:
         sandbox_config(setup, task_seconds=0.2, queue_seconds=0.0)
         done = submit(client, gateway.url, tenant_key)["id"]
         wait_status(client, gateway.url, tenant_key, done, "completed")
+        token_done = ""
+        if minting_key:
+            token = mint_token(gateway.url, minting_key)
+            token_done = submit(client, gateway.url, token)["id"]
+            wait_status(client, gateway.url, token, token_done, "completed")
         sandbox_config(setup, task_seconds=86400.0, queue_seconds=0.0)
         still = submit(client, gateway.url, tenant_key)["id"]
         sandbox_config(setup, task_seconds=3.0, queue_seconds=0.5)  # the sandbox's defaults, for the submit rows
@@ -401,7 +443,7 @@ def make_tasks(setup: Setup, gateway: Server, tenant_key: str) -> Tasks:
         sandbox_config(setup, task_seconds=86400.0)
         up_open = submit(client, setup.sandbox.url, UPSTREAM_KEY)["id"]
         sandbox_config(setup, task_seconds=3.0)
-    return Tasks(done, still, up_done, up_open)
+    return Tasks(done, still, up_done, up_open, token_done)
 
 
 # --- database work per request --------------------------------------------------------------------------------
@@ -446,6 +488,16 @@ def _count_work(
             ("status of an open task", lambda: client.get(_status(gateway, tasks.open), headers=auth)),
             ("submit", lambda: submit(client, gateway.url, setup.tenant_key)),
         ]
+        if setup.minting_key:
+            token = mint_token(gateway.url, setup.minting_key)
+            with_token = {"Authorization": f"Bearer {token}"}
+            for _ in range(20):
+                client.get(_status(gateway, tasks.token_completed), headers=with_token)
+                submit(client, gateway.url, token)
+            phases += [
+                (TOKEN_STATUS, lambda: client.get(_status(gateway, tasks.token_completed), headers=with_token)),
+                (TOKEN_SUBMIT, lambda: submit(client, gateway.url, token)),
+            ]
         for name, call in phases:
             before, started = proxy.snapshot(), time.monotonic()
             for _ in range(COUNT_REQUESTS):
@@ -493,7 +545,7 @@ def run(args: argparse.Namespace) -> int:
             progress("this checkout's `serve` has no --workers: one worker only")
         postgres = postgres_pid(server_url)
         main_ledger = prepare_ledger(setup, database_url)
-        setup.tenant_key, tasks = main_ledger.tenant_key, main_ledger.tasks
+        setup.tenant_key, setup.minting_key, tasks = main_ledger.tenant_key, main_ledger.minting_key, main_ledger.tasks
         ledgers: dict[str, Ledger] = {}
         for variant, variant_env in args.variant:
             if CHECKOUT_VARIABLE in variant_env:
@@ -566,6 +618,10 @@ def run(args: argparse.Namespace) -> int:
                 ),
                 "submit": Target("submit", "POST", gw, ledger.tenant_key, SUBMIT_BODY),
             }
+            if ledger.minting_key:  # the same calls with an end-user token (one per configuration: they expire)
+                token = mint_token(gateway.url, ledger.minting_key)
+                targets[TOKEN_STATUS] = Target(TOKEN_STATUS, "GET", f"{gw}/{ledger.tasks.token_completed}", token)
+                targets[TOKEN_SUBMIT] = Target(TOKEN_SUBMIT, "POST", gw, token, SUBMIT_BODY)
             try:
                 for name, target in targets.items():
                     if args.rows and name.split()[0] not in args.rows:
@@ -611,6 +667,10 @@ def start_twin(workdir: Path, database_url: str, sandbox: Server) -> Server:
     twin = start_server("twin", command, clean_env(), workdir, free_port())
     wait_ready(twin, "/healthz")
     return twin
+
+
+TOKEN_STATUS = "status of a completed task (token)"
+TOKEN_SUBMIT = "submit (token)"
 
 
 def concurrencies(name: str, args: argparse.Namespace) -> list[int]:
@@ -741,11 +801,12 @@ def render(
     for m in gateway_rows:
         first_seen.setdefault((m.side, m.row, m.concurrency), len(first_seen))
     for m in sorted(gateway_rows, key=lambda m: (first_seen[m.side, m.row, m.concurrency], m.round)):
-        ref_minimal = find("minimal", "minimal app, POST" if m.row == "submit" else "minimal app, GET", m.concurrency)
+        submits = m.row.startswith("submit")
+        ref_minimal = find("minimal", "minimal app, POST" if submits else "minimal app, GET", m.concurrency)
         direct = find("direct", _direct_row(m.row), m.concurrency)
-        ref_p50 = ref_minimal if m.row == "status of a completed task" else direct
+        ref_p50 = ref_minimal if m.row.startswith("status of a completed task") else direct
         minimal_rps = ref_minimal.rps if ref_minimal else None
-        twin_ref = find("twin", TWIN_ROW, m.concurrency) if m.row == "submit" else None
+        twin_ref = find("twin", TWIN_ROW, m.concurrency) if submits else None
         cells = [
             m.row,
             m.side[1:],
@@ -867,7 +928,7 @@ def _direct_row(row: str) -> str:
         "status of a completed task": "sandbox status (completed)",
         "status of an open task": "sandbox status (open)",
         "submit": "sandbox create",
-    }[row]
+    }[row.removesuffix(" (token)")]
 
 
 def _ratio(value: float, reference: float | None) -> str:
