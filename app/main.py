@@ -18,6 +18,7 @@ from app.audit import router as audit
 from app.console import router as console
 from app.contract import ErrorEnvelope
 from app.core import metrics
+from app.core.admin_port import AdminPort
 from app.core.body_limit import UPLOAD_PATH, BodySizeLimit
 from app.core.clock import Clock, utcnow
 from app.core.config import Settings
@@ -204,6 +205,8 @@ def create_app(
     app.state.tracing = tracing
     if tracing is not None:
         app.add_middleware(RequestIdOnSpan)
+    if settings.admin_port is not None:  # /admin only on its own port, the rest only on the tenants' (a 404 else)
+        app.add_middleware(AdminPort, admin_port=settings.admin_port)
     # Outermost of all: every answer (the fast path's, CORS preflights, errors) gets its request id, access line and
     # HTTP metrics.
     app.add_middleware(Observe)

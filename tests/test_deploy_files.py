@@ -354,6 +354,17 @@ def test_compose_sandbox_is_published_on_loopback_only(services: dict[str, dict[
         assert host_ip == "127.0.0.1", f"sandbox port {port!r} is published beyond this host"
 
 
+def test_compose_serves_admin_apart_on_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    """/admin (the ops API and the console) on its own port, published on the host's loopback only."""
+    env = environment(services["gateway"])
+    admin_port = int(env["GATEWAY_ADMIN_PORT"])
+    assert env["GATEWAY_ADMIN_HOST"] == "0.0.0.0", "inside the container the admin port binds every interface"
+    published = {str(p).rsplit(":", 1)[-1]: str(p) for p in services["gateway"].get("ports", [])}
+    assert published[str(admin_port)].startswith("127.0.0.1:"), f"the admin port is published as {published}"
+    _, gateway = parse_cli(as_argv(services["gateway"]["command"]))
+    assert admin_port != gateway["port"]
+
+
 def test_compose_dependencies(services: dict[str, dict[str, Any]]) -> None:
     assert depends_on(services["migrate"]) == {"postgres": "service_healthy"}, "migrate waits for a healthy postgres"
     gateway = depends_on(services["gateway"])
@@ -706,7 +717,7 @@ def test_ports_and_probes_line_up(deployment: dict[str, Any], served: Any, docke
     for name, probe in probes.items():
         assert container_port(container, probe["httpGet"]["port"]) == port, f"{name} probes another port"
         assert served(probe["httpGet"]["path"]), f"{name}: the app does not serve {probe['httpGet']['path']}"
-    service = resource("Service")
+    service = resource("Service", "seedream-gateway")
     (service_port,) = service["spec"]["ports"]
     assert service_port["port"] == 80 and container_port(container, service_port["targetPort"]) == port
     runtime = final_stage(dockerfile)
@@ -813,15 +824,30 @@ def test_pods_run_unprivileged(dockerfile: list[tuple[str, str]]) -> None:
             assert quantity(request) <= quantity(limit), f"{kind}: {what} request {request} > limit {limit}"
 
 
+def test_the_admin_surface_has_its_own_port_and_service(deployment: dict[str, Any], configmap: dict[str, str]) -> None:
+    """GATEWAY_ADMIN_PORT is a port of the container, reached only by the admin Service, never the public one."""
+    container = only_container(deployment)
+    admin_port = int(configmap["GATEWAY_ADMIN_PORT"])
+    assert configmap["GATEWAY_ADMIN_HOST"] == "0.0.0.0", "in a pod the admin port binds every interface"
+    assert container_port(container, "admin") == admin_port
+    admin = resource("Service", "seedream-gateway-admin")
+    (port,) = admin["spec"]["ports"]
+    assert container_port(container, port["targetPort"]) == admin_port and admin["spec"]["type"] == "ClusterIP"
+    assert selects(admin["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
+    public = resource("Service", "seedream-gateway")
+    assert all(container_port(container, p["targetPort"]) != admin_port for p in public["spec"]["ports"])
+
+
 def test_selectors_line_up(deployment: dict[str, Any]) -> None:
     pods = deployment["spec"]["template"]["metadata"]["labels"]
     assert selects(deployment["spec"]["selector"]["matchLabels"], pods)
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count (apply would reset it)"
-    assert selects(resource("Service")["spec"]["selector"], pods), "the Service does not select the gateway pods"
+    service = resource("Service", "seedream-gateway")
+    assert selects(service["spec"]["selector"], pods), "the Service does not select the gateway pods"
     pdb = resource("PodDisruptionBudget")
     assert selects(pdb["spec"]["selector"]["matchLabels"], pods), "the PDB does not select the gateway pods"
     job_pods = resource("Job")["spec"]["template"]["metadata"]["labels"]
-    assert not selects(resource("Service")["spec"]["selector"], job_pods), "the Service would route to the Job"
+    assert not selects(service["spec"]["selector"], job_pods), "the Service would route to the Job"
     assert not selects(deployment["spec"]["selector"]["matchLabels"], job_pods), "the Deployment selects the Job"
     hpa = resource("HorizontalPodAutoscaler")
     target = hpa["spec"]["scaleTargetRef"]

@@ -20,6 +20,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.admin_port import is_admin_path
 from app.core.cors import (
     ALLOWED_HEADERS,
     ALLOWED_METHODS,
@@ -61,7 +62,7 @@ class TenantCors:
         self.default = default_origins(default)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or is_admin_path(scope["path"]):  # the ops surface is never the tenants' CORS
             await self.app(scope, receive, send)
             return
         origin = authorization = None

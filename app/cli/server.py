@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import tempfile
 from typing import Annotated, Any
 
@@ -98,9 +99,21 @@ def serve(host: HostOpt = None, port: PortOpt = None, workers: WorkersOpt = None
         _serve_workers(settings, options)
         return
     try:
-        uvicorn.run(app, **options)
+        if settings.admin_port is None:
+            uvicorn.run(app, **options)
+        else:  # one server, two sockets: the tenants' and the admin surface's (app/core/admin_port.py)
+            config = uvicorn.Config(app, **options)
+            uvicorn.Server(config).run(sockets=[config.bind_socket(), _admin_socket(settings)])
     except SettingsError as e:  # raised by the lifespan, e.g. an unmigrated database
         fail(str(e))
+
+
+def _admin_socket(settings: Settings) -> socket.socket:
+    """The admin surface's listening socket (GATEWAY_ADMIN_HOST:GATEWAY_ADMIN_PORT)."""
+    import uvicorn
+
+    assert settings.admin_port is not None
+    return uvicorn.Config(WORKER_APP, host=settings.admin_host, port=settings.admin_port).bind_socket()
 
 
 def _serve_workers(settings: Settings, options: dict[str, Any]) -> None:
@@ -121,13 +134,19 @@ def _serve_workers(settings: Settings, options: dict[str, Any]) -> None:
     os.environ["GATEWAY_HOST"] = settings.host
     os.environ["GATEWAY_PORT"] = str(settings.port)
     os.environ["GATEWAY_WORKERS"] = str(settings.workers)
+    if settings.admin_port is not None:
+        os.environ["GATEWAY_ADMIN_HOST"] = settings.admin_host
+        os.environ["GATEWAY_ADMIN_PORT"] = str(settings.admin_port)
     os.environ["GATEWAY_DATABASE_URL"] = settings.database_url  # the embedded server's too: this process runs it
     # Every worker writes its metrics under one fresh directory, which /metrics sums (app/core/metrics.py); set
     # before the workers start, as prometheus-client reads it when a worker imports it.
     metrics_dir = tempfile.mkdtemp(prefix="seedream-gateway-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir
     config = uvicorn.Config(WORKER_APP, factory=True, workers=settings.workers, **options)
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    sockets = [config.bind_socket()]
+    if settings.admin_port is not None:
+        sockets.append(_admin_socket(settings))
+    supervisor = Multiprocess(config, sockets=sockets)
     try:
         supervisor.run()
     finally:
@@ -209,11 +228,15 @@ def _ledger(settings: Settings) -> str:
 
 def _print_banner(settings: Settings, key: str, admin_token: str, ledger: str) -> None:
     base = f"http://{local_host_for(settings.host)}:{settings.port}"
+    admin = base
+    if settings.admin_port is not None:
+        admin = f"http://{local_host_for(settings.admin_host)}:{settings.admin_port}"
     print(
         f"""
 Seedream Gateway (zero-config demo: built-in sandbox upstream, ledger in {ledger})
   API docs:     {base}/docs
   Try it page:  {base}/
+  Console:      {admin}/admin/ui (sign in with the admin token)
   Tenant key:   {key}
   Admin token:  {admin_token}
   Try it:

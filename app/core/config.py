@@ -51,6 +51,16 @@ class Settings(_NewTenantLimits):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+    admin_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve /admin (the ops API and the console) only on this port, apart from the tenants' "
+        "(which then answer 404 there); empty = /admin on GATEWAY_PORT with the rest.",
+    )
+    admin_host: str = Field(
+        "127.0.0.1", description="Interface of GATEWAY_ADMIN_PORT: loopback unless ops reach it over a network."
+    )
     workers: int = Field(
         1, ge=1, description="Worker processes of `serve` (--workers overrides); each has its own pools and loops."
     )
