@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from app.core.context import set_tenant
-from app.core.errors import GatewayError
+from app.core.errors import GatewayError, RateLimited
 from app.models import Tenant
 from app.tenants.errors import Forbidden
 from app.tenants.schemas import Scope
 
 if TYPE_CHECKING:
-    from app.quotas.rate_limits import RateLimitService
+    from app.quotas.rate_limits import Counted, RateLimitService
     from app.tenants.service import AuthenticatedKey, TenantService
     from app.tenants.tokens import EndUser
 
@@ -77,6 +77,9 @@ class Decision:
 
     who: AuthenticatedKey
     rate_headers: dict[str, str]
+    # The windows this request was counted in: given back if the request is refused after all (a 402 for the
+    # quota, a 429 for the tasks in flight), as refused requests are not counted.
+    counted: tuple[Counted, ...] = ()
 
     @property
     def tenant(self) -> Tenant:
@@ -147,11 +150,18 @@ async def decide(
     who = await tenants.authenticate_key(authorization)
     set_tenant(who.tenant.id)  # for the request's log lines, refusals included
     headers: dict[str, str] = {}
-    for window in _windows(who, need, origin):
-        counted = await rate_limits.enforce(who.tenant.id, window.kind, window.limit, end_user=window.end_user)
-        if not headers or _remaining(counted) < _remaining(headers):
-            headers = counted
-    return Decision(who, headers)
+    counted: list[Counted] = []
+    try:
+        for window in _windows(who, need, origin):
+            answer = await rate_limits.enforce(
+                who.tenant.id, window.kind, window.limit, end_user=window.end_user, counted=counted
+            )
+            if not headers or _remaining(answer) < _remaining(headers):
+                headers = answer
+    except RateLimited:  # refused by one window: the ones counted before it are given back
+        await rate_limits.give_back(counted)
+        raise
+    return Decision(who, headers, tuple(counted))
 
 
 def _remaining(headers: dict[str, str]) -> int:

@@ -88,9 +88,24 @@ def error_answer(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
+# Refusals a route makes after its caller was counted in a rate window (the quota's 402, the tasks in flight's 429):
+# refused requests are not counted, so the window is given back (`request.state.uncount`, set by the dependency
+# that counted: app/quotas/deps.py).
+UNCOUNTED = frozenset({402, 429})
+
+
+async def uncount(request: Request) -> None:
+    give_back = getattr(request.state, "uncount", None)
+    if give_back is not None:
+        request.state.uncount = None
+        await give_back()
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        if exc.status_code in UNCOUNTED:
+            await uncount(request)
         return error_answer(request, exc)
 
     @app.exception_handler(RequestValidationError)

@@ -9,6 +9,7 @@ puts the rate headers on the answer; error answers after the rate check carry th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -52,6 +53,8 @@ def caller(need: Need) -> Callable[..., Awaitable[AuthenticatedKey]]:
         if decision.rate_headers:
             response.headers.update(decision.rate_headers)
             request.state.rate_headers = decision.rate_headers
+        if decision.counted:  # given back by the error handler if the route refuses it after all (402, 429)
+            request.state.uncount = functools.partial(state.rate_limits.give_back, list(decision.counted))
         return decision.who
 
     dependency.__name__ = f"{need.scope}_caller" + (f"_{need.rate.name}_rate" if need.rate else "")

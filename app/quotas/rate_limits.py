@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from app.core import metrics, outage
 from app.core.clock import Clock
 from app.core.errors import RateLimited
 from app.quotas import repository as repo
+
+log = logging.getLogger(__name__)
 
 WINDOW_S = 60
 
@@ -64,6 +67,18 @@ class WindowStore(Protocol):
     async def ping(self) -> bool:
         """Whether the store answers now."""
 
+    async def release(self, tenant_id: str, kind: str, window_start: int) -> None:
+        """Uncount one request of that window (one counted, then refused for another reason)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """One request counted in one window: what `RateLimitService.give_back` uncounts."""
+
+    tenant_id: str
+    kind: str
+    window_start: int
+
 
 class SqlWindowStore:
     backend = "database"
@@ -86,6 +101,10 @@ class SqlWindowStore:
                 await repo.drop_windows_before(session, tenant_id, kind, window_start)
         return count
 
+    async def release(self, tenant_id: str, kind: str, window_start: int) -> None:
+        async with self._sessions.begin() as session:
+            await repo.release_window(session, tenant_id, kind, window_start)
+
 
 _REDIS_HIT = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -93,6 +112,12 @@ if current >= tonumber(ARGV[1]) then return -1 end
 current = redis.call('INCR', KEYS[1])
 if current == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return current
+"""
+
+
+_REDIS_RELEASE = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then return redis.call('DECR', KEYS[1]) end
+return 0
 """
 
 
@@ -115,6 +140,7 @@ class RedisWindowStore:
     ) -> None:
         self._client = client
         self._script = client.register_script(_REDIS_HIT)
+        self._release = client.register_script(_REDIS_RELEASE)
         self._timeout_s = timeout_s
         self._probe_interval_s = probe_interval_s
         self._tracker = tracker or outage.tracker(outage.REDIS)
@@ -137,6 +163,13 @@ class RedisWindowStore:
             raise WindowStoreUnavailable(self.last_error) from e
         self._succeeded()
         return None if count < 0 else count
+
+    async def release(self, tenant_id: str, kind: str, window_start: int) -> None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._release(keys=[f"gw:rl:{tenant_id}:{kind}:{window_start}"], args=[])
+        except _REDIS_FAILURES as e:
+            self._failed(e)
 
     async def ping(self) -> bool:
         try:
@@ -193,19 +226,26 @@ class RateLimitService:
         return f"degraded: {reason} (rate limits not enforced)"
 
     async def enforce(
-        self, tenant_id: str, kind: str, limit: int | None, *, end_user: str | None = None
+        self,
+        tenant_id: str,
+        kind: str,
+        limit: int | None,
+        *,
+        end_user: str | None = None,
+        counted: list[Counted] | None = None,
     ) -> dict[str, str]:
         """Count a request of `kind` (of one end user of the tenant: a window of its own); the rate headers to send,
-        or RateLimited (429) when over the limit.
+        or RateLimited (429) when over the limit. The window counted in is appended to `counted` (for
+        `give_back`, should the request be refused after all).
 
         When the store is unavailable the request is let through, without rate headers (fail open)."""
         if limit is None:
             return {}
         now = self._clock()
         window_start = int(now.timestamp()) // WINDOW_S * WINDOW_S
-        counted = kind if end_user is None else f"{kind}@{end_user}"
+        key = kind if end_user is None else f"{kind}@{end_user}"
         try:
-            count = await self._store.hit(tenant_id, counted, window_start, limit) if limit > 0 else None
+            count = await self._store.hit(tenant_id, key, window_start, limit) if limit > 0 else None
         except WindowStoreUnavailable:
             return {}
         decision = RateDecision(
@@ -214,6 +254,8 @@ class RateLimitService:
             remaining=max(limit - (count or limit), 0),
             reset_at=window_start + WINDOW_S,
         )
+        if decision.allowed and counted is not None:
+            counted.append(Counted(tenant_id, key, window_start))
         if not decision.allowed:
             metrics.refused(tenant_id, "rate")
             whose = "" if end_user is None else f" for the end user {end_user!r}"
@@ -221,3 +263,15 @@ class RateLimitService:
                 f"Rate limit of {limit} {kind} requests per minute{whose} exceeded.", headers=decision.headers(now)
             )
         return decision.headers(now)
+
+    async def give_back(self, counted: list[Counted]) -> None:
+        """Uncount requests counted and then refused for another reason (a 402 for the quota, another window's
+        429): refused requests are not counted. Best effort: a store that cannot be reached keeps the count."""
+        for one in counted:
+            try:
+                await self._store.release(one.tenant_id, one.kind, one.window_start)
+            except WindowStoreUnavailable:  # pragma: no cover - the stores swallow their own failures
+                return
+            except Exception as e:  # a count left behind costs one slot until the minute ends
+                log.warning("rate window not uncounted: %s", _describe(e))
+                return

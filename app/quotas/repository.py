@@ -233,6 +233,17 @@ async def hit_window(session: AsyncSession, tenant_id: str, kind: str, window_st
     return None if row is None else int(row[0])
 
 
+_RELEASE_WINDOW = text("""
+    UPDATE rate_windows SET count = count - 1
+    WHERE tenant_id = :tenant_id AND kind = :kind AND window_start = :window_start AND count > 0
+""").bindparams(bindparam("window_start", type_=BigInteger))
+
+
+async def release_window(session: AsyncSession, tenant_id: str, kind: str, window_start: int) -> None:
+    """Uncount one request of a window (never below zero)."""
+    await session.execute(_RELEASE_WINDOW, {"tenant_id": tenant_id, "kind": kind, "window_start": window_start})
+
+
 async def drop_windows_before(session: AsyncSession, tenant_id: str, kind: str, window_start: int) -> None:
     stmt = delete(RateWindow).where(
         RateWindow.tenant_id == tenant_id, RateWindow.kind == kind, RateWindow.window_start < window_start

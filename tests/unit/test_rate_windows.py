@@ -14,7 +14,7 @@ from app.core.db.engine import create_engine, create_session_factory
 from app.core.errors import RateLimited
 from app.core.ids import new_id
 from app.models import Tenant
-from app.quotas.rate_limits import RateLimitService, RedisWindowStore, SqlWindowStore, WindowStore
+from app.quotas.rate_limits import Counted, RateLimitService, RedisWindowStore, SqlWindowStore, WindowStore
 from tests.fixtures.clock import FakeClock
 
 
@@ -86,3 +86,22 @@ async def test_zero_limit_refuses_everything(store: tuple[WindowStore, str]) -> 
     with pytest.raises(RateLimited):
         await service.enforce(tenant_id, "submit", 0)
     assert await service.enforce(tenant_id, "submit", None) == {}
+
+
+async def test_a_request_given_back_frees_its_slot_in_its_own_window(store: tuple[WindowStore, str]) -> None:
+    window_store, tenant_id = store
+    clock = FakeClock(1_790_000_040.0)
+    service = RateLimitService(window_store, clock.now)
+    counted: list[Counted] = []
+    await service.enforce(tenant_id, "submit", 1, counted=counted)
+    assert [(c.kind, c.window_start) for c in counted] == [("submit", 1_790_000_040)]
+    await service.give_back(counted)
+    await service.enforce(tenant_id, "submit", 1)  # the slot is free again
+    with pytest.raises(RateLimited):
+        await service.enforce(tenant_id, "submit", 1)
+    clock.advance(60)
+    await service.give_back(counted)  # the old window: nothing below zero, the new one untouched
+    await service.give_back(counted)
+    await service.enforce(tenant_id, "submit", 1)
+    with pytest.raises(RateLimited):
+        await service.enforce(tenant_id, "submit", 1)
