@@ -63,4 +63,4 @@ def test_the_limits_command_has_one_option_per_limit() -> None:
     command = group.commands["limits"]  # type: ignore[attr-defined]
     options = {opt for param in command.params for opt in getattr(param, "opts", []) if opt.startswith("--")}
     assert {f"--{name.replace('_', '-')}" for name in LIMIT_NAMES} <= options
-    assert options - {f"--{name.replace('_', '-')}" for name in LIMIT_NAMES} <= {"--help"}
+    assert options - {f"--{name.replace('_', '-')}" for name in LIMIT_NAMES} <= {"--help", "--json"}
