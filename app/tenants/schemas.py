@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_v
 
 from app.contract import BLANK_PATTERN, INTEGRAL, ContractError, text_problem
 from app.core.clock import to_unix
+from app.core.cors import ANY_ORIGIN_PATTERN, ORIGIN_PATTERN
 from app.core.limits import LimitsUpdate, LimitValue, LimitValues, values_of
 from app.core.pagination import Cursor, Page
 from app.models import KeyStatus, Tenant, TenantKey, TenantStatus
@@ -66,8 +67,17 @@ OriginText = Annotated[
     Field(
         min_length=1,
         max_length=300,
-        json_schema_extra={"pattern": NAME_PATTERN},
-        description="`scheme://host[:port]` (http or https), nothing after it.",
+        json_schema_extra={"pattern": ORIGIN_PATTERN},
+        description="`http(s)://host[:port]`, nothing after it (a page's `Origin`).",
+    ),
+]
+AnyOriginText = Annotated[
+    StrictStr,
+    Field(
+        min_length=1,
+        max_length=300,
+        json_schema_extra={"pattern": ANY_ORIGIN_PATTERN},
+        description="`http(s)://host[:port]`, nothing after it, or `*` for any.",
     ),
 ]
 KeyName = Annotated[StrictStr, Field(max_length=MAX_NAME_CHARS, json_schema_extra=_key_name_schema)]
@@ -131,7 +141,7 @@ class TenantUpdate(BaseModel):
     status: SettableStatus | None = Field(
         None, description="`disabled`: every key of the tenant is refused (401); its open tasks still settle."
     )
-    cors_origins: Annotated[list[OriginText], Field(max_length=MAX_CORS_ORIGINS)] | None = Field(
+    cors_origins: Annotated[list[AnyOriginText], Field(max_length=MAX_CORS_ORIGINS)] | None = Field(
         None,
         description="Browser origins whose pages may read this tenant's answers (CORS): `scheme://host[:port]`, or "
         "`*` for any. Given as `null`: the gateway's default (GATEWAY_CORS_ORIGINS) again; `[]`: none.",
