@@ -30,8 +30,11 @@ router = APIRouter(prefix="/v1", tags=["results"])
     responses={
         200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}, "description": "The image"},
         302: {"description": "The S3 store's presigned URL of the image"},
-        401: {"model": ErrorEnvelope, "description": "Neither a valid signature nor a valid API key"},
-        403: {"model": ErrorEnvelope, "description": "The link's signature is invalid or expired (and no API key)"},
+        401: {
+            "model": ErrorEnvelope,
+            "description": "Neither a valid signature (unsigned, tampered, expired) nor a key",
+        },
+        403: {"model": ErrorEnvelope, "description": "The API key lacks the `read` scope"},
         404: {"model": ErrorEnvelope, "description": "No such image kept (also another tenant's)"},
     },
     summary="A kept result image (gateway extension: the links in a task's result)",

@@ -37,7 +37,7 @@ from app.contract import TaskStatus
 from app.core import metrics, outage
 from app.core.clock import Clock
 from app.core.db.engine import reads_only
-from app.core.errors import GatewayError, NotFound
+from app.core.errors import GatewayError, NotFound, Unauthorized
 from app.core.ids import is_task_id
 from app.core.security import KeyMaterial
 from app.models import KeptImage, KeptState, Task
@@ -45,7 +45,6 @@ from app.results import repository as repo
 from app.results.fetch import Fetcher, FetchError
 from app.results.store import ResultStore, StoreError
 from app.tasks.images import ShownImages
-from app.tenants.errors import Forbidden
 from app.tenants.service import find as find_tenant
 from app.webhooks.service import WebhookService
 
@@ -508,7 +507,8 @@ def _image_not_found() -> GatewayError:
 
 
 def link_refused(why: str) -> GatewayError:
-    return Forbidden(why)
+    """A link whose signature does not open the image, and no key: 401, as any tenant route without a credential."""
+    return Unauthorized(why)
 
 
 class _Pace:
