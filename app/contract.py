@@ -34,25 +34,16 @@ Resolution = Literal["1K", "2K", "4K"]
 
 
 class TaskStatus(StrEnum):
-    """Every status of a task, in one place: the contract's four, and the ledger's own `submitting` and `waiting`."""
+    """A task's status as the upstream documents it: what callers see, and what the upstream's answers are read as.
+    (The ledger's statuses, these and its own, are app/models/task.py's `TaskStatus`.)"""
 
-    SUBMITTING = "submitting"  # ledger only: the create call has not been answered yet; shown as `queued`
-    WAITING = "waiting"  # ledger only: the upstream could not take it yet, the dispatcher will; shown as `queued`
     QUEUED = "queued"
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
     FAILED = "failed"
 
-    @property
-    def public(self) -> TaskStatus:
-        """The status a caller sees."""
-        return TaskStatus.QUEUED if self in (TaskStatus.SUBMITTING, TaskStatus.WAITING) else self
 
-
-# The statuses the contract documents (what callers see and the upstream's answers are read as).
 PublicTaskStatus = Literal[TaskStatus.QUEUED, TaskStatus.IN_PROGRESS, TaskStatus.COMPLETED, TaskStatus.FAILED]
-TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED})
-OPEN_STATUSES: frozenset[TaskStatus] = frozenset(set(TaskStatus) - TERMINAL_STATUSES)
 
 # Every status value the upstream has been seen to send, mapped onto the four the contract documents.
 UPSTREAM_STATUS_MAP: dict[str, PublicTaskStatus] = {

@@ -159,7 +159,7 @@ def create_app(
             stack.push_async_callback(webhooks.stop)
             results.start()
             stack.push_async_callback(results.stop)
-            gauges = Gauges(kernel, upstream.pool, results=results.service)
+            gauges = Gauges(kernel, upstream.pool, tasks.service, results=results.service)
             app.state.gauges = gauges
             if settings.metrics_enabled:
                 gauges.start()

@@ -498,12 +498,12 @@ async def run_micro(database_url: str, redis_url: str | None, iterations: int) -
     """Time, one call at a time, the transactions of a submit through the app's own code."""
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from app.contract import GenerationRequest, TaskStatus
+    from app.contract import GenerationRequest
     from app.core.clock import utcnow
     from app.core.db.engine import autocommit_engine, create_engine, create_session_factory
     from app.core.ids import new_id
     from app.core.security import KeyMaterial
-    from app.models.task import Task
+    from app.models.task import Task, TaskStatus
     from app.quotas import service as quotas
     from app.quotas.rate_limits import WINDOW_S, RedisWindowStore, SqlWindowStore
     from app.tasks import admission

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
-from app.core.db.migrate import head_revisions
+from app.core.db.migrate import applied_revisions, head_revisions
 from app.core.deps import KernelDep
 from app.quotas.deps import RateLimitsDep
 from app.upstream.deps import UpstreamDep
@@ -25,8 +24,7 @@ async def readyz(
 ) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
-        async with kernel.sessions() as session:
-            current = set((await session.execute(text("SELECT version_num FROM alembic_version"))).scalars())
+        current = await applied_revisions(kernel.engine)
         # A replica of an older (or newer) release than the schema is not ready: a rollout waits for the migration.
         checks["database"] = "ok" if current == head_revisions() else "not at the migrations' head"
     except Exception as e:  # readiness reports, it does not raise

@@ -9,15 +9,13 @@ import contextlib
 import logging
 from collections import Counter
 
-from sqlalchemy import func, select
-
-from app.contract import TaskStatus
 from app.core import metrics
 from app.core.background import cancel_and_wait
 from app.core.config import Settings
 from app.core.runtime import Kernel
-from app.models import Task, UpstreamKeyStatus
+from app.models import UpstreamKeyStatus
 from app.results.service import ResultService
+from app.tasks.service import TaskService
 from app.upstream.pool import UpstreamKeyPool
 
 log = logging.getLogger(__name__)
@@ -26,10 +24,15 @@ MULTIPROCESS_REFRESH_S = 5.0
 
 
 class Gauges:
-    def __init__(self, kernel: Kernel, pool: UpstreamKeyPool, *, results: ResultService | None = None) -> None:
+    def __init__(
+        self, kernel: Kernel, pool: UpstreamKeyPool, tasks: TaskService, *, results: ResultService | None = None
+    ) -> None:
+        """Each gauge is read where it is kept: the keys from the pool in memory, the waiting tasks from the tasks'
+        service, the stored results' bytes from theirs, the connections in use from the engine's pool."""
         self.settings: Settings = kernel.settings
         self._kernel = kernel
         self._pool = pool
+        self._tasks = tasks
         self._results = results
         self._loop: asyncio.Task[None] | None = None
         self._fold: asyncio.Task[None] | None = None
@@ -42,11 +45,7 @@ class Gauges:
         checked_out = getattr(self._kernel.engine.pool, "checkedout", None)
         metrics.DB_POOL_IN_USE.set(checked_out() if callable(checked_out) else 0)
         try:
-            async with self._kernel.sessions() as session:
-                waiting = await session.scalar(
-                    select(func.count()).select_from(Task).where(Task.status == TaskStatus.WAITING)
-                )
-            metrics.TASKS_WAITING.set(waiting or 0)
+            metrics.TASKS_WAITING.set(await self._tasks.count_waiting())
             if self._results is not None and self._results.enabled:
                 metrics.result_store_bytes(await self._results.bytes_by_tenant())
         except Exception as e:  # a scrape still answers, with the last count, when the database is away

@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.contract import TaskStatus as PublicStatus
 from app.core.db.base import Base, UTCDateTime
+
+
+class TaskStatus(StrEnum):
+    """A task's status in the ledger: the four the contract documents (app/contract.py), and the ledger's own
+    `submitting` and `waiting`, which callers see as `queued`."""
+
+    SUBMITTING = "submitting"  # the create call has not been answered yet
+    WAITING = "waiting"  # the upstream could not take it yet; the reconciler sends it
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def public(self) -> PublicStatus:
+        """The status a caller sees."""
+        return PublicStatus.QUEUED if self in (TaskStatus.SUBMITTING, TaskStatus.WAITING) else PublicStatus(self.value)
+
+
+TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED})
+OPEN_STATUSES: frozenset[TaskStatus] = frozenset(set(TaskStatus) - TERMINAL_STATUSES)
 
 END_USER_MAX_CHARS = 128
 
@@ -35,7 +58,7 @@ class Task(Base):
     model: Mapped[str] = mapped_column(String(64))
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     n: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))  # a contract.TaskStatus value
+    status: Mapped[str] = mapped_column(String(16))  # a TaskStatus value
     progress: Mapped[int] = mapped_column(Integer, default=0)
     result_urls: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)

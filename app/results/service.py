@@ -33,7 +33,6 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.service import AuditService
-from app.contract import TaskStatus
 from app.core import metrics, outage
 from app.core.clock import Clock
 from app.core.db.engine import reads_only
@@ -41,6 +40,7 @@ from app.core.errors import GatewayError, NotFound, Unauthorized
 from app.core.ids import is_task_id
 from app.core.security import KeyMaterial
 from app.models import KeptImage, KeptState, Task
+from app.models.task import TaskStatus
 from app.results import repository as repo
 from app.results.fetch import Fetcher, FetchError
 from app.results.store import ResultStore, StoreError

@@ -24,9 +24,8 @@ from sqlalchemy import Table, TextClause, bindparam, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.contract import TaskStatus
 from app.core.db.base import UTCDateTime
-from app.models.task import Task
+from app.models.task import Task, TaskStatus
 from app.quotas.repository import Reservation, reserve_ctes, reserve_params, reserved_counters
 from app.upstream.repository import take_slot_sql
 

@@ -20,8 +20,7 @@ import datetime as dt
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from app.contract import TERMINAL_STATUSES
-from app.models.task import Task
+from app.models.task import TERMINAL_STATUSES, Task
 
 DEFAULT_SIZE = 10_000
 

@@ -19,9 +19,8 @@ from typing import Any, cast
 from sqlalchemy import Integer, String, Table, TextClause, bindparam, column, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.contract import OPEN_STATUSES, TaskStatus
 from app.core.db.base import UTCDateTime
-from app.models.task import Task
+from app.models.task import OPEN_STATUSES, Task, TaskStatus
 from app.quotas.repository import settle_ctes
 from app.upstream.repository import release_slot_sql
 

@@ -15,13 +15,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.contract import OPEN_STATUSES, TaskStatus
 from app.core.clock import from_unix, to_unix
 from app.core.db.engine import reads_only
 from app.core.errors import NotFound
 from app.core.ids import is_task_id
 from app.core.pagination import DEFAULT_PAGE, Cursor, Page
-from app.models.task import Task
+from app.models.task import OPEN_STATUSES, Task, TaskStatus
 from app.tenants.service import find
 
 TASK_CURSOR = Cursor.of_ids("task_img_")

@@ -9,8 +9,7 @@ from typing import Any, cast
 from sqlalchemy import Table, TextClause, bindparam, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.contract import OPEN_STATUSES, TaskStatus
-from app.models.task import Task
+from app.models.task import OPEN_STATUSES, Task, TaskStatus
 
 _TASKS = cast(Table, Task.__table__)
 
@@ -151,6 +150,12 @@ async def release_leases(session: AsyncSession, task_ids: list[str], owner: str)
 async def update_task(session: AsyncSession, task_id: str, **values: Any) -> None:
     stmt = update(Task).where(Task.id == task_id).values(**values).execution_options(synchronize_session=False)
     await session.execute(stmt)
+
+
+async def count_waiting(session: AsyncSession) -> int:
+    """Tasks waiting for an upstream key to take them (`waiting`)."""
+    stmt = select(func.count()).select_from(Task).where(Task.status == TaskStatus.WAITING)
+    return int((await session.execute(stmt)).scalar_one())
 
 
 async def get_by_idempotency_key(session: AsyncSession, tenant_id: str, key: str) -> Task | None:

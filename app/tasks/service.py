@@ -17,15 +17,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.contract import (
-    TERMINAL_STATUSES,
     GenerationRequest,
     ImageRef,
     TaskError,
     TaskObject,
     TaskResult,
-    TaskStatus,
     images_reserved_for,
 )
+from app.contract import TaskStatus as PublicStatus
 from app.core.clock import Clock, from_unix, to_unix
 from app.core.db.engine import one_statement, reads_only
 from app.core.db.errors import describe, is_database_unavailable
@@ -40,7 +39,7 @@ from app.core.errors import (
 )
 from app.core.ids import new_id
 from app.models import Tenant
-from app.models.task import Task
+from app.models.task import TERMINAL_STATUSES, Task, TaskStatus
 from app.quotas import service as quotas
 from app.tasks import admission, ending
 from app.tasks import repository as repo
@@ -340,7 +339,7 @@ class TaskService:
         now = self._clock()
         values, produced = _values_from_upstream(upstream, now, images_reserved_for(body))
         values.update(upstream_task_id=upstream.id, upstream_key_id=key.id, last_error=None, outcome_unknown=False)
-        values["next_check_at"] = now + FIRST_LOOK if upstream.status not in TERMINAL_STATUSES else None
+        values["next_check_at"] = now + FIRST_LOOK if values["status"] not in TERMINAL_STATUSES else None
         try:
             return await self._record(task_id, values, produced, known=task)
         except Exception as e:
@@ -483,6 +482,12 @@ class TaskService:
             body = render(task, shown=shown)
             self._answers.put(task, body, until=shown.fresh_until if shown is not None else None)
         return body
+
+    async def count_waiting(self) -> int:
+        """Tasks waiting in the ledger for an upstream key (the `gateway_tasks_waiting` gauge)."""
+        async with self._sessions() as session:
+            await reads_only(session)
+            return await repo.count_waiting(session)
 
     # --- the reconciler's work (app/tasks/reconciler.py claims, this does) -------------------------------------------
     async def claim_due(self, owner: str, limit: int, lease: dt.timedelta) -> list[Task]:
@@ -683,9 +688,10 @@ def _values_from_upstream(upstream: UpstreamTask, now: dt.datetime, reserved: in
 
     A completed task hands out at most the `reserved` images it was charged for: an upstream that makes more than
     the body asked for (it should not) gives the caller nothing beyond what the quota covered."""
-    values: dict[str, Any] = {"status": upstream.status, "progress": upstream.progress, "updated_at": now}
+    status = TaskStatus(upstream.status)
+    values: dict[str, Any] = {"status": status, "progress": upstream.progress, "updated_at": now}
     urls = upstream.urls[:reserved]
-    if upstream.status == TaskStatus.COMPLETED:
+    if status == TaskStatus.COMPLETED:
         if len(upstream.urls) > reserved:
             log.warning("upstream task %s made %d images, %d reserved", upstream.id, len(upstream.urls), reserved)
         completed = from_unix(upstream.completed_at) or now
@@ -694,7 +700,7 @@ def _values_from_upstream(upstream: UpstreamTask, now: dt.datetime, reserved: in
             completed_at=completed,
             expires_at=from_unix(upstream.expires_at) or completed + RESULT_TTL,
         )
-    elif upstream.status == TaskStatus.FAILED:
+    elif status == TaskStatus.FAILED:
         values.update(
             error_code=_text(upstream.error_code or "generation_failed")[:64],
             error_message=_text(upstream.error_message or "Generation failed"),
@@ -717,18 +723,18 @@ def to_task_object(task: Task, *, created: bool = False, shown: ShownImages | No
         id=task.id,
         model=task.model,
         status=status,
-        progress=100 if status == TaskStatus.COMPLETED else task.progress,
+        progress=100 if status == PublicStatus.COMPLETED else task.progress,
         created_at=to_unix(task.created_at) or 0,
         client_business_id=task.client_business_id,
         metadata={} if created else None,
     )
-    if status == TaskStatus.COMPLETED:
+    if status == PublicStatus.COMPLETED:
         urls = shown.urls if shown is not None else task.result_urls or []
         obj.completed_at = to_unix(task.completed_at)
         obj.expires_at = to_unix(shown.expires_at if shown is not None else task.expires_at)
         obj.result = TaskResult(data=[ImageRef(url=u) for u in urls])
         obj.url = urls[0] if urls else None
-    elif status == TaskStatus.FAILED:
+    elif status == PublicStatus.FAILED:
         obj.progress = 0
         obj.completed_at = to_unix(task.completed_at)
         obj.error = TaskError(code=task.error_code or "generation_failed", message=task.error_message or "")

@@ -6,10 +6,9 @@ import datetime as dt
 import json
 from typing import Any
 
-from app.contract import TaskStatus
 from app.core.clock import to_unix
 from app.core.ids import new_id
-from app.models.task import Task
+from app.models.task import Task, TaskStatus
 
 API_VERSION = "v1"
 COMPLETED = "generation.completed"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from app.contract import GenerationRequest, TaskStatus
+from app.contract import GenerationRequest
 from app.core.ids import new_id
 from app.models import Task
+from app.models.task import TaskStatus
 from app.quotas import service as quotas
 from app.tasks import admission
 from app.tasks import repository as tasks_repo

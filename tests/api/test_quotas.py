@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.contract import TaskStatus
+from app.models.task import TaskStatus
 from app.tasks import ending
 from tests.fixtures.gateway import ADMIN_TOKEN, Harness
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
 
 from app.core.errors import SettingsError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -45,21 +49,28 @@ def head_revisions() -> frozenset[str]:
     return frozenset(ScriptDirectory.from_config(alembic_config("")).get_heads())
 
 
+async def applied_revisions(engine: AsyncEngine) -> frozenset[str]:
+    """The revisions the database carries (Alembic's `alembic_version`), in one autocommit statement. Raises what
+    the database raises (ProgrammingError when it was never migrated)."""
+    from sqlalchemy import text
+
+    from app.core.db.engine import autocommit_engine
+
+    async with autocommit_engine(engine).connect() as conn:
+        return frozenset((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())
+
+
 async def is_at_head(database_url: str) -> bool:
     """Whether the database carries exactly the migrations' head revision(s)."""
-    from alembic.script import ScriptDirectory
-    from sqlalchemy import text
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from app.core.db.engine import create_engine
 
-    heads = set(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
     engine = create_engine(database_url, pool_size=1)
     try:
-        async with engine.connect() as conn:
-            current = set((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())
+        current = await applied_revisions(engine)
     except (OperationalError, ProgrammingError):  # no alembic_version table: never migrated
-        current = set()
+        current = frozenset()
     finally:
         await engine.dispose()
-    return current == heads
+    return current == head_revisions()
