@@ -71,7 +71,7 @@ async def preflight(settings: Settings) -> None:
         await load_pool(kernel)
 
 
-async def _count_task_end(session: AsyncSession, task: Task) -> None:
+async def _count_task_end(session: AsyncSession, task: Task, _tenant_webhook_url: str | None) -> None:
     """A task's end, counted once its transaction commits (a rolled-back end is not one)."""
     tenant_id, status = task.tenant_id, str(getattr(task.status, "value", task.status))
     event.listen(session.sync_session, "after_commit", lambda _: metrics.task_ended(tenant_id, status), once=True)

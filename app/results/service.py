@@ -131,7 +131,7 @@ class ResultService:
         return self.store is not None
 
     # --- the task end hook (TaskService.on_end) -------------------------------------------------------------------
-    async def task_ended(self, session: AsyncSession, task: Task) -> None:
+    async def task_ended(self, session: AsyncSession, task: Task, _tenant_webhook_url: str | None = None) -> None:
         """A completed task's images, each a pending copy, in the transaction that ends it; its webhook events wait
         for them (at most the hold)."""
         if self.store is None or task.status != TaskStatus.COMPLETED or not task.result_urls:

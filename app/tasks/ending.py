@@ -1,6 +1,7 @@
 """A task's end in one statement: the task row made terminal (unless it already is), its quota reservation settled
 (app/quotas/repository.py `settle_ctes`), its slot on its upstream key freed (app/upstream/repository.py
-`release_slot_sql`), and its tenant's webhook URL read for the end's events.
+`release_slot_sql`), and its tenant's webhook URL read for the end's events (app/webhooks/repository.py
+`tenant_webhook_url_sql`).
 
 Separately these were four statements, each a round trip with SQLAlchemy's work around it, and the reconciler ends
 every task.
@@ -23,6 +24,7 @@ from app.core.db.base import UTCDateTime
 from app.models.task import OPEN_STATUSES, Task, TaskStatus
 from app.quotas.repository import settle_ctes
 from app.upstream.repository import release_slot_sql
+from app.webhooks.repository import tenant_webhook_url_sql
 
 _TASKS = cast(Table, Task.__table__)
 _COLUMNS = tuple(column.name for column in _TASKS.c)
@@ -52,7 +54,7 @@ def _statement(columns: frozenset[str]) -> TextClause:
         + f""", slot AS ({release_slot_sql(_ENDED_KEY_AFTER_COUNTERS)})
     SELECT """
         + ", ".join(f"ended.{name}" for name in _COLUMNS)
-        + """, (SELECT webhook_url FROM tenants t WHERE t.id = ended.tenant_id) AS tenant_webhook_url,
+        + f""", {tenant_webhook_url_sql("ended.tenant_id")} AS tenant_webhook_url,
         (SELECT count(*) FROM slot) AS slots_freed
     FROM ended"""
     )

@@ -50,15 +50,14 @@ from app.tenants.tokens import EndUser
 from app.upstream.base import UpstreamAdapter, UpstreamServerError, UpstreamTask, parse_retry_after
 from app.upstream.pool import PoolKey
 from app.upstream.service import PoolService
-from app.webhooks import repository as webhook_sql
 from app.webhooks.callbacks import check_callback_url
 
 log = logging.getLogger(__name__)
 
 RESULT_TTL = dt.timedelta(hours=24)
-# Called in the transaction that makes a task terminal, once per task (webhooks enqueue their event there, so the
-# end and its delivery commit together).
-EndHook = Callable[[AsyncSession, Task], Awaitable[None]]
+# Called in the transaction that makes a task terminal, once per task, with the tenant's webhook URL as the end's
+# statement read it (webhooks enqueue their event there, so the end and its delivery commit together).
+EndHook = Callable[[AsyncSession, Task, str | None], Awaitable[None]]
 IDEMPOTENCY_TTL = dt.timedelta(hours=24)
 FIRST_LOOK = dt.timedelta(seconds=5)  # the reconciler's first look at a new task (the upstream's advice)
 _LOOK_EVERY_S = (5.0, 10.0)  # then every 5-10 s, with jitter
@@ -141,7 +140,8 @@ class TaskService:
         self._kept: dict[str, tuple[dict[str, Any], int]] = {}
 
     def on_end(self, hook: EndHook) -> None:
-        """Run `hook(session, task)` in the transaction that makes a task terminal (completed or failed)."""
+        """Run `hook(session, task, tenant_webhook_url)` in the transaction that makes a task terminal (completed or
+        failed)."""
         self._end_hooks.append(hook)
 
     async def submit(
@@ -657,9 +657,8 @@ class TaskService:
                 stored, tenant_webhook_url = ended
                 if stored.upstream_key_id is not None:
                     self._pool.slot_released(stored.upstream_key_id)
-                webhook_sql.known_tenant_webhook_url(session, stored.tenant_id, tenant_webhook_url)
                 for hook in self._end_hooks:
-                    await hook(session, stored)
+                    await hook(session, stored, tenant_webhook_url)
         assert stored is not None
         return stored
 

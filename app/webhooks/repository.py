@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Tenant
 from app.models.webhook import WebhookDelivery as D
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
@@ -20,20 +19,11 @@ async def insert(session: AsyncSession, rows: Sequence[D]) -> None:
     await session.flush()
 
 
-_KNOWN_URLS = "tenant_webhook_urls"  # session.info key: tenant id -> webhook URL, read with the task's end
-
-
-def known_tenant_webhook_url(session: AsyncSession, tenant_id: str, url: str | None) -> None:
-    """The tenant's webhook URL as read by the statement that ended a task in this transaction (app/tasks/ending.py):
-    `tenant_webhook_url` answers it without a query."""
-    session.info.setdefault(_KNOWN_URLS, {})[tenant_id] = url
-
-
-async def tenant_webhook_url(session: AsyncSession, tenant_id: str) -> str | None:
-    known: dict[str, str | None] = session.info.get(_KNOWN_URLS, {})
-    if tenant_id in known:
-        return known[tenant_id]
-    return (await session.execute(select(Tenant.webhook_url).where(Tenant.id == tenant_id))).scalar_one_or_none()
+def tenant_webhook_url_sql(tenant_id: str) -> str:
+    """A scalar subquery of the webhook URL of the tenant that `tenant_id` gives (a column or a parameter of the
+    statement that embeds it): a task's end reads it along (app/tasks/ending.py), so the end's events are enqueued
+    without a statement of their own. This module's public fragment."""
+    return f"(SELECT webhook_url FROM tenants t WHERE t.id = {tenant_id})"
 
 
 def _due(now: dt.datetime) -> ColumnElement[bool]:

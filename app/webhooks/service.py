@@ -123,11 +123,11 @@ class WebhookService:
         event.listen(session.sync_session, "after_commit", committed, once=True)
 
     # --- the task end hook (TaskService.on_end) -------------------------------------------------------------------
-    async def task_ended(self, session: AsyncSession, task: Task) -> None:
-        """Enqueue the task's final event, in the transaction that ends it: to the tenant's webhook URL and to the
-        task's callback_url (once when both are the same URL)."""
-        tenant_url = await repo.tenant_webhook_url(session, task.tenant_id)
-        targets = list(dict.fromkeys(u for u in (tenant_url, task.callback_url) if u))
+    async def task_ended(self, session: AsyncSession, task: Task, tenant_webhook_url: str | None) -> None:
+        """Enqueue the task's final event, in the transaction that ends it: to the tenant's webhook URL (as the end's
+        statement read it: repository.tenant_webhook_url_sql) and to the task's callback_url (once when both are the
+        same URL)."""
+        targets = list(dict.fromkeys(u for u in (tenant_webhook_url, task.callback_url) if u))
         if not targets:
             return
         now = self._clock()
