@@ -72,7 +72,12 @@ async def _page_tenant(request: Request) -> str | None:
 @router.get(
     "/",
     response_class=HTMLResponse,
-    responses={404: {"model": ErrorEnvelope, "description": "The page is off (no GATEWAY_PAGE_TENANT)"}},
+    responses={
+        404: {
+            "description": "The page is off (no GATEWAY_PAGE_TENANT)",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
+        }
+    },
     summary="The try-it page (zero-config demo, or the tenant ops name)",
 )
 async def page(request: Request) -> Response:
@@ -81,11 +86,19 @@ async def page(request: Request) -> Response:
     return HTMLResponse(_asset("index.html"), headers=_PAGE_HEADERS)
 
 
-@router.get("/page/{name}", include_in_schema=False)
-async def page_asset(name: str, request: Request) -> Response:
-    if name not in ASSETS or await _page_tenant(request) is None:
-        raise NotFound("Not found")
-    return Response(_asset(name), media_type=ASSETS[name], headers=_PAGE_HEADERS)
+def _serve_asset(name: str) -> None:
+    """GET /page/<name>: one route per file (a `/page/{name}` route would also claim `/page/token`'s path)."""
+
+    async def asset(request: Request) -> Response:
+        if await _page_tenant(request) is None:
+            raise NotFound(_OFF, code="page_off")
+        return Response(_asset(name), media_type=ASSETS[name], headers=_PAGE_HEADERS)
+
+    router.add_api_route(f"/page/{name}", asset, methods=["GET"], include_in_schema=False, name=f"page_{name}")
+
+
+for _name in ASSETS:
+    _serve_asset(_name)
 
 
 @router.post(
