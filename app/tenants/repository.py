@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import cast
 
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Tenant, TenantKey, TenantStatus
@@ -140,6 +140,20 @@ async def page_tenants(
     if name_contains:
         stmt = stmt.where(Tenant.name.icontains(name_contains, autoescape=True))
     return (await session.execute(stmt)).scalars().all()
+
+
+async def count_keys_not_under(session: AsyncSession, hash_key_id: str, now: dt.datetime) -> int:
+    """Usable keys (not revoked, not expired) whose hash was made with another secret than `hash_key_id`."""
+    stmt = (
+        select(func.count())
+        .select_from(TenantKey)
+        .where(
+            TenantKey.hash_key_id != hash_key_id,
+            TenantKey.revoked_at.is_(None),
+            or_(TenantKey.expires_at.is_(None), TenantKey.expires_at > now),
+        )
+    )
+    return int((await session.execute(stmt)).scalar_one())
 
 
 async def page_keys(session: AsyncSession, tenant_id: str, *, limit: int, after_id: str | None) -> Sequence[TenantKey]:

@@ -696,6 +696,12 @@ async def find(session: AsyncSession, tenant_ref: str) -> Tenant:
     return tenant
 
 
+async def keys_pending_rekey(session: AsyncSession, hash_key_id: str, now: dt.datetime) -> int:
+    """Usable tenant keys hashed with another secret than `hash_key_id` (re-keyed on their next use), in the caller's
+    transaction: `secrets rekey` reports both halves of a secret rotation (app/upstream/service.py)."""
+    return await repo.count_keys_not_under(session, hash_key_id, now)
+
+
 async def find_key(session: AsyncSession, key_id: str, *, for_update: bool = False) -> TenantKey:
     """A tenant key by its public id, or 404 `key_not_found`."""
     found = await repo.get_key(session, key_id, for_update=for_update) if _KEY_ID.fullmatch(key_id) else None

@@ -6,12 +6,12 @@ import datetime as dt
 from collections.abc import Collection, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, and_, bindparam, func, or_, select, text, update
+from sqlalchemy import CursorResult, Table, and_, bindparam, or_, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.db.base import UTCDateTime
-from app.models import TenantKey, UpstreamKey, UpstreamKeyStatus
+from app.models import UpstreamKey, UpstreamKeyStatus
 
 # Statuses in which a key takes new tasks (a cooling key once its cooldown has passed).
 TAKES_NEW = (UpstreamKeyStatus.ACTIVE, UpstreamKeyStatus.COOLING)
@@ -199,20 +199,3 @@ async def reenable(session: AsyncSession, key_id: str, reason_prefix: str, now: 
         )
     )
     return _rowcount(await session.execute(stmt)) > 0
-
-
-# --- secrets -------------------------------------------------------------------------------------------------------
-async def tenant_keys_not_under(session: AsyncSession, key_id: str, now: dt.datetime) -> int:
-    """Usable tenant keys (not revoked, not expired) whose hash was made with another secret than `key_id`: they
-    are re-keyed on their next use. The one query here on another feature's table: `secrets rekey` reports both
-    halves of a secret rotation."""
-    stmt = (
-        select(func.count())
-        .select_from(TenantKey)
-        .where(
-            TenantKey.hash_key_id != key_id,
-            TenantKey.revoked_at.is_(None),
-            or_(TenantKey.expires_at.is_(None), TenantKey.expires_at > now),
-        )
-    )
-    return int((await session.execute(stmt)).scalar_one())

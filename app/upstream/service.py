@@ -31,6 +31,7 @@ from app.core.invalidation import ALL, Invalidator, record
 from app.core.pagination import DEFAULT_PAGE
 from app.core.security import KeyMaterial
 from app.models import UpstreamKey, UpstreamKeyStatus
+from app.tenants.service import keys_pending_rekey
 from app.upstream import repository as repo
 from app.upstream.pool import ADMIN_DISABLED_REASON, REFUSED_REASON, Act, PoolKey, UpstreamKeyPool
 from app.upstream.schemas import (
@@ -384,7 +385,7 @@ class UpstreamKeyService:
                 key.updated_at = now
                 counts["reencrypted"] += 1
             await session.flush()
-            pending = await repo.tenant_keys_not_under(session, current, now)
+            pending = await keys_pending_rekey(session, current, now)
             if counts["reencrypted"]:
                 await record(session, "upstream_key", ALL, now=now)
             report = RekeyReport(secret_key_id=current, tenant_keys_pending=pending, **counts)
