@@ -21,8 +21,9 @@ from tests.e2e.conftest import Gateway, Processes, Sandbox, Tenant, gateway_env,
 
 pytestmark = pytest.mark.e2e
 
-# Far below the 600 s queue deadline the tasks reached before; generous for a busy two-core machine.
-DEADLINE_S = 60.0
+# Far below the 600 s queue deadline the tasks reached before, and generous for a busy two-core machine: a task's
+# retries back off 2, 5, 15, 30 s, and a retry while the key cools sends nothing.
+DEADLINE_S = 150.0
 
 
 async def until_ended(client: httpx.AsyncClient, gateway: Gateway, tenant: Tenant, task_id: str) -> dict[str, Any]:
@@ -54,7 +55,7 @@ async def test_one_tenants_failing_tasks_do_not_starve_the_others(
             failing.append(r.json()["id"])
 
         # Q keeps submitting and uploading while P's tasks retry. Each of P's tasks counts against the key once (six
-        # tasks: at most two cooldowns of 2 s); after that Q's successes show the key works, so P's later 5xx are
+        # tasks: a few cooldowns of 2 s at most); after that Q's successes show the key works, so P's later 5xx are
         # P's own and its tasks fail.
         start = time.monotonic()
         served: list[str] = []
@@ -75,8 +76,10 @@ async def test_one_tenants_failing_tasks_do_not_starve_the_others(
         assert {task["error"]["code"] for task in ended.values()} == {"upstream_error"}, ended
         usage = await client.get(f"{gateway.url}/v1/usage", headers=p.headers)
         assert usage.json()["day"]["used"] == 0, usage.text  # refunded
+        # Each of P's six tasks counts against the key once: the third count cools it, and each one after it (with
+        # no success of Q's between) cools it again, so at most four cooldowns; every retry counted before.
         cooldowns = gateway.process.log().count(" cooling for ")
-        assert cooldowns <= 2, f"P's tasks cooled the key {cooldowns} times"
+        assert cooldowns <= 4, f"P's tasks cooled the key {cooldowns} times"
         assert 200 in uploads and served, (uploads, served)
         assert (await upload(client, gateway, q)).status_code == 200
         done = await until_ended(client, gateway, q, served[-1])
