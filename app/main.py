@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING
 
-import httpx
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import event
@@ -91,11 +90,10 @@ def create_app(
     *,
     adapter: UpstreamAdapter | None = None,
     clock: Clock = utcnow,
-    upstream_transport: httpx.AsyncBaseTransport | None = None,
     span_processor: SpanProcessor | None = None,
 ) -> FastAPI:
-    """Build the gateway. Tests inject an adapter, a transport, a clock or a span processor (which turns tracing on);
-    production passes only settings."""
+    """Build the gateway. Tests inject an adapter, a clock or a span processor (which turns tracing on), and point
+    `settings.upstream_base_url` at their upstream; production passes only settings."""
     settings = settings or Settings()
     settings.secrets  # noqa: B018 - fail before serving anything when a secret is missing
     metrics.configure(max_tenants=settings.metrics_max_tenants, enabled=settings.metrics_enabled)
@@ -111,9 +109,7 @@ def create_app(
             invalidator = Invalidator(kernel.sessions, kernel.clock)
             app.state.invalidator = invalidator
             try:
-                upstream = await build_upstream(
-                    kernel, adapter=adapter, transport=upstream_transport, invalidator=invalidator, tracing=tracing
-                )
+                upstream = await build_upstream(kernel, adapter=adapter, invalidator=invalidator, tracing=tracing)
             except (OperationalError, ProgrammingError) as e:
                 raise DatabaseNotMigrated() from e
             stack.push_async_callback(upstream.aclose)

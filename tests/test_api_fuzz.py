@@ -26,9 +26,9 @@ import asyncio
 import io
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
-import httpx
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -53,6 +53,7 @@ from app.sandbox.config import SandboxConfig
 from app.tenants.service import TenantService
 from tests.fixtures import gateway as harness
 from tests.fixtures.databases import truncate_all
+from tests.support.served import served_in_thread
 
 # Longer runs: GATEWAY_FUZZ_MAX_EXAMPLES=500 GATEWAY_FUZZ_SEED=<n> .venv/bin/pytest tests/test_api_fuzz.py -n 0
 MAX_EXAMPLES = int(os.environ.get("GATEWAY_FUZZ_MAX_EXAMPLES", "50"))
@@ -115,12 +116,14 @@ def gateway(database_url: str) -> Iterator[FastAPI]:
     """A fresh gateway per operation and database (so no operation sees another's tenants, tasks or limits)."""
     asyncio.run(_new_tenant(database_url))
     sandbox = create_sandbox_app(SandboxConfig(task_seconds=10, queue_seconds=1, seed=7))
-    app = create_app(harness.test_settings(database_url), upstream_transport=httpx.ASGITransport(app=sandbox))
-    try:
-        yield app
-    finally:
-        # Schemathesis runs the app's lifespan in its own event loop thread; end it with the test.
-        schemathesis_asgi.shutdown_lifespans()
+    # Schemathesis runs the app's lifespan in its own event loop thread: the sandbox gets a thread of its own.
+    with served_in_thread(sandbox) as sandbox_url:
+        app = create_app(harness.test_settings(database_url, upstream_base_url=sandbox_url))
+        try:
+            yield app
+        finally:
+            # End the app's lifespan with the test, before its sandbox.
+            schemathesis_asgi.shutdown_lifespans()
 
 
 def _type_change_lost_in_a_form(case: Any) -> bool:
@@ -170,13 +173,15 @@ def test_workflows_create_then_read_a_task(gateway: FastAPI, database_url: str) 
     mutates sequences, and a replayed sequence must get the same answers (a second `POST /admin/v1/tenants` of one
     name is a 409, a deleted tenant's key a 401)."""
     apps = [gateway]
+    sandboxes = ExitStack()
 
     def fresh_gateway() -> FastAPI:
         schemathesis_asgi.shutdown_lifespans()
         truncate_all(database_url)
         asyncio.run(_new_tenant(database_url))
         sandbox = create_sandbox_app(SandboxConfig(task_seconds=10, queue_seconds=1, seed=7))
-        app = create_app(harness.test_settings(database_url), upstream_transport=httpx.ASGITransport(app=sandbox))
+        sandbox_url = sandboxes.enter_context(served_in_thread(sandbox))
+        app = create_app(harness.test_settings(database_url, upstream_base_url=sandbox_url))
         schema.app = app
         return app
 
@@ -210,3 +215,5 @@ def test_workflows_create_then_read_a_task(gateway: FastAPI, database_url: str) 
         )
     finally:
         schema.app = None
+        schemathesis_asgi.shutdown_lifespans()  # the sequences' gateways, before their sandboxes
+        sandboxes.close()

@@ -10,8 +10,8 @@ variables itself: `OTEL_SERVICE_NAME` (else `seedream-gateway`), `OTEL_RESOURCE_
 
 Each app gets its own TracerProvider, passed to each instrumentation (the global provider is left alone), and
 shut down (flushed) by the app's lifespan: several apps can be traced in one process (tests). What is instrumented
-is instance-level only: the app (FastAPIInstrumentor.instrument_app), the upstream HTTP client (not the webhook
-client, whose target URLs are tenants' own) and the app's database engine.
+is instance-level only: the app (FastAPIInstrumentor.instrument_app), the upstream's aiohttp session (a trace
+config of its own; not the webhook client, whose target URLs are tenants' own) and the app's database engine.
 
 Nothing secret goes into a span: no header is recorded (and the ones that carry secrets are on the sanitize list
 should an operator ask for headers with `OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*`), SQL statements are recorded
@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.core import context
 
 if TYPE_CHECKING:
-    import httpx
+    import aiohttp
     from fastapi import FastAPI
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.trace import Span, Tracer
@@ -88,7 +88,6 @@ def configure_tracing(app: FastAPI, *, span_processor: SpanProcessor | None = No
         )
         return None
 
-    _sanitize_sensitive_headers()
     resource = Resource.create({"service.version": app.version})
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": DEFAULT_SERVICE_NAME}))
@@ -114,7 +113,6 @@ class Tracing:
         self.app = app
         self.provider = provider
         self._engines: list[Engine] = []
-        self._clients: list[httpx.AsyncClient] = []
 
     def instrument_engine(self, engine: AsyncEngine) -> None:
         """A span per statement (`db.system`, `db.statement` without its parameters), inside a trace only: the
@@ -131,24 +129,31 @@ class Tracing:
         )
         self._engines.append(engine.sync_engine)
 
-    def instrument_http_client(self, client: httpx.AsyncClient) -> None:
-        """A client span per upstream call (method, URL, status; no header), with the trace context sent along."""
-        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    def upstream_trace_configs(self) -> list[aiohttp.TraceConfig]:
+        """For the upstream's session: a client span per call (method, URL, status; headers only as the operator's
+        OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_* ask, the secret ones redacted), the trace context sent
+        along. It lives and goes with the session."""
+        from opentelemetry.instrumentation.aiohttp_client import create_trace_config
         from opentelemetry.metrics import NoOpMeterProvider
-
-        HTTPXClientInstrumentor.instrument_client(
-            client, tracer_provider=self.provider, meter_provider=NoOpMeterProvider()
+        from opentelemetry.util.http import (
+            OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST,
+            OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE,
+            get_custom_headers,
         )
-        self._clients.append(client)
+
+        return [
+            create_trace_config(
+                tracer_provider=self.provider,
+                meter_provider=NoOpMeterProvider(),
+                captured_request_headers=get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST),
+                captured_response_headers=get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE),
+                sensitive_headers=_sanitize_fields(),
+            )
+        ]
 
     async def aclose(self) -> None:
-        """Undo the instance instrumentation, then export what is left and stop (off the event loop: the exporter
+        """Undo the engine's instrumentation, then export what is left and stop (off the event loop: the exporter
         blocks on its network calls)."""
-        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-
-        for client in self._clients:
-            HTTPXClientInstrumentor.uninstrument_client(client)
-        self._clients.clear()
         for engine in self._engines:
             _remove_engine_listeners(engine)
         self._engines.clear()
@@ -209,15 +214,6 @@ def _excluded_urls_from_environment() -> str:
 def _sanitize_fields() -> list[str]:
     configured = [f.strip() for f in os.environ.get(_SANITIZE_FIELDS_ENV, "").split(",") if f.strip()]
     return [*configured, *(h for h in SENSITIVE_HEADERS if h not in {f.lower() for f in configured})]
-
-
-def _sanitize_sensitive_headers() -> None:
-    """The HTTP client instrumentation reads its sanitize list from the environment only: when client headers are
-    to be captured, ours goes there too."""
-    if any(
-        os.environ.get(f"OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_{kind}") for kind in ("REQUEST", "RESPONSE")
-    ):
-        os.environ[_SANITIZE_FIELDS_ENV] = ",".join(_sanitize_fields())
 
 
 def _remove_engine_listeners(engine: Engine) -> None:

@@ -1,12 +1,10 @@
-"""The upstream feature as the lifespan builds it: the adapter (one pooled HTTP client), the key pool (its state, and
-its service: reloaded on invalidation events), the prober of refused keys and the ops service."""
+"""The upstream feature as the lifespan builds it: the adapter (one pooled aiohttp session), the key pool (its state,
+and its service: reloaded on invalidation events), the prober of refused keys and the ops service."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-
-import httpx
 
 from app.core.background import cancel_and_wait
 from app.core.config import Settings, is_placeholder_upstream_key
@@ -19,7 +17,7 @@ from app.upstream.instrumented import InstrumentedAdapter
 from app.upstream.pool import PoolPolicy, UpstreamKeyPool
 from app.upstream.prober import KeyProber
 from app.upstream.service import PoolService, UpstreamKeyService
-from app.upstream.toapis import ToAPIsAdapter, build_http_client, build_transport
+from app.upstream.toapis import ToAPIsAdapter, build_session
 
 SANDBOX_MOUNT = "/_sandbox"
 SANDBOX_DEMO_UPSTREAM_KEY = "sk-sandbox-demo"
@@ -85,32 +83,28 @@ async def build_upstream(
     kernel: Kernel,
     *,
     adapter: UpstreamAdapter | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
     invalidator: Invalidator | None = None,
     policy: PoolPolicy | None = None,
     tracing: Tracing | None = None,
 ) -> Upstream:
-    """Tests inject an adapter or a transport; production builds the ToAPIs adapter from the settings.
+    """Tests may inject an adapter; otherwise the ToAPIs adapter over one session, from the settings.
 
     With `invalidator` (a serving process), the pool reloads a key whenever any replica changes it (subscribed
     before the invalidator's first read, so no change is missed) and the prober of refused keys starts; `aclose`
-    stops it. With `tracing`, the upstream HTTP client is traced."""
+    stops it. With `tracing`, each upstream call gets a client span."""
     pool_service = await load_pool(kernel, policy)
     if invalidator is not None:
         pool_service.subscribe(invalidator)
     settings = kernel.settings
     if adapter is None:
-        transport = transport or build_transport(settings.upstream_max_connections)
-        client = build_http_client(
-            upstream_base_url(settings),
+        session = build_session(
             user_agent=settings.user_agent,
             timeout_s=settings.upstream_timeout_s,
             connect_timeout_s=settings.upstream_connect_timeout_s,
-            transport=transport,
+            max_connections=settings.upstream_max_connections,
+            trace_configs=tracing.upstream_trace_configs() if tracing is not None else (),
         )
-        if tracing is not None:
-            tracing.instrument_http_client(client)
-        adapter = ToAPIsAdapter(client, transport)
+        adapter = ToAPIsAdapter(session, upstream_base_url(settings))
     adapter = InstrumentedAdapter(adapter, pool_service.pool)
     upstream = Upstream(
         adapter=adapter,

@@ -1,18 +1,25 @@
-"""Adapter for the ToAPIs upstream (async tasks: create, then poll)."""
+"""Adapter for the ToAPIs upstream (async tasks: create, then poll), over one aiohttp session.
+
+One way to the upstream for every call: create, status and upload each make one `ClientSession.request` on the
+session the lifespan built (`build_session`), and every failure of the exchange becomes a gateway error in one place
+(`ToAPIsAdapter._exchange`). aiohttp rather than httpx: httpx's client over the same aiohttp connection cost 3.2x
+the CPU of each call, and 18% to 28% more CPU per submit (`bench/upstream_transport.py`, `bench/hot_path.py`;
+bench/RESULTS.md, "issue 20: one way upstream").
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+import ssl
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, NamedTuple
 
-import httpx
+import aiohttp
+import certifi
 import orjson
-from aiohttp import ClientSession, ClientTimeout
-from httpx_aiohttp import AiohttpTransport
-from httpx_aiohttp.transport import map_aiohttp_exceptions
 
 from app.contract import UPSTREAM_STATUS_MAP, PublicTaskStatus, TaskStatus
 from app.core.clock import utcnow
@@ -29,12 +36,15 @@ from app.upstream.base import (
 
 log = logging.getLogger(__name__)
 
+# How long an idle connection to the upstream is kept for the next call (httpx's default, which the gateway had).
+KEEPALIVE_S = 5.0
+
 
 class Answer(NamedTuple):
-    """An upstream's answer to a create or status call, read whole."""
+    """An upstream's answer, read whole."""
 
     status_code: int
-    headers: Mapping[str, str]  # case-insensitive: httpx's or aiohttp's
+    headers: Mapping[str, str]  # case-insensitive (aiohttp's)
     content: bytes
 
 
@@ -48,26 +58,29 @@ _PASSTHROUGH_HEADERS = (
 )
 
 
-def build_transport(max_connections: int) -> httpx.AsyncBaseTransport:
-    """The upstream's connection pool. The aiohttp transport: 5x httpx's default on this path (see README)."""
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    return AiohttpTransport(limits=limits)
-
-
-def build_http_client(
-    base_url: str,
+def build_session(
     *,
     user_agent: str,
     timeout_s: float,
     connect_timeout_s: float,
-    transport: httpx.AsyncBaseTransport,
-) -> httpx.AsyncClient:
-    """One client per upstream, over `transport` (build_transport, or a test's)."""
-    return httpx.AsyncClient(
-        base_url=base_url.rstrip("/"),
-        transport=transport,
-        timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s, pool=connect_timeout_s),
+    max_connections: int,
+    trace_configs: Sequence[aiohttp.TraceConfig] = (),
+) -> aiohttp.ClientSession:
+    """The upstream's one client, built in the lifespan: at most `max_connections` connections, kept alive between
+    calls; `connect_timeout_s` to get a connection (waiting for a free one included), `timeout_s` between two reads
+    of an answer; no overall limit, no redirects followed, no proxy from the environment, certifi's CAs."""
+    connector = aiohttp.TCPConnector(
+        limit=max_connections,
+        keepalive_timeout=KEEPALIVE_S,
+        ssl=ssl.create_default_context(cafile=certifi.where()),
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout_s, sock_connect=connect_timeout_s, sock_read=timeout_s
+        ),
         headers={"User-Agent": user_agent, "Accept": "application/json"},
+        trace_configs=list(trace_configs) or None,
     )
 
 
@@ -140,6 +153,27 @@ def _length(content: UploadContent) -> int:
     return content.seek(0, os.SEEK_END)
 
 
+@contextlib.contextmanager
+def _to_send(content: UploadContent) -> Iterator[bytes | BinaryIO]:
+    """What aiohttp is handed to send, from its start. aiohttp closes a file once it has sent it, and the caller's
+    file must outlive the call (the next key may need it): aiohttp gets a file object of its own on a duplicate of
+    the file's descriptor, which it reads in 64 KiB pieces with its size known. A file object without a descriptor
+    (in memory already) is handed over as its bytes."""
+    if isinstance(content, bytes):
+        yield content
+        return
+    content.flush()  # what the caller wrote and still buffers reaches the file
+    try:
+        descriptor = content.fileno()  # a spooled upload still in memory goes to disk first
+    except (OSError, AttributeError):  # io.UnsupportedOperation is an OSError
+        content.seek(0)
+        yield content.read()
+        return
+    with open(os.dup(descriptor), "rb") as copy:  # shares the file and its offset, not the object's buffer
+        copy.seek(0)  # the descriptor's offset is wherever the caller's buffered reads left it
+        yield copy
+
+
 def _headers(api_key: str) -> dict[str, str]:
     """The key, and the request id of the request this call serves (a new one for a background call), so that the
     upstream's logs and the gateway's meet."""
@@ -147,64 +181,50 @@ def _headers(api_key: str) -> dict[str, str]:
 
 
 class ToAPIsAdapter:
-    """Speaks /v1/images/generations and /v1/uploads/images to a ToAPIs-compatible upstream.
+    """Speaks /v1/images/generations and /v1/uploads/images to a ToAPIs-compatible upstream at `base_url`, over
+    `session` (build_session), which it closes.
 
-    `client` is built over `transport` (build_http_client). Create and status calls, the hot path, hand a request
-    straight to the transport: the client's own request machinery (URL merging, cookies, auth and redirect hooks,
-    none of which these calls use) cost as much CPU as the transport's whole exchange (`bench/upstream_transport.py`).
-    The request is what the client would send: its base URL, default headers and timeouts. The transport is looked
-    up on each call, so an instrumentation that wraps it in place (tracing) sees these calls too. Uploads (multipart,
-    rare) go through the client; a file (an upload spooled to disk) is streamed from where it is in httpx's 64 KiB
-    reads, its length known up front (the request has a Content-Length), never read whole into memory.
+    Every call is one `session.request` (`_exchange`), and every failure of the exchange is mapped there, whatever
+    the call: no connection within the connect timeout is unreachable (502 `upstream_error`: nothing was sent, so
+    nothing was created), no answer within the read timeout is 504 `upstream_timeout` (sent: the upstream may have
+    the task), any other network failure is unreachable (502). Then each answer is read by the same rules: a 5xx is
+    `UpstreamServerError` (502), a 401/403 `UpstreamCredentialsRefused` (the organisation's key, never the caller's),
+    another 4xx the upstream's own refusal (passed through; an upload's in its own envelope). An upload's file (an
+    upload spooled to disk) is sent from its start in 64 KiB reads with its Content-Length, never read whole.
     """
 
-    def __init__(self, client: httpx.AsyncClient, transport: httpx.AsyncBaseTransport) -> None:
-        self._client = client
-        self._transport = transport
-        self._base_url = str(client.base_url).rstrip("/")
-        self._default_headers = list(client.headers.multi_items())
-        self._timeout = client.timeout.as_dict()
-        # The transport's own mapping of httpx's timeouts (httpx_aiohttp: the pool's wait is aiohttp's `connect`).
-        self._aiohttp_timeout = ClientTimeout(
-            sock_connect=self._timeout.get("connect"),
-            sock_read=self._timeout.get("read"),
-            connect=self._timeout.get("pool"),
-        )
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
 
     async def create(self, api_key: str, body: dict[str, Any]) -> UpstreamTask:
-        response = await self._send("POST", "/v1/images/generations", api_key, orjson.dumps(body))
-        return parse_task(self._json(response))
+        path = "/v1/images/generations"
+        answer = await self._exchange("POST", path, api_key, orjson.dumps(body), "application/json")
+        return parse_task(self._json(self._accepted(answer, "POST", path)))
 
     async def get(self, api_key: str, upstream_task_id: str) -> UpstreamTask:
-        response = await self._send("GET", f"/v1/images/generations/{upstream_task_id}", api_key)
-        return parse_task(self._json(response))
+        path = f"/v1/images/generations/{upstream_task_id}"
+        answer = await self._exchange("GET", path, api_key)
+        return parse_task(self._json(self._accepted(answer, "GET", path)))
 
     async def upload(
         self, api_key: str, filename: str, content: UploadContent, content_type: str, purpose: str
     ) -> UploadedFile:
-        try:
-            response = await self._client.post(
-                "/v1/uploads/images",
-                headers=_headers(api_key),
-                files={"file": (filename, content, content_type)},
-                data={"purpose": purpose},
-            )
-        except httpx.TimeoutException as e:
-            raise UpstreamTimeout("Upstream timed out") from e
-        except httpx.HTTPError as e:
-            raise UpstreamUnavailable("Upstream unreachable") from e
-        if response.status_code >= 500:
-            raise UpstreamServerError(response.status_code)
-        if response.status_code in (401, 403):
-            raise _credentials_refused(response.status_code, "POST", "/v1/uploads/images")
-        payload = self._json(response, allow_error=response.status_code >= 400)
+        path = "/v1/uploads/images"
+        with _to_send(content) as image:
+            form = aiohttp.FormData()
+            form.add_field("purpose", purpose)
+            form.add_field("file", image, filename=filename, content_type=content_type)
+            answer = await self._exchange("POST", path, api_key, form)
+        self._failed(answer, "POST", path)
+        payload = self._json(answer, allow_error=answer.status_code >= 400)
         data = payload.get("data")
-        if response.status_code >= 400 or not payload.get("success") or not isinstance(data, dict):
+        if answer.status_code >= 400 or not payload.get("success") or not isinstance(data, dict):
             raise UploadRefused(
-                response.status_code if response.status_code >= 400 else 400,
+                answer.status_code if answer.status_code >= 400 else 400,
                 str(payload.get("message") or "Upload refused by upstream"),
-                retry_after_s=parse_retry_after(response.headers.get("retry-after"), utcnow())
-                if response.status_code == 429
+                retry_after_s=parse_retry_after(answer.headers.get("retry-after"), utcnow())
+                if answer.status_code == 429
                 else None,
             )
         return UploadedFile(
@@ -215,71 +235,54 @@ class ToAPIsAdapter:
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._session.close()
 
-    async def _exchange(self, method: str, path: str, api_key: str, content: bytes | None) -> Answer:
-        headers = [*self._default_headers, *_headers(api_key).items()]
-        if content is not None:
-            headers.append(("Content-Type", "application/json"))
-        transport = self._transport
-        if isinstance(transport, AiohttpTransport) and "handle_async_request" not in vars(transport):
-            return await self._exchange_over_aiohttp(transport, method, self._base_url + path, headers, content)
-        request = httpx.Request(
-            method, self._base_url + path, headers=headers, content=content, extensions={"timeout": self._timeout}
-        )
-        response = await transport.handle_async_request(request)
-        try:
-            await response.aread()
-        finally:
-            await response.aclose()
-        return Answer(response.status_code, response.headers, response.content)
-
-    async def _exchange_over_aiohttp(
-        self, transport: AiohttpTransport, method: str, url: str, headers: list[tuple[str, str]], body: bytes | None
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        api_key: str,
+        data: bytes | aiohttp.FormData | None = None,
+        content_type: str | None = None,
     ) -> Answer:
-        """What the transport does with the same request (its session, timeouts and error mapping, so callers see the
-        same httpx exceptions), without building an httpx request and response around aiohttp's: that wrapping cost
-        as much CPU as the exchange. Not used once an instrumentation has wrapped the transport (tracing), so its
-        spans see every call."""
-        session = transport.client
-        if not isinstance(session, ClientSession):
-            session = transport.client = transport.get_client()
-        with map_aiohttp_exceptions():
-            async with session.request(
-                method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                compress=False,
-                timeout=self._aiohttp_timeout,
+        """The one way to the upstream: the request sent, its answer read whole, a failure as a gateway error."""
+        headers = _headers(api_key)
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        try:
+            async with self._session.request(
+                method, self._base_url + path, headers=headers, data=data, allow_redirects=False
             ) as response:
                 return Answer(response.status, response.headers, await response.read())
-
-    async def _send(self, method: str, path: str, api_key: str, content: bytes | None = None) -> Answer:
-        try:
-            response = await self._exchange(method, path, api_key, content)
-        except (httpx.ConnectTimeout, httpx.PoolTimeout) as e:  # nothing was sent: certainly not created
-            raise UpstreamUnavailable(f"Upstream unreachable: {type(e).__name__}") from e
-        except httpx.TimeoutException as e:  # sent, no answer: the upstream may have the task
+        except aiohttp.ConnectionTimeoutError as e:  # no connection in time: nothing was sent
+            raise UpstreamUnavailable("Upstream unreachable: no connection within the connect timeout") from e
+        except TimeoutError as e:  # sent, no answer in time: the upstream may have acted on it
             raise UpstreamTimeout("Upstream timed out") from e
-        except httpx.HTTPError as e:
+        except aiohttp.ClientError as e:
             raise UpstreamUnavailable(f"Upstream unreachable: {type(e).__name__}") from e
-        if response.status_code >= 500:
-            raise UpstreamServerError(response.status_code)
-        if response.status_code in (401, 403):
-            # Passed through, it would tell the tenant that *its* key is wrong.
-            raise _credentials_refused(response.status_code, method, path)
-        if response.status_code >= 400:
-            body = self._json(response, allow_error=True)
-            headers = {k.lower(): v for k, v in response.headers.items() if k.lower() in _PASSTHROUGH_HEADERS}
-            raise UpstreamRejected(response.status_code, body, headers)
-        return response
 
     @staticmethod
-    def _json(response: Answer | httpx.Response, *, allow_error: bool = False) -> dict[str, Any]:
+    def _failed(answer: Answer, method: str, path: str) -> None:
+        """The answers that are a failure whatever the call: a 5xx, the organisation's key refused."""
+        if answer.status_code >= 500:
+            raise UpstreamServerError(answer.status_code)
+        if answer.status_code in (401, 403):
+            # Passed through, it would tell the tenant that *its* key is wrong.
+            raise _credentials_refused(answer.status_code, method, path)
+
+    def _accepted(self, answer: Answer, method: str, path: str) -> Answer:
+        """A task call's answer when it is a success; its 4xx passed through."""
+        self._failed(answer, method, path)
+        if answer.status_code >= 400:
+            body = self._json(answer, allow_error=True)
+            headers = {k.lower(): v for k, v in answer.headers.items() if k.lower() in _PASSTHROUGH_HEADERS}
+            raise UpstreamRejected(answer.status_code, body, headers)
+        return answer
+
+    @staticmethod
+    def _json(answer: Answer, *, allow_error: bool = False) -> dict[str, Any]:
         try:
-            payload = orjson.loads(response.content)
+            payload = orjson.loads(answer.content)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:  # orjson's error is a json.JSONDecodeError
             if allow_error:
                 return {}

@@ -7,10 +7,12 @@ import io
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.logs import JsonFormatter, RequestContextFilter
 from app.main import create_app
@@ -19,21 +21,30 @@ from app.sandbox.config import SandboxConfig
 from tests.fixtures import gateway as fixture
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.gateway import ADMIN_TOKEN, SECRET_KEY, UPSTREAM_KEY, Harness
+from tests.support.served import served
 
 URL = "/v1/images/generations"
 PROMPT = "an otter holding a very private secret"
 
 
-class Recording(httpx.AsyncBaseTransport):
-    """The sandbox's transport, keeping each request the gateway sends upstream."""
+@dataclass
+class Request:
+    method: str
+    headers: dict[str, str]
 
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+
+class Recording:
+    """In front of the sandbox: keeps the method and headers of each request the gateway sends upstream."""
+
+    def __init__(self, inner: ASGIApp) -> None:
         self.inner = inner
-        self.requests: list[httpx.Request] = []
+        self.requests: list[Request] = []
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return await self.inner.handle_async_request(request)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            self.requests.append(Request(scope["method"], headers))
+        await self.inner(scope, receive, send)
 
 
 @pytest.fixture
@@ -57,12 +68,13 @@ def json_lines() -> Iterator[io.StringIO]:
 async def traced(database_url: str) -> AsyncIterator[tuple[Harness, Recording]]:
     clock = FakeClock()
     sandbox = create_sandbox_app(SandboxConfig(task_seconds=10, queue_seconds=1, seed=7), clock=clock.time)
-    upstream = Recording(httpx.ASGITransport(app=sandbox))
-    settings = fixture.test_settings(database_url, log_format="json")
-    app = create_app(settings, clock=clock.now, upstream_transport=upstream)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
-    async with app.router.lifespan_context(app), client:
-        yield Harness(client=client, app=app, sandbox=sandbox, clock=clock), upstream
+    upstream = Recording(sandbox)
+    async with served(upstream) as sandbox_url:
+        settings = fixture.test_settings(database_url, log_format="json", upstream_base_url=sandbox_url)
+        app = create_app(settings, clock=clock.now)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
+        async with app.router.lifespan_context(app), client:
+            yield Harness(client=client, app=app, sandbox=sandbox, clock=clock), upstream
 
 
 def parsed(stream: io.StringIO) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from app.upstream.feature import SANDBOX_MOUNT
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.gateway import ADMIN_TOKEN, Harness, running_gateway
 from tests.fixtures.gateway import test_settings as gateway_settings
+from tests.support.served import served
 
 URL = "/v1/images/generations"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -197,11 +198,14 @@ async def demo_gateway(database_url: str, data_dir: Any) -> AsyncIterator[Harnes
     clock = FakeClock()
     sandbox = create_sandbox_app(SandboxConfig(task_seconds=10, queue_seconds=1, seed=7), clock=clock.time)
     upstream = Starlette(routes=[Mount(SANDBOX_MOUNT, app=sandbox)])
-    settings = gateway_settings(database_url, upstream_base_url="", data_dir=data_dir)
-    app = create_app(settings, clock=clock.now, upstream_transport=httpx.ASGITransport(app=upstream))
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://x") as client:
-        yield Harness(client=client, app=app, sandbox=sandbox, clock=clock)
+    async with served(upstream) as upstream_url:  # the demo calls its sandbox at its own host and port
+        port = int(upstream_url.rsplit(":", 1)[1])
+        settings = gateway_settings(database_url, upstream_base_url="", data_dir=data_dir, port=port)
+        app = create_app(settings, clock=clock.now)
+        transport = httpx.ASGITransport(app=app)
+        client = httpx.AsyncClient(transport=transport, base_url="http://x")
+        async with app.router.lifespan_context(app), client:
+            yield Harness(client=client, app=app, sandbox=sandbox, clock=clock)
 
 
 async def test_a_demo_restart_fails_and_refunds_the_tasks_its_sandbox_forgot(database_url: str, tmp_path: Any) -> None:

@@ -32,6 +32,7 @@ from app.sandbox.config import SandboxConfig
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.gateway import ADMIN_TOKEN, SECRET_KEY, UPSTREAM_KEY, Harness, completed_task, key_known
 from tests.fixtures.gateway import test_settings as gateway_settings
+from tests.support.served import served
 
 ROOT = Path(__file__).resolve().parents[2]
 URL = "/v1/images/generations"
@@ -60,15 +61,16 @@ async def traced_gateway(database_url: str) -> AsyncIterator[tuple[Harness, InMe
     exporter = InMemorySpanExporter()
     clock = FakeClock()
     sandbox = create_sandbox_app(SandboxConfig(task_seconds=10, queue_seconds=1, seed=7), clock=clock.time)
-    app = create_app(
-        gateway_settings(database_url),
-        clock=clock.now,
-        upstream_transport=httpx.ASGITransport(app=sandbox),
-        span_processor=SimpleSpanProcessor(exporter),
-    )
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://gw.test") as c:
-        yield Harness(client=c, app=app, sandbox=sandbox, clock=clock), exporter
+    async with served(sandbox) as sandbox_url:
+        app = create_app(
+            gateway_settings(database_url, upstream_base_url=sandbox_url),
+            clock=clock.now,
+            span_processor=SimpleSpanProcessor(exporter),
+        )
+        transport = httpx.ASGITransport(app=app)
+        client = httpx.AsyncClient(transport=transport, base_url="http://gw.test")
+        async with app.router.lifespan_context(app), client:
+            yield Harness(client=client, app=app, sandbox=sandbox, clock=clock), exporter
 
 
 def attributes(span: ReadableSpan) -> dict[str, Any]:
@@ -126,7 +128,7 @@ async def test_a_request_its_statements_and_its_upstream_call_make_one_trace(dat
     [create] = [s for s in in_trace if is_http_client(s)]
     assert create.parent is not None
     assert str(attributes(create).get("http.url", attributes(create).get("url.full"))).startswith(
-        "http://sandbox.test/v1/images/generations"
+        str(gw.app.state.kernel.settings.upstream_base_url) + "/v1/images/generations"
     )
     assert status_code(create) == 200
 

@@ -29,6 +29,7 @@ from app.upstream.feature import Upstream
 from tests.fixtures import gateway as harness
 from tests.fixtures.clock import FakeClock
 from tests.fixtures.gateway import ADMIN_TOKEN, Harness
+from tests.support.served import served
 
 URL = "/v1/images/generations"
 KEYS_URL = "/admin/v1/upstream-keys"
@@ -98,13 +99,16 @@ async def pool_gateway(
         sandbox or SandboxConfig(task_seconds=10, queue_seconds=1, seed=7), clock=clock.time
     )
     faults = PerKeyFaults(sandbox_app)
-    settings = harness.test_settings(database_url, **{"upstream_keys": f"{KEY_A},{KEY_B}", **overrides})
-    app = create_app(settings, clock=clock.now, upstream_transport=httpx.ASGITransport(app=faults))
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
-    async with app.router.lifespan_context(app), client:
-        gateway = PoolHarness(client=client, app=app, sandbox=sandbox_app, clock=clock)
-        gateway.faults = faults
-        yield gateway
+    async with served(faults) as sandbox_url:
+        settings = harness.test_settings(
+            database_url, **{"upstream_keys": f"{KEY_A},{KEY_B}", "upstream_base_url": sandbox_url, **overrides}
+        )
+        app = create_app(settings, clock=clock.now)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
+        async with app.router.lifespan_context(app), client:
+            gateway = PoolHarness(client=client, app=app, sandbox=sandbox_app, clock=clock)
+            gateway.faults = faults
+            yield gateway
 
 
 @pytest.fixture
