@@ -14,6 +14,7 @@ from PIL import Image
 
 from app.core.security import KeyMaterial
 from app.tenants.tokens import TokenClaims
+from tests.api.test_hot_path_caches import statements
 from tests.fixtures.gateway import ADMIN_TOKEN, SECRET_KEY, Harness, key_known, running_gateway, until_fresh
 
 URL = "/v1/images/generations"
@@ -177,6 +178,42 @@ async def test_expiry_and_scopes(gw: Harness) -> None:
     error(await gw.client.get("/v1/usage", headers=bearer(forged)), 401, "unauthorized")
     other_secret = KeyMaterial("another-secret-for-tests-0123456789").sign_token(b'{"t":"x"}')
     error(await gw.client.get("/v1/usage", headers=bearer(other_secret)), 401, "unauthorized")
+
+
+async def test_a_warm_token_takes_the_keys_path_before_routing_without_a_database_read(
+    gw: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, _, minter = await minting_tenant(gw)
+    token = (await mint(gw, minter, "alice"))["token"]
+    task_id = (await submit(gw, token)).json()["id"]
+    gw.clock.advance(11)
+    first = await status(gw, token, task_id)  # warms the minting key and the answer
+    assert first.json()["status"] == "completed"
+
+    async def not_routed(*_: object, **__: object) -> bytes:
+        raise AssertionError("the status route ran: the call did not take the pre-routing path")
+
+    await key_known(gw, token)
+    monkeypatch.setattr(gw.tasks, "status_answer", not_routed)
+    monkeypatch.setattr(gw.tenants, "authenticate_key", not_routed)  # the routed identity step (may read the DB)
+    with statements(gw) as sent:
+        answers = [await status(gw, token, task_id) for _ in range(5)]
+    assert sent == [] and all(r.content == first.content for r in answers)
+    monkeypatch.undo()
+
+    # A submit too: the submit fast path, as a known key's (its one admission statement, no identity read).
+    await key_known(gw, token)
+    seen = []
+    real_submit = gw.tasks.submit
+
+    async def spy(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs.get("end_user"))
+        return await real_submit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gw.tasks, "submit", spy)
+    monkeypatch.setattr(gw.tenants, "authenticate_key", not_routed)
+    assert (await submit(gw, token)).status_code == 200
+    assert [getattr(e, "id", None) for e in seen] == ["alice"]
 
 
 # --- origins ------------------------------------------------------------------------------------------------------
