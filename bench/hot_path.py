@@ -620,8 +620,20 @@ def run(args: argparse.Namespace) -> int:
             }
             if ledger.minting_key:  # the same calls with an end-user token (one per configuration: they expire)
                 token = mint_token(gateway.url, ledger.minting_key)
-                targets[TOKEN_STATUS] = Target(TOKEN_STATUS, "GET", f"{gw}/{ledger.tasks.token_completed}", token)
-                targets[TOKEN_SUBMIT] = Target(TOKEN_SUBMIT, "POST", gw, token, SUBMIT_BODY)
+                by_token = {
+                    TOKEN_STATUS: Target(TOKEN_STATUS, "GET", f"{gw}/{ledger.tasks.token_completed}", token),
+                    TOKEN_SUBMIT: Target(TOKEN_SUBMIT, "POST", gw, token, SUBMIT_BODY),
+                }
+                # Each token row right after its key row: the status rows before any submit row leaves a backlog
+                # for the background loop to settle while later rows run.
+                order = [
+                    "status of a completed task",
+                    TOKEN_STATUS,
+                    "status of an open task",
+                    "submit",
+                    TOKEN_SUBMIT,
+                ]
+                targets = {name: {**targets, **by_token}[name] for name in order}
             try:
                 for name, target in targets.items():
                     if args.rows and name.split()[0] not in args.rows:
