@@ -65,22 +65,19 @@ class TenantCors:
         if scope["type"] != "http" or is_admin_path(scope["path"]):  # the ops surface is never the tenants' CORS
             await self.app(scope, receive, send)
             return
-        origin = authorization = None
-        preflight = False
-        for name, value in scope["headers"]:
+        for name, value in scope["headers"]:  # most requests have no Origin: one pass, one comparison a header
             if name == b"origin":
                 origin = value.decode("latin-1")
-            elif name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"access-control-request-method":
-                preflight = True
-        if origin is None:
+                break
+        else:
             await self.app(scope, receive, send)
             return
-        if preflight and scope["method"] == "OPTIONS":
-            answer = await self._preflight(Headers(scope=scope), origin)
+        headers = Headers(scope=scope)
+        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+            answer = await self._preflight(headers, origin)
             await answer(scope, receive, send)
             return
+        authorization = headers.get("authorization")
 
         async def with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
