@@ -3,7 +3,7 @@
 #   docker build -t seedream-gateway .
 #   docker run --rm -p 8000:8000 seedream-gateway        # zero-config demo (embedded PostgreSQL, built-in sandbox)
 # docker-compose.yml runs it for real: PostgreSQL, Redis, a one-shot migration, the sandbox, the gateway;
-# deploy/kubernetes/ runs it on a cluster (README.md "Deploying on Kubernetes").
+# deploy/kubernetes/ runs it on a cluster (docs/kubernetes.md).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -16,7 +16,7 @@ ENV PATH=/venv/bin:$PATH
 WORKDIR /app
 
 # Dependencies first, read from pyproject.toml alone, so that a code change does not reinstall them. The `otel`
-# extra too: tracing stays off until OTEL_EXPORTER_OTLP_ENDPOINT is set (README.md "Metrics and logs").
+# extra too: tracing stays off until OTEL_EXPORTER_OTLP_ENDPOINT is set (docs/observability.md).
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(p['dependencies'] + p['optional-dependencies']['otel']))" \

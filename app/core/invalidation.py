@@ -98,7 +98,7 @@ class Invalidator:
 
     @property
     def bound_s(self) -> float:
-        """The longest a change takes to reach this process while `fresh` (the README's stated bound)."""
+        """The longest a change takes to reach this process while `fresh` (docs/quotas-and-keys.md's bound)."""
         return 2 * self._interval_s
 
     @property

@@ -32,7 +32,7 @@ class LedgerTask(BaseModel):
     tenant_id: str
     status: str = Field(description="The ledger's status (`waiting`/`submitting` are shown to callers as `queued`).")
     n: int
-    outcome_unknown: bool = Field(description="The create call was sent and never answered (see the README).")
+    outcome_unknown: bool = Field(description="The create call was sent and never answered (see docs/tasks.md).")
     may_cost_images: int = Field(description="Images the upstream may bill for it (its reservation) while unresolved.")
     attempts: int
     error_code: str | None

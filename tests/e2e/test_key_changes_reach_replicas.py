@@ -1,4 +1,4 @@
-"""A key change made through one replica takes effect on another within the README's stated bound (1 s).
+"""A key change made through one replica takes effect on another within docs/quotas-and-keys.md's bound (1 s).
 
 Two real `serve` processes on one PostgreSQL: revoke a key through A's ops API, B refuses it; rotate through A with
 no grace, B refuses the old key and takes the new one; disable the tenant through A, B refuses its keys.

@@ -334,8 +334,9 @@ def unused_port() -> int:
 async def test_a_failure_is_the_same_gateway_error_whatever_the_call(
     upstream: Upstream, name: str, how: str, expected: tuple[str, int, str]
 ) -> None:
-    """README: 502 `upstream_error` when the upstream fails or cannot be reached (a connect timeout included: nothing
-    was sent), 504 `upstream_timeout` when a sent request gets no answer within GATEWAY_UPSTREAM_TIMEOUT_S."""
+    """docs/architecture.md: 502 `upstream_error` when the upstream fails or cannot be reached (a connect timeout
+    included: nothing was sent), 504 `upstream_timeout` when a sent request gets no answer within
+    GATEWAY_UPSTREAM_TIMEOUT_S."""
     base = upstream.url
     held: asyncio.Task[Any] | None = None
     adapter = make_adapter(base, max_connections=1)
