@@ -182,6 +182,13 @@ class Settings(_NewTenantLimits):
         description="Bytes each process copies per second at most, in MiB (copies have 24 h; the status and submit "
         "calls share the CPU); 0 = no cap.",
     )
+    results_copy_lease_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="How long a copy is leased to its process (renewed while it goes on): after a crash, another "
+        "process takes it over once this has passed.",
+    )
     results_poll_interval_s: float = Field(
         2.0, ge=0, description="How often each process looks for copies due and images to delete; 0 = off (tests)."
     )

@@ -64,6 +64,7 @@ def result_service(
         concurrency=settings.results_copy_concurrency,
         max_bytes_per_s=settings.results_copy_max_mib_s * 1024 * 1024,
         owner=process_name(),
+        lease=dt.timedelta(seconds=settings.results_copy_lease_s),
     )
 
 

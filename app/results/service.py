@@ -106,7 +106,9 @@ class ResultService:
         concurrency: int = 4,
         max_bytes_per_s: float = 0.0,
         owner: str = "results",
+        lease: dt.timedelta = LEASE,
     ) -> None:
+        self._lease = lease
         self._sessions = sessions
         self.store = store
         self._fetcher = fetcher
@@ -300,7 +302,7 @@ class ResultService:
         while True:
             now = self._clock()
             async with self._sessions.begin() as session:
-                claimed = await repo.claim_copies(session, now, now + LEASE, self._owner, self._concurrency * 2)
+                claimed = await repo.claim_copies(session, now, now + self._lease, self._owner, self._concurrency * 2)
             if not claimed:
                 return handled
 
@@ -319,10 +321,10 @@ class ResultService:
 
     async def _renew_lease(self, image: KeptImage) -> None:
         while True:
-            await asyncio.sleep(LEASE.total_seconds() / 3)
+            await asyncio.sleep(self._lease.total_seconds() / 3)
             try:
                 async with self._sessions.begin() as session:
-                    await repo.renew(session, image, self._owner, self._clock() + LEASE)
+                    await repo.renew(session, image, self._owner, self._clock() + self._lease)
             except Exception as e:  # the database away: the copy goes on, its outcome is written if it comes back
                 log.debug("lease of %s/%d not renewed: %s", image.task_id, image.index, e)
 
@@ -411,7 +413,7 @@ class ResultService:
         while True:
             now = self._clock()
             async with self._sessions.begin() as session:
-                claimed = await repo.claim_expired(session, now, now + LEASE, self._owner, _SWEEP_BATCH)
+                claimed = await repo.claim_expired(session, now, now + self._lease, self._owner, _SWEEP_BATCH)
             if not claimed:
                 return deleted
             for image in claimed:

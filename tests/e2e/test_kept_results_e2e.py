@@ -27,7 +27,7 @@ from tests.e2e.conftest import Processes, Sandbox, gateway_env, http_client, sta
 
 pytestmark = pytest.mark.e2e
 
-DEADLINE_S = 90.0  # generous: a busy CI machine (a dead process's lease runs out after 30 s)
+DEADLINE_S = 90.0  # generous: a busy CI machine (a dead process's lease runs out after 3 s here)
 STALL_AFTER = 12 * 1024 * 1024  # more than two of the store's 5 MiB parts: some of it is on disk when it stalls
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -114,6 +114,7 @@ async def test_a_gateway_killed_mid_copy_publishes_nothing_and_copies_whole_afte
         GATEWAY_RESULTS_ALLOW_PRIVATE="true",  # the file server is on 127.0.0.1
         GATEWAY_RESULTS_POLL_INTERVAL_S="0.3",
         GATEWAY_RESULTS_MAX_IMAGE_BYTES=str(8 * STALL_AFTER),
+        GATEWAY_RESULTS_COPY_LEASE_S="3",  # the dead process's copy is taken over 3 s after its last renewal
     )
     pending = processes.spawn_tenant("keeper", env)
     first = start_gateway(processes, env, name="doomed")
