@@ -1,6 +1,7 @@
 """images show | retention | delete: a tenant's kept result images (app/results), one service call each.
 
-Every change is audited with the actor "cli". `delete` ends the images' retention now: links to them stop at once,
+Every change is audited with the actor "cli"; given --url, the commands run over a gateway's admin API
+(app/cli/ops.py). `delete` ends the images' retention now: links to them stop at once,
 and the running servers' sweepers delete them from the store within their poll interval.
 """
 
@@ -10,13 +11,10 @@ from typing import Annotated
 
 import typer
 
-from app.audit.service import ACTOR_CLI
-from app.cli.common import fail, run_with_kernel, settings_with
+from app.cli.common import fail
+from app.cli.ops import run_ops
 from app.cli.tenants import print_fields, print_json
-from app.core.runtime import Kernel
-from app.results.feature import result_service
-from app.results.schemas import ImagesDeleted, StorageOut
-from app.results.store import build_store
+from app.results.schemas import StorageOut
 
 images_cli = typer.Typer(help="Kept result images: storage used, retention, deleting a tenant's.", no_args_is_help=True)
 
@@ -41,12 +39,7 @@ def _print(storage: StorageOut, as_json: bool) -> None:
 @images_cli.command("show")
 def show(tenant: TenantArg, as_json: JsonOpt = False) -> None:
     """A tenant's kept images: how many, their size, its retention."""
-
-    async def call(kernel: Kernel) -> StorageOut:
-        service = result_service(kernel, store=build_store(kernel.settings))
-        return StorageOut.of(await service.usage(tenant))
-
-    _print(run_with_kernel(settings_with(), call), as_json)
+    _print(run_ops(lambda ops: ops.images(tenant)), as_json)
 
 
 @images_cli.command("retention")
@@ -59,12 +52,7 @@ def retention(
     if days != "default" and not days.isdigit():
         fail("DAYS is a whole number of days (0 keeps nothing) or `default`")
     value = None if days == "default" else int(days)
-
-    async def call(kernel: Kernel) -> StorageOut:
-        service = result_service(kernel, store=build_store(kernel.settings))
-        return StorageOut.of(await service.set_retention(tenant, value, actor=ACTOR_CLI))
-
-    _print(run_with_kernel(settings_with(), call), as_json)
+    _print(run_ops(lambda ops: ops.set_image_retention(tenant, value)), as_json)
 
 
 @images_cli.command("delete")
@@ -76,13 +64,7 @@ def delete(
     """Delete every kept image of a tenant (its tasks' links fall back to the upstream's, expired or not)."""
     if not yes:
         typer.confirm(f"Delete every kept image of tenant {tenant!r}?", abort=True)
-
-    async def call(kernel: Kernel) -> ImagesDeleted:
-        service = result_service(kernel, store=build_store(kernel.settings))
-        found, count = await service.delete_tenant_images(tenant, actor=ACTOR_CLI)
-        return ImagesDeleted(tenant_id=found, images=count)
-
-    deleted = run_with_kernel(settings_with(), call)
+    deleted = run_ops(lambda ops: ops.delete_images(tenant))
     if as_json:
         print_json(deleted)
     else:

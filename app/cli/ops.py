@@ -38,6 +38,10 @@ from app.core.runtime import Kernel
 from app.models.tenant import TenantStatus
 from app.quotas.schemas import DriftReport, UsageOut
 from app.quotas.service import QuotaService
+from app.results.feature import result_service
+from app.results.schemas import ImagesDeleted, StorageOut
+from app.results.service import ResultService
+from app.results.store import build_store
 from app.tasks.ledger import LedgerPage, StatusFilter, TaskDetail, TaskLedger
 from app.tenants.schemas import (
     KeyList,
@@ -92,6 +96,10 @@ class Ops(Protocol):
     async def revoke_key(self, key_id: str) -> KeyOut: ...
     # end-user tokens
     async def revoke_tokens(self, ref: str) -> TokensRevoked: ...
+
+    async def images(self, ref: str) -> StorageOut: ...
+    async def set_image_retention(self, ref: str, days: int | None) -> StorageOut: ...
+    async def delete_images(self, ref: str) -> ImagesDeleted: ...
     # upstream keys
     async def list_upstream_keys(self, limit: int, cursor: str | None) -> UpstreamKeyList: ...
     async def add_upstream_key(self, body: UpstreamKeyCreate) -> UpstreamKeyOut: ...
@@ -186,6 +194,19 @@ class LocalOps:
 
     async def revoke_tokens(self, ref: str) -> TokensRevoked:
         return await self._tenants.revoke_tokens(ref, actor=ACTOR_CLI)
+
+    def _results(self) -> ResultService:
+        return result_service(self._kernel, store=build_store(self._kernel.settings))
+
+    async def images(self, ref: str) -> StorageOut:
+        return StorageOut.of(await self._results().usage(ref))
+
+    async def set_image_retention(self, ref: str, days: int | None) -> StorageOut:
+        return StorageOut.of(await self._results().set_retention(ref, days, actor=ACTOR_CLI))
+
+    async def delete_images(self, ref: str) -> ImagesDeleted:
+        found, count = await self._results().delete_tenant_images(ref, actor=ACTOR_CLI)
+        return ImagesDeleted(tenant_id=found, images=count)
 
     async def list_upstream_keys(self, limit: int, cursor: str | None) -> UpstreamKeyList:
         return await self._upstream.list(limit=limit, cursor=cursor)
@@ -333,6 +354,16 @@ class RemoteOps:
 
     async def revoke_tokens(self, ref: str) -> TokensRevoked:
         return await self._call(TokensRevoked, "POST", f"/tenants/{_seg(ref)}/tokens/revoke")
+
+    async def images(self, ref: str) -> StorageOut:
+        return await self._call(StorageOut, "GET", f"/tenants/{_seg(ref)}/images")
+
+    async def set_image_retention(self, ref: str, days: int | None) -> StorageOut:
+        body = {"retention_days": days}
+        return await self._call(StorageOut, "PUT", f"/tenants/{_seg(ref)}/images/retention", body=body)
+
+    async def delete_images(self, ref: str) -> ImagesDeleted:
+        return await self._call(ImagesDeleted, "DELETE", f"/tenants/{_seg(ref)}/images")
 
     async def list_upstream_keys(self, limit: int, cursor: str | None) -> UpstreamKeyList:
         return await self._call(UpstreamKeyList, "GET", "/upstream-keys", params={"limit": limit, "cursor": cursor})

@@ -105,6 +105,13 @@ async def test_every_ops_command_answers_remotely_as_it_does_locally(gw: Harness
     assert code == 0 and "revoked" in out, err
     code, out, err = await run.remote("tenants", "limits", "team-a", "--daily-images", "40")
     assert code == 0 and json.loads(out)["daily_images"] == 40, err
+    # Kept images (the harness's gateway keeps none: its store is off, unlike this machine's settings).
+    code, out, err = await run.remote("images", "show", "team-a", "--json")
+    assert code == 0 and json.loads(out)["images"] == 0, err
+    code, out, err = await run.remote("images", "retention", "team-a", "7", "--json")
+    assert code == 0 and json.loads(out)["retention_days"] == 7, err
+    code, out, err = await run.remote("images", "delete", "team-a", "--yes", "--json")
+    assert code == 0 and json.loads(out)["images"] == 0, err
     code, _, err = await run.remote("tenants", "disable", "team-a")
     assert code == 0, err
     code, _, err = await run.remote("tenants", "enable", "team-a")
