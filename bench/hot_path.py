@@ -67,7 +67,7 @@ HIGH = 1_000_000_000
 LIMITS = ["--daily-images", HIGH, "--monthly-images", HIGH, "--max-in-flight", HIGH]
 COUNT_REQUESTS = 300  # requests per operation in the database-work phase
 WRK_TIMEOUT = "10s"
-SETTLE_TIMEOUT_S = 240.0
+SETTLE_TIMEOUT_S = 600.0  # thousands of 3 s tasks, each looked at by the reconciler within its query budget
 
 # The Lua script of every wrk run: the request, then one JSON line with what wrk measured.
 LUA = """
