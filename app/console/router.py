@@ -36,6 +36,8 @@ from app.core.limits import LIMIT_NAMES, LimitsUpdate, describe, parse_limit_wor
 from app.core.runtime import Kernel
 from app.models.tenant import TenantStatus
 from app.quotas.service import QuotaService
+from app.results.schemas import StorageOut
+from app.results.service import ResultService
 from app.tasks.ledger import TaskLedger
 from app.tenants.schemas import DEFAULT_GRACE_S, SCOPES, NewKeyOut
 from app.tenants.service import TenantService
@@ -157,6 +159,11 @@ class Console:
     @staticmethod
     def upstream_keys(request: Request) -> UpstreamKeyService:
         service: UpstreamKeyService = request.app.state.upstream.keys
+        return service
+
+    @staticmethod
+    def results(request: Request) -> ResultService:
+        service: ResultService = request.app.state.results
         return service
 
     @staticmethod
@@ -387,6 +394,7 @@ async def _tenant_page(
         except GatewayError:
             webhook = None
         deliveries = await Console.webhooks(request).list_deliveries(tenant=tenant.id, limit=10)
+        storage = StorageOut.of(await Console.results(request).usage(tenant.id))
     except GatewayError as e:
         return render(request, "refused.html", status_code=e.status_code, message=e.message)
     usage_chart = charts.columns("Images per day", [day[5:] for day, _ in usage], [n for _, n in usage], every=2)
@@ -400,6 +408,7 @@ async def _tenant_page(
         failed=failed.data,
         webhook=webhook,
         deliveries=deliveries.data,
+        storage=storage,
         limits=[(n, limits[n], describe(n)) for n in LIMIT_NAMES],
         scopes=SCOPES,
         default_grace=DEFAULT_GRACE_S,
@@ -417,6 +426,16 @@ async def set_status(request: Request, name: str) -> Response:
     except GatewayError as e:
         return back(request, _tenant_url(name), error=e.message)
     return back(request, _tenant_url(tenant.name), ok=f"Tenant {tenant.name} is {tenant.status}.")
+
+
+@router.post("/tenants/{name}/images/delete")
+async def delete_images(request: Request, name: str) -> Response:
+    """Delete every kept image of the tenant: the admin API's `DELETE .../images`, audited as the console."""
+    try:
+        _, count = await Console.results(request).delete_tenant_images(name, actor=ACTOR_CONSOLE)
+    except GatewayError as e:
+        return back(request, _tenant_url(name), error=e.message)
+    return back(request, _tenant_url(name), ok=f"{count} kept images deleted; the store is emptied shortly.")
 
 
 @router.post("/tenants/{name}/limits")

@@ -77,3 +77,16 @@ async def test_wrong_tokens_are_throttled(gw: Harness) -> None:
 async def test_the_console_is_not_part_of_the_api_document(gw: Harness) -> None:
     paths = (await gw.client.get("/openapi.json")).json()["paths"]
     assert not [p for p in paths if p.startswith(UI)]
+
+
+async def test_a_tenant_page_shows_its_kept_images_and_deletes_them(gw: Harness) -> None:
+    await gw.new_tenant("acme")
+    await sign_in(gw.client)
+    page = await gw.client.get(f"{UI}/tenants/acme")
+    assert page.status_code == 200 and "Kept images" in page.text and "Delete every kept image" in page.text
+    refused = await gw.client.post(f"{UI}/tenants/acme/images/delete", data={})
+    assert refused.status_code == 403  # no CSRF token
+    done = await gw.client.post(f"{UI}/tenants/acme/images/delete", data={"csrf": csrf_of(page)})
+    assert done.status_code in (200, 303), done.text
+    audit = await gw.client.get("/admin/v1/audit", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert any(e["actor"] == "console" and e["action"] == "results.delete" for e in audit.json()["data"]), audit.text
