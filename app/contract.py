@@ -66,7 +66,7 @@ UPSTREAM_STATUS_MAP: dict[str, PublicTaskStatus] = {
 # PostgreSQL refuses NUL in text, and no other C0 control character belongs in an id, a model name or a URL; a
 # prompt may hold tabs and line breaks. Lone surrogates (a JSON `\ud800` escape) cannot be encoded as UTF-8 at all.
 # Each rule is stated twice, once as the ECMA pattern of the OpenAPI document and once as the check below;
-# tests/unit/test_contract.py holds them to the same answers.
+# tests/test_contract.py holds them to the same answers.
 _CONTROL = re.compile(r"[\x00-\x1f\ud800-\udfff]")
 _CONTROL_EXCEPT_BREAKS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 NO_CONTROL_PATTERN = r"^[^\x00-\x1f]*$"

@@ -107,7 +107,7 @@ def _origin(who: AuthenticatedKey, need: Need, origin: str | None) -> None:
 
 
 # Every rule on what an identified caller may do, in order; a rule raises its refusal. A rule added here applies to
-# every path (tests/api/test_access_decision.py adds one and sees both the routed and the pre-routing path apply it).
+# every path (tests/access/test_access_decision.py adds one and sees both the routed and the pre-routing path apply it).
 RULES: list[Rule] = [_scope, _origin]
 
 

@@ -22,7 +22,7 @@ DEADLINE_S = 60.0
 async def test_task_ends_reach_the_endpoint_and_the_callback_signed_with_retries(
     clean_postgres: str, sandbox: Sandbox, processes: Processes
 ) -> None:
-    # PostgreSQL only (the suite's time): tests/api/test_webhooks.py runs the same rules on both databases.
+    # PostgreSQL only (the suite's time): tests/webhooks/test_webhooks.py runs the same rules on both databases.
     env = gateway_env(
         clean_postgres,
         sandbox.url,

@@ -182,8 +182,8 @@ async def test_tenant_labels_are_capped(database_url: str) -> None:
 
 
 async def test_webhook_delivery_outcomes(database_url: str) -> None:
-    from tests.api.test_webhooks import ADMIN, configure, tenant, until
     from tests.fixtures.webhook_receiver import receiving
+    from tests.webhooks.test_webhooks import ADMIN, configure, tenant, until
 
     settings = {"webhook_allow_private": True, "webhook_retry_schedule_s": "1,2"}
     async with running_gateway(database_url, **settings) as gw, receiving(fail_first=3) as receiver:

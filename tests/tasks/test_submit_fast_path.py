@@ -16,8 +16,8 @@ from sqlalchemy.exc import OperationalError
 
 from app.tasks.service import TaskService
 from app.tenants.service import TenantService
-from tests.api.test_metrics import delta, scrape
 from tests.fixtures.gateway import Harness, until_fresh
+from tests.metrics.test_metrics import delta, scrape
 
 URL = "/v1/images/generations"
 HIGH_RPM = 100_000

@@ -9,7 +9,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 FAKE_PIP = """#!/usr/bin/env bash
 # a stand-in .venv/bin/python: `-m pip install ...` prints what pip prints, unless --quiet
 for arg in "$@"; do [ "$arg" = "--quiet" ] && exit 0; done

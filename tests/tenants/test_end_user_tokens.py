@@ -14,8 +14,8 @@ from PIL import Image
 
 from app.core.security import KeyMaterial
 from app.tenants.tokens import TokenClaims
-from tests.api.test_hot_path_caches import statements
 from tests.fixtures.gateway import ADMIN_TOKEN, SECRET_KEY, Harness, key_known, running_gateway, until_fresh
+from tests.tasks.test_hot_path_caches import statements
 
 URL = "/v1/images/generations"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -11,7 +11,7 @@ from app.core.errors import Unauthorized
 from app.core.security import KeyMaterial
 from app.tenants.schemas import TokenCreate
 from app.tenants.service import TenantService
-from tests.unit.test_cli_keys import SECRET, audit_events, env, run, run_json
+from tests.cli.test_cli_keys import SECRET, audit_events, env, run, run_json
 
 __all__ = ["env"]  # the fixture
 
