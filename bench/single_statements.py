@@ -1,17 +1,16 @@
-"""What SQLAlchemy costs the submit's two statements, in-process: CPU per submit, SQLAlchemy against a bypass.
+"""What SQLAlchemy's execution layer costs the submit's two statements, in-process: CPU per submit, two ways.
 
 A submit writes twice (app/tasks/service.py): the admission (row, reservation and key slot in one statement,
-app/tasks/admission.py) and the upstream's answer (`repository.apply_update_to`). Both run as SQLAlchemy Core
-statements on a connection of the autocommit engine (app/core/db/engine.autocommit_engine). This script runs the
-same two statements, with the same parameters, two ways, alternating batch by batch, and reports this process's CPU
-per submit (user + system, from getrusage) for each:
+app/tasks/admission.py) and the upstream's answer (`repository.apply_update_to`), each on a connection of the
+autocommit engine (app/core/db/engine.autocommit_engine). This script runs the same two statements, with the same
+parameters, two ways, alternating batch by batch, and reports this process's CPU per submit (user + system, from
+getrusage) for each:
 
-- `sqlalchemy`: what the gateway runs (`async with autocommit.connect()`, `connection.execute`);
-- `driver`: the bypass the issue allows if measured (issue 20, item 3): the same compiled SQL and bind processing,
-  sent with asyncpg's `fetchval` / `execute` on the driver connection of a connection checked out from the same
-  pool (`AsyncConnection.get_raw_connection().driver_connection`, public APIs). What it would give up: SQLAlchemy's
-  statement events (tracing spans, the outage recovery hook) and its error translation (IntegrityError,
-  invalidation of a lost connection), which it would have to write again.
+- `driver`: what the gateway runs: `admission.admit` and `repository.apply_update_to`, which send the statements
+  on the driver's connection (app/core/db/driver.Statement: compiled once by SQLAlchemy, SQLAlchemy's errors, the
+  tracker and span hooks);
+- `sqlalchemy`: the same statements through SQLAlchemy's execution layer (`connection.execute`), the way the
+  gateway sent them before; the difference is the reason app/core/db/driver.py exists.
 
 Usage: .venv/bin/python bench/single_statements.py [--database-url URL] [--submits 1500] [--rounds 5]
 It creates, migrates and drops a database of its own on that server. Prints a Markdown table.
@@ -29,14 +28,11 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # type: ignore[import-untyped]  # noqa: E402
-from sqlalchemy import TextClause  # noqa: E402
-from sqlalchemy.engine import Dialect  # noqa: E402
 from sqlalchemy.engine.url import make_url  # noqa: E402
 
 from app.core.db import migrate  # noqa: E402
@@ -49,26 +45,6 @@ from app.tasks import admission  # noqa: E402
 from app.tasks import repository as repo  # noqa: E402
 
 DEFAULT_URL = os.environ.get("GATEWAY_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
-
-
-class Compiled:
-    """A text statement compiled once for the dialect, with its parameters' bind processors in positional order
-    (public APIs: ClauseElement.compile, Compiled.binds / positiontup, TypeEngine.dialect_impl / bind_processor)."""
-
-    def __init__(self, clause: TextClause, dialect: Dialect) -> None:
-        compiled = clause.compile(dialect=dialect)
-        self.sql = compiled.string
-        self.binds = []
-        for name in compiled.positiontup or ():
-            bind = compiled.binds[name]
-            self.binds.append((name, bind.type.dialect_impl(dialect).bind_processor(dialect), bind.value))
-
-    def args(self, params: dict[str, Any]) -> list[Any]:
-        values = []
-        for name, processor, default in self.binds:
-            value = params.get(name, default)
-            values.append(processor(value) if processor is not None and value is not None else value)
-        return values
 
 
 def cpu() -> float:
@@ -100,10 +76,6 @@ async def run(url: str, submits: int, rounds: int) -> dict[str, list[float]]:
         )
     answer = {"status": TaskStatus.QUEUED, "progress": 0, "updated_at": now, "upstream_task_id": "up_1"}
     update = repo._update_open(frozenset(answer), returning=False)
-    compiled = {
-        "admit": Compiled(admission._WITH_QUOTA, engine.dialect),
-        "answer": Compiled(update, engine.dialect),
-    }
 
     def task() -> tuple[Task, Reservation]:
         t = Task(
@@ -121,14 +93,14 @@ async def run(url: str, submits: int, rounds: int) -> dict[str, list[float]]:
         r = Reservation("ten_bench", t.id, 1, "2026-12-07", "2026-12", now, None, None, None)
         return t, r
 
-    async def sqlalchemy() -> None:
+    async def driver() -> None:  # what the gateway runs (app/core/db/driver.py)
         t, r = task()
         async with autocommit.connect() as connection:
             assert await admission.admit(connection, t, r, "upk_bench", check_sent=now, check_waiting=now)
         async with autocommit.connect() as connection:
             assert await repo.apply_update_to(connection, t, answer)
 
-    async def driver() -> None:
+    async def sqlalchemy() -> None:  # the same two statements through SQLAlchemy's execution layer
         t, r = task()
         params = admission._column_values(t)
         params.update(
@@ -141,15 +113,9 @@ async def run(url: str, submits: int, rounds: int) -> dict[str, list[float]]:
         )
         params.update(r.params())
         async with autocommit.connect() as connection:
-            raw = (await connection.get_raw_connection()).driver_connection
-            assert raw is not None
-            admit = compiled["admit"]
-            assert await raw.fetchval(admit.sql, *admit.args(params))
+            assert (await connection.execute(admission._WITH_QUOTA.clause, params)).scalar()
         async with autocommit.connect() as connection:
-            raw = (await connection.get_raw_connection()).driver_connection
-            assert raw is not None
-            write = compiled["answer"]
-            assert await raw.execute(write.sql, *write.args({**answer, "_id": t.id})) == "UPDATE 1"
+            assert (await connection.execute(update, {**answer, "_id": t.id})).rowcount == 1
 
     ways: dict[str, Callable[[], Awaitable[None]]] = {"sqlalchemy": sqlalchemy, "driver": driver}
     per_submit: dict[str, list[float]] = {name: [] for name in ways}

@@ -22,14 +22,17 @@ sandbox (its file URLs carry tokens) and the probe and metrics paths get no span
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core import context
+from app.core.db import driver
 
 if TYPE_CHECKING:
     import aiohttp
@@ -128,6 +131,8 @@ class Tracing:
             _InTraceOnly(tracer), engine.sync_engine, NoOpUpDownCounter("db.client.connections.usage")
         )
         self._engines.append(engine.sync_engine)
+        # The statements sent on the driver's connection (app/core/db/driver.py) get the same span.
+        driver.observe(engine, span=_statement_spans(_InTraceOnly(tracer), engine))
 
     def upstream_trace_configs(self) -> list[aiohttp.TraceConfig]:
         """For the upstream's session: a client span per call (method, URL, status; headers only as the operator's
@@ -191,6 +196,36 @@ class _InTraceOnly:
         if not get_current_span().get_span_context().is_valid:
             return INVALID_SPAN
         return self._tracer.start_span(name, *args, **kwargs)
+
+
+def _statement_spans(tracer: _InTraceOnly, engine: AsyncEngine) -> Callable[[str], AbstractContextManager[Any]]:
+    """The span the SQLAlchemy instrumentation makes of a statement (its name, `db.system`, `db.statement` without
+    parameters, the server's address), for a statement that does not pass through SQLAlchemy's execution layer."""
+    from opentelemetry.trace import SpanKind, Status, StatusCode, use_span
+
+    url = engine.url
+    common: dict[str, Any] = {"db.system": "postgresql", "db.name": url.database or ""}
+    if url.host:
+        common["net.peer.name"] = url.host
+    if url.port:
+        common["net.peer.port"] = url.port
+
+    @contextlib.contextmanager
+    def span(sql: str) -> Iterator[None]:
+        words = sql.split(None, 1)
+        name = " ".join(filter(None, (words[0] if words else "", url.database)))
+        current = tracer.start_span(name, kind=SpanKind.CLIENT, attributes={**common, "db.statement": sql})
+        try:
+            with use_span(current, end_on_exit=False):
+                yield
+        except BaseException as e:
+            if current.is_recording():
+                current.set_status(Status(StatusCode.ERROR, type(e).__name__))  # the type only: no value
+            raise
+        finally:
+            current.end()
+
+    return span
 
 
 def _drop_query_string(span: Span, scope: MutableMapping[str, Any]) -> None:

@@ -9,6 +9,7 @@ from typing import Any, cast
 from sqlalchemy import Table, TextClause, bindparam, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.core.db import driver
 from app.models.task import OPEN_STATUSES, Task, TaskStatus
 
 _TASKS = cast(Table, Task.__table__)
@@ -63,13 +64,18 @@ async def apply_update(session: AsyncSession, task_id: str, values: dict[str, An
 
 async def apply_update_to(connection: AsyncConnection, task: Task, values: dict[str, Any]) -> bool:
     """`apply_update` for a task already in memory, on a connection in autocommit (the statement is its own
-    transaction): nothing read back, `task` updated when the row was."""
-    result = await connection.execute(_update_open(frozenset(values), returning=False), {**values, "_id": task.id})
-    if not result.rowcount:
+    transaction): nothing read back, `task` updated when the row was. Sent on the driver's connection (the submit's
+    second statement: app/core/db/driver.py says why)."""
+    if not await _update_open_to(frozenset(values)).rowcount(connection, {**values, "_id": task.id}):
         return False
     for name, value in values.items():
         setattr(task, name, value)
     return True
+
+
+@functools.lru_cache(maxsize=64)
+def _update_open_to(columns: frozenset[str]) -> driver.Statement:
+    return driver.Statement(_update_open(columns, returning=False))
 
 
 @functools.lru_cache(maxsize=64)

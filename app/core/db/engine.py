@@ -19,6 +19,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.core import outage
+from app.core.db import driver
 from app.core.db.errors import redact_in_place
 
 # A connect attempt to an unreachable PostgreSQL (a network partition swallowing packets) fails after this long
@@ -43,9 +44,11 @@ def create_engine(url: str, *, pool_size: int = 20, tracker: outage.OutageTracke
         hide_parameters=True,
         connect_args={"timeout": PG_CONNECT_TIMEOUT_S},
     )
+    tracker = tracker or outage.tracker(outage.DATABASE)
     _ping_when_idle(engine)
-    _report_recovery(engine, tracker or outage.tracker(outage.DATABASE))
+    _report_recovery(engine, tracker)
     _redact_errors(engine)
+    driver.observe(engine, tracker=tracker)  # the same for the statements sent on the driver (app/core/db/driver.py)
     return engine
 
 

@@ -1,7 +1,9 @@
-"""Single statements on a connection of the autocommit engine (app/core/db/engine.autocommit_engine), as the submit
-path sends them: each commits on its own, the engine's statement hooks see it (tracing, outage recovery), and
-SQLAlchemy's own error translation applies (a unique violation, a refusal raised by the database, a lost connection,
-redacted), with the pool kept healthy after a failure or a cancellation."""
+"""Single statements on a connection of the autocommit engine (app/core/db/engine.autocommit_engine), sent the two
+ways the gateway sends them: through SQLAlchemy (`connection.execute`: every such statement but the submit's two)
+and on the driver's connection (app/core/db/driver.Statement: the submit's two). Each test runs both ways and expects
+the same: each statement commits on its own with the same bind processing, an outage ends with the first statement
+started after it, and the errors are SQLAlchemy's (a unique violation, a refusal raised by the database, a lost
+connection), redacted, with the pool kept healthy after a failure or a cancellation."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +23,12 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core import outage
+from app.core.db import driver
 from app.core.db.base import UTCDateTime
 from app.core.db.engine import autocommit_engine, create_engine
 from app.core.db.errors import is_database_unavailable, redacted_traceback
+
+WAYS = ["sqlalchemy", "driver"]
 
 
 @dataclass
@@ -31,18 +37,31 @@ class Scratch:
     autocommit: AsyncEngine
     table: str
     tracker: outage.OutageTracker
+    way: str
 
     async def scalar(self, statement: TextClause, params: dict[str, Any] | None = None) -> Any:
         async with self.autocommit.connect() as connection:
+            if self.way == "driver":
+                return await driver.Statement(statement).scalar(connection, params or {})
             return (await connection.execute(statement, params or {})).scalar()
 
     async def rowcount(self, statement: TextClause, params: dict[str, Any] | None = None) -> int:
         async with self.autocommit.connect() as connection:
+            if self.way == "driver":
+                return await driver.Statement(statement).rowcount(connection, params or {})
             return (await connection.execute(statement, params or {})).rowcount
 
 
-@pytest.fixture
-async def pg(postgres_database: str) -> AsyncIterator[Scratch]:
+def driver_error(error: BaseException) -> BaseException:
+    """asyncpg's own error in what SQLAlchemy raised: its `orig` (the driver way), or what that wraps (SQLAlchemy's
+    asyncpg adapter)."""
+    orig = getattr(error, "orig", None)
+    assert isinstance(orig, BaseException), error
+    return orig if isinstance(orig, asyncpg.PostgresError) else orig.__cause__  # type: ignore[return-value]
+
+
+@pytest.fixture(params=WAYS)
+async def pg(postgres_database: str, request: pytest.FixtureRequest) -> AsyncIterator[Scratch]:
     """A fresh engine (one pooled connection, so a test knows which connection a statement used) and a table."""
     tracker = outage.OutageTracker("database", logger=logging.getLogger("tests.single"))
     engine = create_engine(postgres_database, pool_size=1, tracker=tracker)
@@ -52,7 +71,7 @@ async def pg(postgres_database: str) -> AsyncIterator[Scratch]:
             text(f"CREATE TABLE {table} (id VARCHAR(64) PRIMARY KEY, at TIMESTAMP WITH TIME ZONE, body JSON)")
         )
     try:
-        yield Scratch(engine, autocommit_engine(engine), table, tracker)
+        yield Scratch(engine, autocommit_engine(engine), table, tracker, request.param)
     finally:
         async with engine.begin() as conn:
             await conn.execute(text(f"DROP TABLE {table}"))
@@ -79,10 +98,20 @@ async def test_each_statement_commits_on_its_own_with_the_same_bind_processing(p
     assert await pg.rowcount(text(f"DELETE FROM {pg.table} WHERE id = :id"), {"id": "x"}) == 0
 
 
-async def test_the_engine_s_statement_hooks_see_them(pg: Scratch) -> None:
-    """What tracing (a span per statement) and the outage recovery listen to, on the engine itself."""
+async def test_tracing_sees_each_statement(pg: Scratch) -> None:
+    """What tracing listens to: the engine's statement hook (SQLAlchemy), the span given to `driver.observe` (the
+    driver way, registered by app/core/tracing.py next to the engine's instrumentation)."""
     seen: list[str] = []
-    event.listen(pg.engine.sync_engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+    if pg.way == "driver":
+
+        @contextmanager
+        def span(sql: str) -> Iterator[None]:
+            yield
+            seen.append(sql)
+
+        driver.observe(pg.autocommit, span=span)
+    else:
+        event.listen(pg.engine.sync_engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
     assert await pg.scalar(text("SELECT 2")) == 2
     assert seen == ["SELECT 2"]
 
@@ -93,7 +122,7 @@ async def test_a_unique_violation_is_sqlalchemy_s_integrity_error_without_the_va
     await pg.scalar(insert, params)
     with pytest.raises(IntegrityError) as caught:
         await pg.scalar(insert, params)
-    assert isinstance(caught.value.orig.__cause__, asyncpg.UniqueViolationError)  # type: ignore[union-attr]
+    assert isinstance(driver_error(caught.value), asyncpg.UniqueViolationError)
     assert "secret-value-123" not in redacted_traceback(caught.value)
     assert "secret-value-123" not in str(caught.value)  # redacted in place by the engine's handle_error hook
     assert not is_database_unavailable(caught.value)
@@ -106,7 +135,7 @@ async def test_an_error_raised_by_the_database_keeps_its_sqlstate_and_detail(pg:
     with pytest.raises(DBAPIError) as caught:
         await pg.scalar(refuse, {"periods": "day,month"})
     assert getattr(caught.value.orig, "sqlstate", None) == "GW001"
-    assert caught.value.orig.__cause__.detail == "day,month"  # type: ignore[union-attr]
+    assert getattr(driver_error(caught.value), "detail", None) == "day,month"
     assert not is_database_unavailable(caught.value)
 
 
@@ -146,6 +175,14 @@ async def test_a_statement_started_during_an_outage_ends_it(pg: Scratch) -> None
     assert pg.tracker.is_down
     await pg.scalar(text("SELECT 1"))
     assert not pg.tracker.is_down
+
+
+async def test_a_failed_statement_leaves_its_connection_in_the_pool_when_it_is_still_good(pg: Scratch) -> None:
+    pid = await pg.scalar(text("SELECT pg_backend_pid()"))
+    with pytest.raises(DBAPIError) as caught:
+        await pg.scalar(text("SELECT 1 / 0"))
+    assert not caught.value.connection_invalidated and not is_database_unavailable(caught.value)
+    assert await pg.scalar(text("SELECT pg_backend_pid()")) == pid
 
 
 async def test_a_session_s_statements_share_the_pool_and_its_rules(pg: Scratch) -> None:
