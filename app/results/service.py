@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.service import AuditService
 from app.core import metrics, outage
+from app.core.background import Wakeup
 from app.core.clock import Clock
 from app.core.db.engine import reads_only
 from app.core.errors import GatewayError, NotFound, Unauthorized
@@ -60,7 +60,6 @@ _LAST_TRY_MARGIN = dt.timedelta(minutes=1)  # the last attempt goes this long be
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/gif": "gif"}
 _SWEEP_BATCH = 100
 _CLEAN_PARTIAL_EVERY = dt.timedelta(minutes=10)
-_WAKE_HOOKED = "gw_results_wake"
 LINK_PATH = "/v1/results/{task_id}/{index}"
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
@@ -125,7 +124,7 @@ class ResultService:
         self._owner = owner
         self._audit = AuditService(sessions, clock)
         self._tracker = outage.tracker(outage.RESULT_STORE)
-        self._work = asyncio.Event()
+        self._work = Wakeup("gw_results_wake")
         self._cleaned_at: dt.datetime | None = None
 
     @property
@@ -154,26 +153,10 @@ class ResultService:
             return
         if self._webhooks is not None and self._webhook_hold > dt.timedelta(0):
             await self._webhooks.hold_task_events(session, task.id, now + self._webhook_hold)
-        self._wake_after_commit(session)
-
-    def _wake_after_commit(self, session: AsyncSession) -> None:
-        if session.info.get(_WAKE_HOOKED):
-            return
-        session.info[_WAKE_HOOKED] = True
-
-        def committed(_: Any) -> None:
-            session.info.pop(_WAKE_HOOKED, None)
-            self._work.set()
-
-        event.listen(session.sync_session, "after_commit", committed, once=True)
+        self._work.after_commit(session)
 
     async def wait_for_work(self, timeout_s: float) -> None:
-        try:
-            await asyncio.wait_for(self._work.wait(), timeout_s)
-        except TimeoutError:
-            pass
-        finally:
-            self._work.clear()
+        await self._work.wait(timeout_s)
 
     # --- what callers see (the tasks' ImageView) ------------------------------------------------------------------
     async def shown(self, task: Task) -> ShownImages | None:

@@ -30,20 +30,15 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from app.core import outage
-from app.core.db.errors import describe, is_database_unavailable, redacted_traceback
+from app.core.background import Rounds
+from app.core.background import max_backoff as max_backoff  # re-exported: the back-off's cap, where it was
+from app.core.db.errors import is_database_unavailable, redacted_traceback
 from app.models.task import Task
 from app.tasks.service import TaskService
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 30.0
-MAX_BACKOFF_INTERVALS = 6
 LEASE = dt.timedelta(seconds=120)  # longer than one task's work (a create call with its timeouts included)
-
-
-def max_backoff(interval_s: float) -> float:
-    """The longest pause between failing sweeps: 6 intervals, capped at 30 s, never below one interval."""
-    return max(interval_s, min(MAX_BACKOFF_S, MAX_BACKOFF_INTERVALS * interval_s))
 
 
 def process_name() -> str:
@@ -64,15 +59,24 @@ class Reconciler:
         sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self._tasks = tasks
-        self._interval_s = interval_s
         self._batch = batch
         self._concurrency = concurrency
-        self._max_backoff_s = max_backoff(interval_s) if max_backoff_s is None else max_backoff_s
-        self._tracker = tracker or outage.tracker(outage.DATABASE)
         self._sleep = sleep
         self._owner = process_name()
         self._wake = asyncio.Event()
-        self.failed_sweeps = 0  # consecutive
+        self.rounds = Rounds(
+            "task reconciler sweep",
+            source="the task reconciler",
+            interval_s=interval_s,
+            logger=log,
+            tracker=tracker,
+            max_backoff_s=max_backoff_s,
+        )
+
+    @property
+    def failed_sweeps(self) -> int:
+        """Consecutive failed sweeps."""
+        return self.rounds.failed
 
     def wake(self) -> None:
         """Look for due work now instead of at the next tick."""
@@ -110,30 +114,14 @@ class Reconciler:
                     await self._tasks.release_leases(ids, self._owner)
             handled += len(ids)  # and claim again: a claim takes a few tasks per tenant, fairly
 
-    def delay(self) -> float:
-        """The pause before the next sweep: the interval, doubled per consecutive failed sweep, capped."""
-        if self.failed_sweeps == 0:
-            return self._interval_s
-        return min(self._max_backoff_s, self._interval_s * 2.0 ** min(self.failed_sweeps, 32))
-
     async def run_forever(self) -> None:
-        while True:
-            try:
-                seen = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # retried after the back-off (database restart, ...)
-                self.failed_sweeps += 1
-                if is_database_unavailable(e):
-                    self._tracker.failed(describe(e), source="the task reconciler")
-                    log.debug("task reconciler sweep failed (%s); next in %.1f s", describe(e), self.delay())
-                else:
-                    log.error("task reconciler sweep failed; next in %.1f s\n%s", self.delay(), redacted_traceback(e))
-            else:
-                self.failed_sweeps = 0
-                if seen:
-                    log.debug("reconciler handled %d tasks", seen)
-            await self._pause(self.delay())
+        await self.rounds.run_forever(self._sweep, pause=self._pause)  # after a failed sweep too: a wake cuts it short
+
+    async def _sweep(self) -> bool:
+        seen = await self.run_once()
+        if seen:
+            log.debug("reconciler handled %d tasks", seen)
+        return False  # then the interval (or a wake)
 
     async def _pause(self, seconds: float) -> None:
         if self._sleep is not None:

@@ -18,11 +18,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit.service import AuditedAction, AuditService
 from app.core import metrics
+from app.core.background import Wakeup
 from app.core.clock import Clock, to_unix
 from app.core.db.engine import reads_only
 from app.core.errors import Conflict, InvalidRequest, NotFound
@@ -65,7 +66,6 @@ CONCURRENCY = 10
 # of well-formed ops requests that depend on the world rather than on the request's shape (`invalid_expiry`).
 INVALID_TARGET = "invalid_webhook_target"
 _ID = re.compile(ID_PATTERN)
-_WAKE_HOOKED = "gw_webhooks_wake"  # session.info: the after-commit wake is registered on this session
 
 
 class WebhookService:
@@ -94,7 +94,7 @@ class WebhookService:
         self._batch = batch
         self._concurrency = concurrency
         self._audit = AuditService(sessions, clock)
-        self._work = asyncio.Event()
+        self._work = Wakeup("gw_webhooks_wake")  # its name marks, in session.info, the after-commit wake registered
 
     # --- waking the deliverer -------------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -103,24 +103,11 @@ class WebhookService:
 
     async def wait_for_work(self, timeout_s: float) -> None:
         """Until `wake` (or at most `timeout_s`)."""
-        try:
-            await asyncio.wait_for(self._work.wait(), timeout_s)
-        except TimeoutError:
-            pass
-        finally:
-            self._work.clear()
+        await self._work.wait(timeout_s)
 
     def _wake_after_commit(self, session: AsyncSession) -> None:
         """Wake the deliverer once the caller's transaction has committed (before that it would find nothing)."""
-        if session.info.get(_WAKE_HOOKED):
-            return
-        session.info[_WAKE_HOOKED] = True
-
-        def committed(_: Any) -> None:
-            session.info.pop(_WAKE_HOOKED, None)
-            self.wake()
-
-        event.listen(session.sync_session, "after_commit", committed, once=True)
+        self._work.after_commit(session)
 
     # --- the task end hook (TaskService.on_end) -------------------------------------------------------------------
     async def task_ended(self, session: AsyncSession, task: Task, tenant_webhook_url: str | None) -> None:
