@@ -110,6 +110,13 @@ def _unique_items(schema: dict[str, Any]) -> None:
     schema["uniqueItems"] = True
 
 
+def _no_repeated_scope(value: list[str] | None) -> list[str] | None:
+    """The `scopes` of a key or a token: each at most once (the schema's `uniqueItems`)."""
+    if value is not None and len(set(value)) != len(value):
+        raise ContractError("The 'scopes' field must not repeat a scope.", param="scopes")
+    return value
+
+
 # --- requests -----------------------------------------------------------------------------------------------------
 class TenantCreate(BaseModel):
     """A new tenant: its name, and limits (omitted ones take the gateway's defaults for new tenants)."""
@@ -191,12 +198,7 @@ class KeyCreate(BaseModel):
             raise ContractError(f"The 'name' field {problem}.", param="name")
         return value
 
-    @field_validator("scopes")
-    @classmethod
-    def _unique_scopes(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and len(set(value)) != len(value):
-            raise ContractError("The 'scopes' field must not repeat a scope.", param="scopes")
-        return value
+    _unique_scopes = field_validator("scopes")(_no_repeated_scope)
 
     @model_validator(mode="after")
     def _one_expiry(self) -> KeyCreate:
@@ -378,12 +380,7 @@ class TokenCreate(BaseModel):
             raise ContractError(f"The 'end_user' field {problem}.", param="end_user")
         return value
 
-    @field_validator("scopes")
-    @classmethod
-    def _unique_scopes(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and len(set(value)) != len(value):
-            raise ContractError("The 'scopes' field must not repeat a scope.", param="scopes")
-        return value
+    _unique_scopes = field_validator("scopes")(_no_repeated_scope)
 
 
 class TokenOut(BaseModel):
