@@ -91,7 +91,9 @@ class Fetcher:
     async def _send(self, url: str) -> httpx.Response:
         try:
             target = parse_target(url)
-            addresses = await allowed_addresses(target, self._resolver, allow_private=self._allow_private)
+            addresses = await allowed_addresses(
+                target, self._resolver, allow_private=self._allow_private, setting="GATEWAY_RESULTS_ALLOW_PRIVATE"
+            )
         except TargetRefused as e:
             raise FetchError(f"refused: {e}") from None
         last: httpx.HTTPError | None = None

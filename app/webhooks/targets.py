@@ -142,7 +142,10 @@ def _wrapped_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
-def address_problem(address: str, *, allow_private: bool) -> str | None:
+WEBHOOK_SETTING = "GATEWAY_WEBHOOK_ALLOW_PRIVATE"
+
+
+def address_problem(address: str, *, allow_private: bool, setting: str = WEBHOOK_SETTING) -> str | None:
     """Why a connection to `address` is refused (None when it is allowed): the one rule for every address the
     gateway connects to on a tenant's or an operator's behalf."""
     try:
@@ -164,7 +167,7 @@ def address_problem(address: str, *, allow_private: bool) -> str | None:
     if not allowed or not ip.is_global:  # Python's table as well: whatever either calls internal is refused
         return (
             f"{shown} is not a global unicast address (loopback, private, link-local, site-local, special-purpose "
-            "and other internal addresses are refused unless GATEWAY_WEBHOOK_ALLOW_PRIVATE is set)"
+            f"and other internal addresses are refused unless {setting} is set)"
         )
     return None
 
@@ -185,7 +188,9 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return seen
 
 
-async def allowed_addresses(target: Target, resolver: Resolver, *, allow_private: bool) -> list[str]:
+async def allowed_addresses(
+    target: Target, resolver: Resolver, *, allow_private: bool, setting: str = WEBHOOK_SETTING
+) -> list[str]:
     """The addresses of `target`, every one of them allowed; TargetRefused when it does not resolve or any one is
     refused (a name with one internal address among public ones is refused as a whole)."""
     try:
@@ -194,7 +199,9 @@ async def allowed_addresses(target: Target, resolver: Resolver, *, allow_private
         raise TargetRefused(f"The host {target.host!r} does not resolve ({type(e).__name__}).") from None
     if not addresses:
         raise TargetRefused(f"The host {target.host!r} does not resolve.")
-    problems: Sequence[str] = [p for a in addresses if (p := address_problem(a, allow_private=allow_private))]
+    problems: Sequence[str] = [
+        p for a in addresses if (p := address_problem(a, allow_private=allow_private, setting=setting))
+    ]
     if problems:
         raise TargetRefused(f"Refused target {target.host!r}: {problems[0]}.")
     return addresses

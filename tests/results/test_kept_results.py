@@ -191,6 +191,7 @@ async def test_fetching_from_an_internal_address_is_refused_as_for_webhooks(data
         await results(gw).run_once()
         [row] = await rows(gw, first["id"])
         assert row.state == "pending" and "not a global unicast address" in (row.last_error or "")
+        assert "unless GATEWAY_RESULTS_ALLOW_PRIVATE is set" in (row.last_error or "")  # the setting that allows it
 
 
 async def test_retention_ends_and_the_sweeper_deletes(kept: Harness, tmp_path: Path) -> None:
