@@ -122,6 +122,12 @@ class Measured:
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
 
+    def busiest_share(self, family: str) -> float | None:
+        """The busiest process's part of the family's CPU: with two gateway workers, about 0.5 when the kernel gave
+        both of them connections, 1.0 when one worker accepted them all (wrk keeps its connections for the row)."""
+        total = self.cpu.get(family)
+        return self.cpu[family + BUSIEST] / total if total and family + BUSIEST in self.cpu else None
+
     def cpu_ms_per_request(self, family: str) -> float | None:
         if family not in self.cpu or not self.requests:
             return None
@@ -152,12 +158,14 @@ def cpu_of(families: Mapping[str, Sequence[int]], into: dict[str, float]) -> Ite
     after = all_processes()
     busy_after = machine_busy()
     for family, roots in families.items():
-        pids = descendants(roots, after)
-        into[family] = sum(after[p][1] - before.get(p, (0, after[p][1], ""))[1] for p in pids if p in before) + sum(
-            after[p][1] for p in pids if p not in before
-        )
+        used = {p: after[p][1] - before[p][1] if p in before else after[p][1] for p in descendants(roots, after)}
+        into[family] = sum(used.values())
+        into[family + BUSIEST] = max(used.values(), default=0.0)
     if busy_before is not None and busy_after is not None:
         into["machine"] = busy_after - busy_before
+
+
+BUSIEST = ":busiest"  # in Measured.cpu: the CPU seconds of the family's busiest process
 
 
 def calibrate() -> float:
@@ -809,13 +817,15 @@ def render(
         "Ratios: req/s against the minimal app's GET (status) or POST (submit) at the same concurrency; p50 against "
         "the minimal app's (status of a completed task) or the sandbox's own call (open task, submit). Added = gateway "
         "minus the sandbox's own call. Submit rows also against the plain twin (bench/twin_app.py: the same I/O per "
-        "submit, two workers): its req/s and p50 at the same concurrency.",
+        "submit, two workers): its req/s and p50 at the same concurrency. Busiest process: its part of the gateway's "
+        "CPU (with two workers about 50 %; near 100 %, one worker had accepted all of wrk's connections, which it "
+        "keeps for the row, and the row measures one worker).",
         "",
         "| operation | workers | c | "
         + ("round | " if rounds else "")
         + "req/s | x minimal req/s | p50 ms | x ref p50 | added p50 ms | added p99 ms "
-        "| x twin req/s | x twin p50 | errors | gateway CPU ms/req | PostgreSQL CPU ms/req |",
-        "|---|--|--:|" + ("--:|" if rounds else "") + "--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| x twin req/s | x twin p50 | errors | gateway CPU ms/req | busiest process | PostgreSQL CPU ms/req |",
+        "|---|--|--:|" + ("--:|" if rounds else "") + "--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     # One configuration's rows together, and each row's rounds one under the other.
     gateway_rows = [m for m in rows if m.side.startswith("w")]
@@ -844,6 +854,7 @@ def render(
             _ratio(m.p50_ms, twin_ref.p50_ms) if twin_ref else "",
             str(m.errors),
             _ms(m.cpu_ms_per_request("gateway")),
+            _share(m.busiest_share("gateway")),
             _ms(m.cpu_ms_per_request("postgres")),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -963,6 +974,10 @@ def _diff(value: float, reference: float | None) -> str:
 
 def _ms(value: float | None) -> str:
     return f"{value:.2f}" if value is not None else "-"
+
+
+def _share(value: float | None) -> str:
+    return f"{value:.0%}" if value is not None else "-"
 
 
 def _busy(m: Measured) -> str:

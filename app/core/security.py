@@ -25,6 +25,18 @@ _KEY_LIKE = re.compile(
     rf"(?<![A-Za-z0-9])sk-|{re.escape(TENANT_KEY_PREFIX)}|{re.escape(WEBHOOK_SECRET_PREFIX)}|{re.escape(TOKEN_PREFIX)}",
     re.IGNORECASE,
 )
+# What every match of _KEY_LIKE contains (case-folded): text holding none of them cannot match, and is told so by a
+# few substring tests instead of the regex (about 0.2 µs against 3 µs: the access line redacts every request's path).
+_KEY_MARKERS = ("sk-", WEBHOOK_SECRET_PREFIX, TOKEN_PREFIX)  # the tenant key's prefix begins with "sk-"
+
+
+def _looks_keyed(text: str) -> bool:
+    """_KEY_LIKE.search(text), with the regex run only on text that holds one of the markers."""
+    lowered = text.casefold()  # as IGNORECASE compares: the long s and the Kelvin sign fold to s and k
+    for marker in _KEY_MARKERS:
+        if marker in lowered:
+            return _KEY_LIKE.search(text) is not None
+    return False
 
 
 class KeyMaterial:
@@ -165,12 +177,12 @@ def redact_key(text: str) -> str:
     """`text`, or "[redacted]" when it looks like a secret (a key, a webhook signing secret): the one rule for what
     an operator or a caller typed where an id belongs, before it is stored (the audit log) or written (access
     lines)."""
-    return REDACTED if _KEY_LIKE.search(text) else text
+    return REDACTED if _looks_keyed(text) else text
 
 
 def redact_path(path: str) -> str:
     """`path` with every segment that looks like a secret key redacted (`redact_key`)."""
-    if _KEY_LIKE.search(path) is None:
+    if not _looks_keyed(path):
         return path
     return "/".join(redact_key(segment) for segment in path.split("/"))
 

@@ -82,7 +82,19 @@ def test_constant_time_equals() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["sk-gw-abc", "sk-org-live-abc", "SK-proj-x", "key:sk-abc", "pastedsk-gw-abc", "whsec_abc", "x-whsec_abc"]
+    "text",
+    [
+        "sk-gw-abc",
+        "sk-org-live-abc",
+        "SK-proj-x",
+        "key:sk-abc",
+        "pastedsk-gw-abc",
+        "whsec_abc",
+        "x-whsec_abc",
+        "GWT_abc",
+        "\u017fk-proj-x",  # a long s: IGNORECASE matches it as s, so the quick test before the regex must too
+        "s\u212a-proj-x",  # the Kelvin sign, which IGNORECASE matches as k
+    ],
 )
 def test_key_like_text_is_redacted(text: str) -> None:
     assert redact_key(text) == "[redacted]"
