@@ -3,8 +3,9 @@ admission, app/tasks/admission.py, and the upstream's answer, app/tasks/reposito
 else. Each is the only path for its statement.
 
 Why: SQLAlchemy's execution layer (execution context, cursor adaptation, result object, the greenlet hop) costs
-+263 µs of CPU per submit against this path, a third of the gateway's own CPU per submit, and 0.82x throughput at
-concurrency 16 (bench/RESULTS.md, "issue 20: the submit's two statements on the driver"; bench/single_statements.py).
++263 to +384 µs of CPU per submit against this path (1.5x its CPU), a third of the gateway's own CPU per submit, and
+0.82x throughput at concurrency 16 (bench/RESULTS.md, "issue 20: the submit's two statements on the driver";
+bench/single_statements.py).
 
 What stays SQLAlchemy's, on public APIs only:
 - the pool and its rules: the connection is an `AsyncConnection` of the autocommit engine (pool size, idle ping,
