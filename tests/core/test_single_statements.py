@@ -3,7 +3,8 @@ ways the gateway sends them: through SQLAlchemy (`connection.execute`: every suc
 and on the driver's connection (app/core/db/driver.Statement: the submit's two). Each test runs both ways and expects
 the same: each statement commits on its own with the same bind processing, an outage ends with the first statement
 started after it, and the errors are SQLAlchemy's (a unique violation, a refusal raised by the database, a lost
-connection), redacted, with the pool kept healthy after a failure or a cancellation."""
+connection), redacted, with the pool kept healthy after a failure or a cancellation, and no dead connection handed out
+after a lost one."""
 
 from __future__ import annotations
 
@@ -155,6 +156,38 @@ async def test_a_lost_connection_is_invalidated_and_the_next_statement_gets_a_ne
     assert caught.value.connection_invalidated
     assert is_database_unavailable(caught.value)  # answered 503
     assert await pg.scalar(text("SELECT pg_backend_pid()")) != pid
+
+
+async def test_a_lost_connection_has_the_pool_s_other_connections_checked_before_they_are_used(
+    pg: Scratch, postgres_database: str
+) -> None:
+    """A connection found dead means the database may have restarted: the pool's other connections, as old, are not
+    handed out untried (SQLAlchemy invalidates its pool; the driver way has them pinged), so one statement fails, not
+    one per pooled connection."""
+    engine = create_engine(postgres_database, pool_size=3, tracker=pg.tracker)
+    scratch = Scratch(engine, autocommit_engine(engine), pg.table, pg.tracker, pg.way)
+    try:
+        # Three connections in the pool, each with a backend of its own.
+        pids = await asyncio.gather(
+            *(scratch.scalar(text("SELECT pg_backend_pid() FROM pg_sleep(0.2)")) for _ in "abc")
+        )
+        assert len(set(pids)) == 3
+        killer = await asyncpg.connect(postgres_database.replace("+asyncpg", ""))
+        try:
+            assert all([await killer.fetchval("SELECT pg_terminate_backend($1)", pid) for pid in pids])
+            for _ in range(200):
+                if not await killer.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", pids):
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await killer.close()
+        with pytest.raises(DBAPIError) as caught:
+            await scratch.scalar(text("SELECT pg_backend_pid()"))
+        assert caught.value.connection_invalidated
+        for _ in range(3):  # every other pooled connection is replaced, not handed out dead
+            assert await scratch.scalar(text("SELECT pg_backend_pid()")) not in pids
+    finally:
+        await engine.dispose()
 
 
 async def test_a_statement_cancelled_midway_leaves_no_busy_connection_in_the_pool(pg: Scratch) -> None:

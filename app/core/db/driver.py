@@ -56,6 +56,7 @@ SpanFactory = Callable[[str], AbstractContextManager[Any]]
 class _Observers:
     tracker: outage.OutageTracker | None = None
     span: SpanFactory | None = None
+    lost: Callable[[], None] | None = None
 
 
 # By pool: the autocommit engine is an execution option of its engine (app/core/db/engine.py), with the same pool.
@@ -63,15 +64,22 @@ _OBSERVERS: weakref.WeakKeyDictionary[Pool, _Observers] = weakref.WeakKeyDiction
 
 
 def observe(
-    engine: AsyncEngine, *, tracker: outage.OutageTracker | None = None, span: SpanFactory | None = None
+    engine: AsyncEngine,
+    *,
+    tracker: outage.OutageTracker | None = None,
+    span: SpanFactory | None = None,
+    lost: Callable[[], None] | None = None,
 ) -> None:
     """What the engine's statement hooks do, for statements sent here on its connections: `tracker` hears that a
-    statement succeeded (the end of an outage), `span(sql)` wraps each statement (tracing)."""
+    statement succeeded (the end of an outage), `span(sql)` wraps each statement (tracing), `lost()` hears that a
+    connection was found lost (the pool then checks its other connections: app/core/db/engine.py)."""
     observers = _OBSERVERS.setdefault(engine.sync_engine.pool, _Observers())
     if tracker is not None:
         observers.tracker = tracker
     if span is not None:
         observers.span = span
+    if lost is not None:
+        observers.lost = lost
 
 
 class Statement:
@@ -124,7 +132,7 @@ class Statement:
             await _discard(connection, raw)
             raise
         except Exception as e:
-            raise await _translated(connection, raw, sql, e) from e
+            raise await _translated(connection, raw, sql, e, observers) from e
         if tracker is not None and tracker.is_down:
             tracker.operation_succeeded(started)
         return result
@@ -137,12 +145,16 @@ async def _discard(connection: AsyncConnection, raw: Any) -> None:
         await connection.invalidate()
 
 
-async def _translated(connection: AsyncConnection, raw: Any, sql: str, error: Exception) -> sa_exc.DBAPIError:
+async def _translated(
+    connection: AsyncConnection, raw: Any, sql: str, error: Exception, observers: _Observers
+) -> sa_exc.DBAPIError:
     """`error` as SQLAlchemy would raise it (its class by SQLSTATE, the driver's error as `orig`), redacted; a
     connection lost on the way is invalidated, and the error says so (`connection_invalidated`)."""
     lost = isinstance(error, _LOST) or raw.is_closed()
     if lost:
         await _discard(connection, raw)
+        if observers.lost is not None:
+            observers.lost()
     sqlstate = getattr(error, "sqlstate", None) or ""
     cls = sa_exc.OperationalError if lost else _CLASSES.get(sqlstate[:2], sa_exc.DBAPIError)
     wrapped = cls(sql, None, error, hide_parameters=True, connection_invalidated=lost)

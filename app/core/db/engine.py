@@ -8,8 +8,9 @@ or a key hash), and reports to the database's outage tracker
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -45,21 +46,30 @@ def create_engine(url: str, *, pool_size: int = 20, tracker: outage.OutageTracke
         connect_args={"timeout": PG_CONNECT_TIMEOUT_S},
     )
     tracker = tracker or outage.tracker(outage.DATABASE)
-    _ping_when_idle(engine)
+    lost = _ping_when_idle(engine)
     _report_recovery(engine, tracker)
     _redact_errors(engine)
-    driver.observe(engine, tracker=tracker)  # the same for the statements sent on the driver (app/core/db/driver.py)
+    # The same for the statements sent on the driver (app/core/db/driver.py), whose lost connection has the pool's
+    # others pinged as SQLAlchemy's has them replaced.
+    driver.observe(engine, tracker=tracker, lost=lost)
     return engine
 
 
-def _ping_when_idle(engine: AsyncEngine, idle_s: float = PING_AFTER_IDLE_S) -> None:
-    """pool_pre_ping for connections idle longer than `idle_s` only.
+def _ping_when_idle(engine: AsyncEngine, idle_s: float = PING_AFTER_IDLE_S) -> Callable[[], None]:
+    """pool_pre_ping for connections idle longer than `idle_s` only, and for those returned before the last
+    connection the driver found lost; answers the function that notes such a loss.
 
     SQLAlchemy's pre-ping costs a round trip (three on asyncpg: BEGIN, ping, ROLLBACK) on every checkout, which was
     a third of a warm status call's database work. A connection in steady use proves itself; one that sat idle may
     have been cut (a restart, a failover, a proxy's idle timeout), so it is pinged, and replaced when the ping fails
-    (a DisconnectionError makes the pool retry the checkout with a new connection).
+    (a DisconnectionError makes the pool retry the checkout with a new connection). A connection lost under
+    SQLAlchemy invalidates the whole pool; one lost under a statement sent on the driver cannot (that is a private
+    API), so the pool's older connections are pinged instead: the dead are replaced, the live kept.
     """
+    lost_at = [-math.inf]  # monotonic time of the last loss the driver saw
+
+    def mark_lost() -> None:
+        lost_at[0] = time.monotonic()
 
     @event.listens_for(engine.sync_engine, "checkin")
     def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
@@ -69,12 +79,14 @@ def _ping_when_idle(engine: AsyncEngine, idle_s: float = PING_AFTER_IDLE_S) -> N
     @event.listens_for(engine.sync_engine, "checkout")
     def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         returned = record.info.get(_RETURNED_AT)
-        if returned is None or time.monotonic() - returned < idle_s:
-            return  # new, or in steady use
+        if returned is None or (time.monotonic() - returned < idle_s and returned > lost_at[0]):
+            return  # new, or in steady use since the last loss
         try:
             engine.dialect.do_ping(dbapi_connection)
         except Exception as e:
-            raise DisconnectionError(f"idle connection failed its ping: {type(e).__name__}") from e
+            raise DisconnectionError(f"pooled connection failed its ping: {type(e).__name__}") from e
+
+    return mark_lost
 
 
 def _redact_errors(engine: AsyncEngine) -> None:
