@@ -44,6 +44,10 @@ async def test_a_gateway_killed_with_tasks_in_flight_and_waiting_loses_nothing(
         GATEWAY_POLL_INTERVAL_S="0.3",
         GATEWAY_WEBHOOK_ALLOW_PRIVATE="true",  # the receiver is on 127.0.0.1
         GATEWAY_WEBHOOK_POLL_INTERVAL_S="0.3",
+        # The events wait for the kept copies (at most GATEWAY_RESULTS_WEBHOOK_HOLD_S): copied from the sandbox on
+        # loopback as from the public upstream, they go once copied instead of after the hold.
+        GATEWAY_RESULTS_ALLOW_PRIVATE="true",
+        GATEWAY_RESULTS_POLL_INTERVAL_S="0.3",
     )
     pending = processes.spawn_tenant("crash", env)
     first = start_gateway(processes, env, name="doomed")
