@@ -149,6 +149,9 @@ def descendants(roots: Sequence[int], table: Mapping[int, tuple[int, float, str]
     return found
 
 
+BUSIEST = ":busiest"  # in Measured.cpu: the CPU seconds of the family's busiest process
+
+
 @contextlib.contextmanager
 def cpu_of(families: Mapping[str, Sequence[int]], into: dict[str, float]) -> Iterator[None]:
     """CPU seconds used by each family of processes (roots and their children) while the block runs."""
@@ -163,9 +166,6 @@ def cpu_of(families: Mapping[str, Sequence[int]], into: dict[str, float]) -> Ite
         into[family + BUSIEST] = max(used.values(), default=0.0)
     if busy_before is not None and busy_after is not None:
         into["machine"] = busy_after - busy_before
-
-
-BUSIEST = ":busiest"  # in Measured.cpu: the CPU seconds of the family's busiest process
 
 
 def calibrate() -> float:

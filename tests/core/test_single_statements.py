@@ -140,17 +140,22 @@ async def test_an_error_raised_by_the_database_keeps_its_sqlstate_and_detail(pg:
     assert not is_database_unavailable(caught.value)
 
 
-async def test_a_lost_connection_is_invalidated_and_the_next_statement_gets_a_new_one(pg: Scratch) -> None:
-    pid = await pg.scalar(text("SELECT pg_backend_pid()"))
-    killer = await asyncpg.connect(pg.engine.url.render_as_string(hide_password=False).replace("+asyncpg", ""))
+async def _terminate(engine: AsyncEngine, pids: list[int]) -> None:
+    """Terminate these backends and wait until they are gone: their pooled connections are closed at the other end."""
+    killer = await asyncpg.connect(engine.url.render_as_string(hide_password=False).replace("+asyncpg", ""))
     try:
-        assert await killer.fetchval("SELECT pg_terminate_backend($1)", pid)
-        for _ in range(200):  # until the backend is gone, so the pooled connection is closed at its other end
-            if not await killer.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+        assert all([await killer.fetchval("SELECT pg_terminate_backend($1)", pid) for pid in pids])
+        for _ in range(200):
+            if not await killer.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", pids):
                 break
             await asyncio.sleep(0.05)
     finally:
         await killer.close()
+
+
+async def test_a_lost_connection_is_invalidated_and_the_next_statement_gets_a_new_one(pg: Scratch) -> None:
+    pid = await pg.scalar(text("SELECT pg_backend_pid()"))
+    await _terminate(pg.engine, [pid])
     with pytest.raises(DBAPIError) as caught:
         await pg.scalar(text("SELECT pg_backend_pid()"))
     assert caught.value.connection_invalidated
@@ -158,13 +163,11 @@ async def test_a_lost_connection_is_invalidated_and_the_next_statement_gets_a_ne
     assert await pg.scalar(text("SELECT pg_backend_pid()")) != pid
 
 
-async def test_a_lost_connection_has_the_pool_s_other_connections_checked_before_they_are_used(
-    pg: Scratch, postgres_database: str
-) -> None:
+async def test_a_lost_connection_has_the_pool_s_other_connections_checked_before_they_are_used(pg: Scratch) -> None:
     """A connection found dead means the database may have restarted: the pool's other connections, as old, are not
     handed out untried (SQLAlchemy invalidates its pool; the driver way has them pinged), so one statement fails, not
     one per pooled connection."""
-    engine = create_engine(postgres_database, pool_size=3, tracker=pg.tracker)
+    engine = create_engine(pg.engine.url.render_as_string(hide_password=False), pool_size=3, tracker=pg.tracker)
     scratch = Scratch(engine, autocommit_engine(engine), pg.table, pg.tracker, pg.way)
     try:
         # Three connections in the pool, each with a backend of its own.
@@ -172,15 +175,7 @@ async def test_a_lost_connection_has_the_pool_s_other_connections_checked_before
             *(scratch.scalar(text("SELECT pg_backend_pid() FROM pg_sleep(0.2)")) for _ in "abc")
         )
         assert len(set(pids)) == 3
-        killer = await asyncpg.connect(postgres_database.replace("+asyncpg", ""))
-        try:
-            assert all([await killer.fetchval("SELECT pg_terminate_backend($1)", pid) for pid in pids])
-            for _ in range(200):
-                if not await killer.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)", pids):
-                    break
-                await asyncio.sleep(0.05)
-        finally:
-            await killer.close()
+        await _terminate(engine, pids)
         with pytest.raises(DBAPIError) as caught:
             await scratch.scalar(text("SELECT pg_backend_pid()"))
         assert caught.value.connection_invalidated

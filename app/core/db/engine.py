@@ -66,10 +66,11 @@ def _ping_when_idle(engine: AsyncEngine, idle_s: float = PING_AFTER_IDLE_S) -> C
     SQLAlchemy invalidates the whole pool; one lost under a statement sent on the driver cannot (that is a private
     API), so the pool's older connections are pinged instead: the dead are replaced, the live kept.
     """
-    lost_at = [-math.inf]  # monotonic time of the last loss the driver saw
+    lost_at = -math.inf  # monotonic time of the last loss the driver saw
 
     def mark_lost() -> None:
-        lost_at[0] = time.monotonic()
+        nonlocal lost_at
+        lost_at = time.monotonic()
 
     @event.listens_for(engine.sync_engine, "checkin")
     def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
@@ -79,7 +80,7 @@ def _ping_when_idle(engine: AsyncEngine, idle_s: float = PING_AFTER_IDLE_S) -> C
     @event.listens_for(engine.sync_engine, "checkout")
     def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         returned = record.info.get(_RETURNED_AT)
-        if returned is None or (time.monotonic() - returned < idle_s and returned > lost_at[0]):
+        if returned is None or (time.monotonic() - returned < idle_s and returned > lost_at):
             return  # new, or in steady use since the last loss
         try:
             engine.dialect.do_ping(dbapi_connection)
