@@ -7,10 +7,12 @@ plumbing is tests/support/processes.py (the benchmarks use it too); this module 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,6 +230,17 @@ class Sandbox:
         response.raise_for_status()
         stats: dict[str, Any] = response.json()
         return stats
+
+    async def creates_once_settled(self, expected: int, timeout_s: float) -> int:
+        """The create calls the sandbox has received, once they reach `expected` (or at the deadline; at once when
+        they are past it). A submit answered 200 may reach the upstream a moment later: a task that found no free
+        key slot waits and is sent by a reconciler's round, so a count read right after the answers can be short."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            creates = int(self.stats()["create"])
+            if creates >= expected or time.monotonic() >= deadline:
+                return creates
+            await asyncio.sleep(0.2)
 
     def config(self) -> dict[str, Any]:
         with httpx.Client(trust_env=False, timeout=5.0) as client:

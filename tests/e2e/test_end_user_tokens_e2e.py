@@ -190,7 +190,9 @@ async def test_end_users_days_are_exact_under_racing_submits_on_two_replicas(
     # The tenant's day is the binding limit (50 + 30 > 70): exactly 70 in all, neither end user past its own.
     assert len(accepted["alice"]) + len(accepted["bob"]) == TENANT_PER_DAY
     assert len(accepted["alice"]) <= ALICE_PER_DAY and len(accepted["bob"]) <= BOB_PER_DAY
-    assert sandbox.stats()["create"] == TENANT_PER_DAY, "a refused submit reached the upstream"
+    assert await sandbox.creates_once_settled(TENANT_PER_DAY, DEADLINE_S) == TENANT_PER_DAY, (
+        "a refused submit reached the upstream"
+    )
     # Whichever limit refused, the answer says which: the end user's own, or the tenant's.
     for who in ("alice", "bob"):
         for r in answers[who]:

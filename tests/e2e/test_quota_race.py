@@ -110,7 +110,9 @@ async def _prove(replicas: list[Gateway], sandbox: Sandbox, pending: subprocess.
     assert codes.count(200) == BUDGET, {code: codes.count(code) for code in set(codes)}
     assert codes.count(402) == SUBMITS - BUDGET
     assert all(a.json()["error"]["code"] == "insufficient_quota" for a in answers if a.status_code == 402)
-    assert sandbox.stats()["create"] == BUDGET, "a refused submit reached the upstream"
+    assert await sandbox.creates_once_settled(BUDGET, POLL_DEADLINE_S) == BUDGET, (
+        "a refused submit reached the upstream"
+    )
     held = _cli_ok(first, "tenants", "usage", tenant.id)
     assert held["day"]["used"] == BUDGET and held["in_flight"]["current"] == BUDGET, held
 
