@@ -13,6 +13,11 @@ later. An id skipped that way (a gap) is remembered and read again, in the same 
 appears or until no transaction that could still commit it is running: PostgreSQL's snapshot says so exactly
 (`pg_snapshot_xmin`: every transaction older than it has ended), so a gap is let go only when its id was rolled back,
 never because its transaction took long.
+
+The database itself may change without a failed read: a connection found lost (it may come back as another
+database), or a new connection that reaches another one (dropped and created again, restored, failed over). The
+engine's continuity says so (app/core/db/continuity.py): `fresh` turns false at once, and the next read starts over
+from the newest event and drops everything, as after a failed read.
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sqlalchemy import delete, insert, or_, select, text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.background import cancel_and_wait
 from app.core.clock import Clock
+from app.core.db import continuity as db_continuity
 from app.core.db.engine import reads_only
 from app.models import InvalidationEvent
 
@@ -85,8 +91,15 @@ class Invalidator:
         clock: Clock,
         interval_s: float = DEFAULT_INTERVAL_S,
         gap_check_s: float = GAP_CHECK_S,
+        continuity: db_continuity.Continuity | None = None,
     ) -> None:
         self._sessions = sessions
+        # The sessions' engine's (one Continuity per engine); a reader over anything else has none that changes.
+        bind = sessions.kw.get("bind")
+        self._continuity = continuity or (
+            db_continuity.of(bind) if isinstance(bind, AsyncEngine) else db_continuity.Continuity()
+        )
+        self._epoch = -1  # the continuity's epoch when the last successful read began
         self._clock = clock
         self._interval_s = interval_s
         self._gap_check_s = gap_check_s
@@ -104,7 +117,7 @@ class Invalidator:
     @property
     def fresh(self) -> bool:
         """Whether events were read recently enough that caches may be trusted."""
-        if self._last_read is None:
+        if self._last_read is None or self._epoch != self._continuity.epoch:
             return False
         return time.monotonic() - self._last_read <= self.bound_s  # (asked on every request: no loop lookup)
 
@@ -132,6 +145,17 @@ class Invalidator:
         before can be trusted: the first read that works starts again from the newest event and tells every
         subscriber to drop everything, as at start. Until then `fresh` is false, so caches are bypassed.
         """
+        for _ in range(2):  # a read that met another database than the last is done again at once, from the start
+            applied = await self._poll()
+            if applied is not None:
+                return applied
+        return 0
+
+    async def _poll(self) -> int | None:
+        """One read (`poll_once`); None when the database changed under it (nothing applied, to be done again)."""
+        epoch = self._continuity.epoch
+        if epoch != self._epoch:  # the database may have changed since the last read: start over
+            self._forget()
         try:
             async with self._sessions() as session:
                 await reads_only(session)
@@ -142,10 +166,12 @@ class Invalidator:
                 else:
                     events, lost = await self._read(session)
         except BaseException:
-            self._last_read = None  # not fresh from now on
-            self._last_id = None
-            self._gaps.clear()
+            self._forget()
             raise
+        if self._continuity.epoch != epoch:  # the read itself met another database (or lost one): not trusted
+            self._forget()
+            return None
+        self._epoch = epoch
         was_fresh = self._last_read is not None and self.fresh
         self._last_read = time.monotonic()
         if lost or not was_fresh:  # events may have been missed: everything cached is suspect
@@ -154,6 +180,12 @@ class Invalidator:
             for callback in self._subscribers.get(topic, ()):
                 callback(key)
         return len(events)
+
+    def _forget(self) -> None:
+        """Trust nothing read so far: not fresh, and the next read starts over (dropping everything)."""
+        self._last_read = None
+        self._last_id = None
+        self._gaps.clear()
 
     async def _start(self, session: AsyncSession) -> None:
         """Start after the newest id handed out; the ids missing just below it may belong to transactions still open

@@ -9,13 +9,16 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import delete, event, insert, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.clock import utcnow
+from app.core.db import continuity
 from app.core.db.engine import create_engine, create_session_factory
 from app.core.invalidation import ALL, MAX_GAPS, Invalidator, record
 from app.models import InvalidationEvent
+from tests.fixtures.databases import create_postgres_database, drop_postgres_database, migrated
 
 # What a busy CI machine may need before every other transaction on the server has ended (other test workers').
 SETTLE_DEADLINE_S = 30.0
@@ -97,6 +100,75 @@ async def test_one_failed_read_stops_trust_at_once_and_the_next_read_drops_every
     reader._sessions = working
     await reader.poll_once()
     assert seen == [ALL] and reader.fresh
+
+
+def _engine(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine:
+    engine = sessions.kw["bind"]
+    assert isinstance(engine, AsyncEngine)
+    return engine
+
+
+async def test_a_connection_found_lost_stops_trust_at_once_and_the_next_read_drops_everything(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """A request that found its connection lost (the database went away, and may come back as another) stops the
+    caches at once, before the reader's own next read fails or not."""
+    reader = Invalidator(sessions, utcnow)
+    seen: list[str] = []
+    reader.subscribe("tenant", seen.append)
+    await reader.poll_once()
+    seen.clear()
+    assert reader.fresh
+
+    continuity.of(_engine(sessions)).lost()
+    assert not reader.fresh
+    await reader.poll_once()
+    assert seen == [ALL] and reader.fresh
+
+
+async def test_the_same_url_reaching_another_database_starts_the_reader_over(
+    sessions: async_sessionmaker[AsyncSession], postgres_server: str
+) -> None:
+    """A database dropped and created again, or restored from a backup, between two reads: no read fails, but the
+    event ids start again below the last one read, so the reader would see none of the new database's events and
+    the caches would keep keys the new database does not have. A new connection that reaches another database
+    makes the reader start over from its newest event and drop everything; reconnecting to the same one does not."""
+    engine = _engine(sessions)
+    reader = Invalidator(sessions, utcnow)
+    seen: list[str] = []
+    reader.subscribe("tenant", seen.append)
+    for n in range(3):  # the first database's ids move past the other's
+        async with sessions.begin() as session:
+            await record(session, "tenant", f"first_{n}", now=utcnow())
+    await reader.poll_once()
+    seen.clear()
+
+    await engine.dispose()  # new connections to the same database: nothing to start over
+    assert await reader.poll_once() == 0
+    assert seen == [] and reader.fresh
+
+    other_url = await asyncio.to_thread(
+        lambda: migrated(create_postgres_database(postgres_server, prefix="gw_replaced"))
+    )
+    try:
+        other = make_url(other_url).database
+
+        @event.listens_for(engine.sync_engine, "do_connect")
+        def _to_the_other(_dialect: object, _record: object, _cargs: object, cparams: dict[str, object]) -> None:
+            cparams["database"] = other  # the same URL, another database behind it
+
+        await engine.dispose()  # what a DROP ... WITH (FORCE) and the idle ping leave: no failed statement
+        assert reader.fresh  # nothing has connected yet
+        assert await reader.poll_once() == 0
+        assert seen == [ALL] and reader.fresh  # started over: everything cached is dropped
+
+        async with sessions.begin() as session:
+            await record(session, "tenant", "in_the_other", now=utcnow())
+        assert await reader.poll_once() == 1
+        assert seen == [ALL, "in_the_other"]  # read in the new database's order
+    finally:
+        await engine.dispose()
+        await asyncio.to_thread(drop_postgres_database, other_url)
 
 
 async def test_an_event_committed_after_a_later_one_arrives_however_long_its_transaction_stays_open(

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from app.core import outage
 from tests.fixtures.databases import create_postgres_database, drop_postgres_database, migrated, truncate_all
-from tests.fixtures.gateway import Harness, running_gateway
+from tests.fixtures.gateway import Harness, completed_task, running_gateway, until_fresh
 from tests.fixtures.tcp_proxy import CutMode, TcpProxy
 
 RECOVERY_DEADLINE_S = 30.0
@@ -141,9 +141,43 @@ async def test_postgres_database_dropped_then_recreated(own_postgres: str, caplo
                     _assert_unavailable(response)
             # The first failure may be a pooled connection the DROP cut; reconnecting then finds no database.
             assert "does not exist" in outage.tracker(outage.DATABASE).latest_reason
+            # Caches stopped at the first failure, whether or not the invalidator has read since: a database that
+            # comes back within its interval must not meet keys cached from the old one.
+            assert not gw.app.state.invalidator.fresh
             await admin.execute(f'CREATE DATABASE "{name}"')
         finally:
             await admin.close()
         await asyncio.to_thread(migrated, url)
         await _until_served(gw, key, expected=401)  # back, and empty: the tenant went with the old database
         _assert_logged_once(caplog)
+
+
+async def test_postgres_database_recreated_under_an_idle_gateway(own_postgres: str) -> None:
+    """No request sees the database go and no read of the invalidator fails: it is dropped, created again and
+    migrated between two reads, and the pool's connections are replaced as the idle ping replaces them. The next read
+    meets another database, starts over and drops every cached key: the old database's key is refused, also where a
+    warm status answer needs no statement at all."""
+    url = own_postgres
+    name = make_url(url).database
+    admin_url = make_url(url).set(drivername="postgresql", database="postgres").render_as_string(False)
+    async with running_gateway(url) as gw:
+        invalidator = gw.app.state.invalidator
+        await invalidator.stop()  # the reads happen below, when the test says so
+        invalidator._interval_s = 3600.0  # and the caches stay trusted however slow this machine is meanwhile
+        key = await gw.new_tenant("replaced")
+        await until_fresh(gw)
+        task_id = await completed_task(gw, key)  # the key and the answer are now cached
+        admin = await asyncpg.connect(admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        await asyncio.to_thread(migrated, url)
+        await gw.app.state.kernel.engine.dispose()
+        await until_fresh(gw)
+        assert invalidator.fresh
+        r = await gw.client.get(f"/v1/images/generations/{task_id}", headers=_auth(key))
+        assert r.status_code == 401, r.text
+        r = await gw.client.get("/v1/usage", headers=_auth(key))
+        assert r.status_code == 401, r.text

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.core import outage
-from app.core.db import driver
+from app.core.db import continuity, driver
 from app.core.db.errors import redact_in_place
 
 # A connect attempt to an unreachable PostgreSQL (a network partition swallowing packets) fails after this long
@@ -46,7 +46,8 @@ def create_engine(url: str, *, pool_size: int = 20, tracker: outage.OutageTracke
         connect_args={"timeout": PG_CONNECT_TIMEOUT_S},
     )
     tracker = tracker or outage.tracker(outage.DATABASE)
-    lost = _ping_when_idle(engine)
+    watched = continuity.of(engine)  # a lost connection or another database behind the URL: caches start over
+    lost = _ping_when_idle(engine, on_lost=watched.lost)
     _report_recovery(engine, tracker)
     _redact_errors(engine)
     # The same for the statements sent on the driver (app/core/db/driver.py), whose lost connection has the pool's
@@ -55,7 +56,9 @@ def create_engine(url: str, *, pool_size: int = 20, tracker: outage.OutageTracke
     return engine
 
 
-def _ping_when_idle(engine: AsyncEngine, idle_s: float = PING_AFTER_IDLE_S) -> Callable[[], None]:
+def _ping_when_idle(
+    engine: AsyncEngine, idle_s: float = PING_AFTER_IDLE_S, on_lost: Callable[[], None] | None = None
+) -> Callable[[], None]:
     """pool_pre_ping for connections idle longer than `idle_s` only, and for those returned before the last
     connection the driver found lost; answers the function that notes such a loss.
 
@@ -64,13 +67,16 @@ def _ping_when_idle(engine: AsyncEngine, idle_s: float = PING_AFTER_IDLE_S) -> C
     have been cut (a restart, a failover, a proxy's idle timeout), so it is pinged, and replaced when the ping fails
     (a DisconnectionError makes the pool retry the checkout with a new connection). A connection lost under
     SQLAlchemy invalidates the whole pool; one lost under a statement sent on the driver cannot (that is a private
-    API), so the pool's older connections are pinged instead: the dead are replaced, the live kept.
+    API), so the pool's older connections are pinged instead: the dead are replaced, the live kept. `on_lost` hears
+    of such a loss too (the engine's continuity: app/core/db/continuity.py).
     """
     lost_at = -math.inf  # monotonic time of the last loss the driver saw
 
     def mark_lost() -> None:
         nonlocal lost_at
         lost_at = time.monotonic()
+        if on_lost is not None:
+            on_lost()
 
     @event.listens_for(engine.sync_engine, "checkin")
     def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
