@@ -77,17 +77,23 @@ async def test_events_before_start_are_not_replayed_and_a_stale_reader_drops_eve
     assert seen.count(ALL) >= 1 and "old" not in seen
 
 
+async def _started_reader(sessions: async_sessionmaker[AsyncSession]) -> tuple[Invalidator, list[str]]:
+    """A reader that has read once (fresh), and the tenant keys its later reads name."""
+    reader = Invalidator(sessions, utcnow)
+    seen: list[str] = []
+    reader.subscribe("tenant", seen.append)
+    await reader.poll_once()
+    seen.clear()  # the first read drops everything once
+    assert reader.fresh
+    return reader, seen
+
+
 async def test_one_failed_read_stops_trust_at_once_and_the_next_read_drops_everything(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     """However short the outage (a database replaced under the gateway restarts its event ids): after one failed
     read the caches are bypassed, and the first read that works drops everything and starts from the newest event."""
-    reader = Invalidator(sessions, utcnow)
-    seen: list[str] = []
-    reader.subscribe("tenant", seen.append)
-    await reader.poll_once()
-    seen.clear()
-    assert reader.fresh
+    reader, seen = await _started_reader(sessions)
 
     class Broken:
         def __call__(self) -> AsyncSession:
@@ -113,12 +119,7 @@ async def test_a_connection_found_lost_stops_trust_at_once_and_the_next_read_dro
 ) -> None:
     """A request that found its connection lost (the database went away, and may come back as another) stops the
     caches at once, before the reader's own next read fails or not."""
-    reader = Invalidator(sessions, utcnow)
-    seen: list[str] = []
-    reader.subscribe("tenant", seen.append)
-    await reader.poll_once()
-    seen.clear()
-    assert reader.fresh
+    reader, seen = await _started_reader(sessions)
 
     continuity.of(_engine(sessions)).lost()
     assert not reader.fresh
