@@ -175,7 +175,10 @@ async def test_postgres_database_recreated_under_an_idle_gateway(own_postgres: s
             await admin.close()
         await asyncio.to_thread(migrated, url)
         await gw.app.state.kernel.engine.dispose()
-        await until_fresh(gw)
+        for _ in range(5):  # a background loop's connection lost meanwhile makes one read start over once more
+            await until_fresh(gw)
+            if invalidator.fresh:
+                break
         assert invalidator.fresh
         r = await gw.client.get(f"/v1/images/generations/{task_id}", headers=_auth(key))
         assert r.status_code == 401, r.text
