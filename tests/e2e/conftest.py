@@ -55,8 +55,12 @@ def base_env(**overrides: str) -> dict[str, str]:
 
 
 def http_client(**kwargs: Any) -> httpx.AsyncClient:
-    """A client that ignores proxy settings of the environment (everything here is on loopback)."""
-    kwargs.setdefault("timeout", httpx.Timeout(15.0, connect=5.0))
+    """A client that ignores proxy settings of the environment (everything here is on loopback).
+
+    The connect timeout is long: on loopback a connect is slow only when the machine is starved, and a crowd of new
+    connections (the quota race's hundred pollers) took more than 5 s on a loaded two-core CI machine. A gateway that
+    hangs is still caught by the read timeout."""
+    kwargs.setdefault("timeout", httpx.Timeout(15.0, connect=30.0))
     return httpx.AsyncClient(trust_env=False, headers={"User-Agent": "gateway-e2e/1"}, **kwargs)
 
 
