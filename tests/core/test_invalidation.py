@@ -22,6 +22,8 @@ from tests.fixtures.databases import create_postgres_database, drop_postgres_dat
 
 # What a busy CI machine may need before every other transaction on the server has ended (other test workers').
 SETTLE_DEADLINE_S = 30.0
+# An interval that keeps a reader fresh (twice it) for the whole test: freshness then ends only by the rule under test.
+FRESH_FOR_THE_TEST_S = 3600.0
 
 
 @pytest.fixture
@@ -78,8 +80,9 @@ async def test_events_before_start_are_not_replayed_and_a_stale_reader_drops_eve
 
 
 async def _started_reader(sessions: async_sessionmaker[AsyncSession]) -> tuple[Invalidator, list[str]]:
-    """A reader that has read once (fresh), and the tenant keys its later reads name."""
-    reader = Invalidator(sessions, utcnow)
+    """A reader that has read once (fresh), and the tenant keys its later reads name. Its interval is long, so only
+    the rule under test ends its freshness, never a busy machine's pause between two lines."""
+    reader = Invalidator(sessions, utcnow, interval_s=FRESH_FOR_THE_TEST_S)
     seen: list[str] = []
     reader.subscribe("tenant", seen.append)
     await reader.poll_once()
@@ -135,7 +138,7 @@ async def test_the_same_url_reaching_another_database_starts_the_reader_over(
     the caches would keep keys the new database does not have. A new connection that reaches another database
     makes the reader start over from its newest event and drop everything; reconnecting to the same one does not."""
     engine = _engine(sessions)
-    reader = Invalidator(sessions, utcnow)
+    reader = Invalidator(sessions, utcnow, interval_s=FRESH_FOR_THE_TEST_S)  # (migrating a database takes a while)
     seen: list[str] = []
     reader.subscribe("tenant", seen.append)
     for n in range(3):  # the first database's ids move past the other's
