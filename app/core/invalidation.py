@@ -91,14 +91,11 @@ class Invalidator:
         clock: Clock,
         interval_s: float = DEFAULT_INTERVAL_S,
         gap_check_s: float = GAP_CHECK_S,
-        continuity: db_continuity.Continuity | None = None,
     ) -> None:
         self._sessions = sessions
         # The sessions' engine's (one Continuity per engine); a reader over anything else has none that changes.
         bind = sessions.kw.get("bind")
-        self._continuity = continuity or (
-            db_continuity.of(bind) if isinstance(bind, AsyncEngine) else db_continuity.Continuity()
-        )
+        self._continuity = db_continuity.of(bind) if isinstance(bind, AsyncEngine) else db_continuity.Continuity()
         self._epoch = -1  # the continuity's epoch when the last successful read began
         self._clock = clock
         self._interval_s = interval_s
